@@ -1,0 +1,140 @@
+"""Hyperparameters of a Detector: one small typed object, validated once.
+
+``None`` means "choose from the data's shape" (see :func:`resolve`); the chosen values are
+recorded with the model and logged, so a run always says what it really trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from training.errors import ConfigError
+from training.networks import ACTIVATIONS
+
+KINDS = ("ae", "vae")
+SCORE_KINDS = {"ae": ("recon",), "vae": ("elbo", "recon")}
+DEFAULT_PRIMARY = {"ae": "recon", "vae": "elbo"}
+
+
+@dataclass
+class DetectorParams:
+    """Everything that shapes training and scoring. Unknown keys are errors."""
+
+    kind: str = "vae"
+    hidden_sizes: list[int] | None = None
+    latent_dim: int | None = None
+    activation: str = "relu"
+    dropout: float = 0.0
+    batch_size: int | None = None
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    max_epochs: int | None = None
+    patience: int = 20
+    noise_std: float = 0.0
+    beta: float = 1.0
+    validation_fraction: float = 0.15
+    primary_score: str | None = None
+    target_fpr: float = 0.01
+    mc_samples: int = 16
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.extra:
+            raise ConfigError(f"unknown detector parameter(s): {sorted(self.extra)}")
+        if self.kind not in KINDS:
+            raise ConfigError(f"kind: expected one of {list(KINDS)}, got {self.kind!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"activation: expected one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if self.hidden_sizes is not None:
+            if isinstance(self.hidden_sizes, int):
+                self.hidden_sizes = [self.hidden_sizes]
+            if not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
+                raise ConfigError(f"hidden_sizes: expected positive integers, got {self.hidden_sizes}")
+            self.hidden_sizes = list(self.hidden_sizes)
+        _check_positive_int("latent_dim", self.latent_dim, allow_none=True)
+        _check_positive_int("batch_size", self.batch_size, allow_none=True)
+        _check_positive_int("max_epochs", self.max_epochs, allow_none=True)
+        _check_positive_int("patience", self.patience)
+        _check_positive_int("mc_samples", self.mc_samples)
+        _check_range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        _check_range("noise_std", self.noise_std, 0.0, math.inf)
+        _check_range("beta", self.beta, 0.0, math.inf)
+        _check_range("weight_decay", self.weight_decay, 0.0, math.inf)
+        _check_range("validation_fraction", self.validation_fraction, 0.0, 1.0, lo_open=True,
+                     hi_open=True)
+        _check_range("target_fpr", self.target_fpr, 0.0, 1.0, lo_open=True, hi_open=True)
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        if self.primary_score is None:
+            self.primary_score = DEFAULT_PRIMARY[self.kind]
+        if self.primary_score not in SCORE_KINDS[self.kind]:
+            raise ConfigError(
+                f"primary_score: a {self.kind} model has scores {list(SCORE_KINDS[self.kind])}, "
+                f"got {self.primary_score!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorParams:
+        """Build from a mapping; keys that are not parameters raise :class:`ConfigError`."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain mapping of every parameter."""
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        return d
+
+    @property
+    def score_kinds(self) -> tuple[str, ...]:
+        """Scores this kind of model produces."""
+        return SCORE_KINDS[self.kind]
+
+
+def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def _check_range(name: str, value: Any, lo: float, hi: float, lo_open: bool = False,
+                 hi_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    if not (ok_lo and ok_hi):
+        raise ConfigError(f"{name}: {value} is out of range")
+
+
+def resolve(params: DetectorParams, n_rows: int, n_features: int) -> dict[str, Any]:
+    """Fill the ``None`` parameters from the training data's shape.
+
+    Heuristics (no dataset-specific tuning): the code is about a quarter of the input width
+    (2 to 32); two hidden layers, the first about twice the input width (32 to 256), the second
+    half of it; batches of roughly n/32 rows (16 to 256); enough epochs for ~3,000 gradient
+    steps (20 to 400), early stopping deciding the rest.
+    """
+    latent = params.latent_dim or int(min(32, max(2, math.ceil(n_features / 4))))
+    if params.hidden_sizes is not None:
+        hidden = list(params.hidden_sizes)
+    else:
+        h1 = int(min(256, max(32, 2 ** math.ceil(math.log2(max(2 * n_features, 2))))))
+        hidden = [h1, max(h1 // 2, 2 * latent)]
+    if params.batch_size is not None:
+        batch = params.batch_size
+    else:
+        batch = int(min(256, max(16, 2 ** round(math.log2(max(n_rows / 32, 1))))))
+    steps_per_epoch = max(1, math.ceil(n_rows / batch))
+    epochs = params.max_epochs or int(min(400, max(20, math.ceil(3000 / steps_per_epoch))))
+    return {"hidden_sizes": hidden, "latent_dim": latent, "batch_size": batch,
+            "max_epochs": epochs}
