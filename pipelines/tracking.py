@@ -35,6 +35,27 @@ def use_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+def ensure_experiment(name: str) -> str:
+    """Select experiment ``name``, creating it if needed; returns its id.
+
+    With a SQLite store the artifacts go to ``mlruns/`` beside the database file, so a store
+    is one self-contained folder whatever the working directory.
+    """
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        uri = mlflow.get_tracking_uri()
+        location = None
+        if uri.startswith("sqlite:///"):
+            db = Path(uri[len("sqlite:///"):])
+            location = (db.parent / "mlruns").resolve().as_uri()
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except MlflowException as e:  # created concurrently by another job: fine
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    return mlflow.set_experiment(name).experiment_id
+
+
 class RegistryError(AnomalyError):
     """A registry lookup the caller got wrong (unknown model, version or alias)."""
 

@@ -22,7 +22,7 @@ from mlflow.models import infer_signature
 from pipelines import plots
 from pipelines.config import TrainConfig
 from pipelines.data import labels_of, read_table
-from pipelines.tracking import register, use_tracking_uri
+from pipelines.tracking import ensure_experiment, register, use_tracking_uri
 from training.detector import Detector
 from training.errors import DataError
 from training.evaluation import detection_metrics
@@ -112,7 +112,7 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
         schema.validate(splits.eval_X, cfg.eval_data or cfg.data)
 
     use_tracking_uri(tracking_uri)
-    mlflow.set_experiment(cfg.experiment)
+    ensure_experiment(cfg.experiment)
     with mlflow.start_run(run_name=f"{cfg.name}-{cfg.kind}") as run:
         mlflow.set_tags({"model_name": cfg.name, "kind": cfg.kind,
                          "primary_score": params.primary_score})
