@@ -15,15 +15,20 @@ from pipelines.tracking import promote
 from pipelines.train import run_training
 
 
-def write_demo_data(folder: Path) -> Path:
-    """breast_cancer.csv: an ``id`` column, 30 features, ``malignant`` (1 = anomaly)."""
+def load_demo_frame() -> pd.DataFrame:
+    """The breast-cancer table: an ``id`` column, 30 features, ``malignant`` (1 = anomaly)."""
     data = load_breast_cancer(as_frame=True)
     df = data.frame.drop(columns=["target"])
     df.columns = [c.replace(" ", "_") for c in df.columns]
     df.insert(0, "id", range(1, len(df) + 1))
     df["malignant"] = (data.frame["target"] == 0).astype(int)  # sklearn: 0 = malignant
+    return df
+
+
+def write_demo_data(folder: Path) -> Path:
+    """Write ``breast_cancer.csv`` into ``folder`` and return its path."""
     path = folder / "breast_cancer.csv"
-    df.to_csv(path, index=False)
+    load_demo_frame().to_csv(path, index=False)
     return path
 
 

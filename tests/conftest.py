@@ -1,0 +1,47 @@
+"""Shared fixtures: small real tables that ship with scikit-learn, written as files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+# Two cores: one intra-op thread per test process keeps parallel subprocesses from thrashing.
+torch.set_num_threads(1)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@pytest.fixture(scope="session")
+def breast_cancer() -> pd.DataFrame:
+    """569 rows: ``id``, 30 numeric features, ``malignant`` (1 = anomaly)."""
+    from pipelines.demo import load_demo_frame
+
+    return load_demo_frame()
+
+
+@pytest.fixture(scope="session")
+def breast_cancer_csv(tmp_path_factory, breast_cancer) -> Path:
+    path = tmp_path_factory.mktemp("data") / "breast_cancer.csv"
+    breast_cancer.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture()
+def mixed_table() -> pd.DataFrame:
+    """Numeric and categorical columns with missing values, 300 normal rows."""
+    rng = np.random.default_rng(0)
+    n = 300
+    a = rng.normal(size=n)
+    return pd.DataFrame({
+        "id": np.arange(n),
+        "a": a,
+        "b": 2 * a + rng.normal(scale=0.1, size=n),
+        "c": np.where(rng.random(n) < 0.1, np.nan, rng.normal(size=n)),
+        "color": rng.choice(["red", "green", "blue"], size=n),
+        "flag": rng.random(n) < 0.5,
+        "const": 1.0,
+    })

@@ -1,0 +1,119 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from training import ConfigError, DataError, Detector, NotFittedError
+from training.detector import MIN_FIT_ROWS
+
+FAST = {"max_epochs": 15}
+
+
+@pytest.fixture(scope="module")
+def splits(breast_cancer):
+    df = breast_cancer
+    normal = df[df.malignant == 0].sample(frac=1.0, random_state=0)
+    return {"fit": normal.iloc[:220], "cal": normal.iloc[220:300],
+            "test": pd.concat([normal.iloc[300:], df[df.malignant == 1].head(40)])}
+
+
+@pytest.fixture(scope="module", params=["ae", "vae"])
+def fitted(request, splits):
+    det = Detector(kind=request.param, id_column="id", label_column="malignant", **FAST)
+    return det.fit(splits["fit"]).calibrate(splits["cal"])
+
+
+def test_score_columns_and_flags(fitted, splits):
+    out = fitted.score(splits["test"])
+    kinds = fitted.params.score_kinds
+    expected = ["score", "p_value", "is_anomaly"]
+    for k in kinds:
+        expected += [f"score_{k}", f"p_value_{k}"]
+    assert list(out.columns) == expected + ["unknown_categories"]
+    assert len(out) == len(splits["test"])
+    primary = fitted.primary_score
+    assert primary == ("elbo" if fitted.params.kind == "vae" else "recon")
+    np.testing.assert_array_equal(out["score"], out[f"score_{primary}"])
+    np.testing.assert_array_equal(out["is_anomaly"], out["score"] > fitted.thresholds_[primary])
+    assert out["p_value"].between(0, 1).all()
+
+
+def test_scores_are_deterministic_and_batch_independent(fitted, splits):
+    a = fitted.score(splits["test"])
+    b = fitted.score(splits["test"])
+    pd.testing.assert_frame_equal(a, b)
+    one = fitted.score(splits["test"].iloc[[5]])
+    np.testing.assert_allclose(one["score"].iloc[0], a["score"].iloc[5], rtol=1e-5)
+
+
+def test_save_load_round_trip_gives_identical_scores(fitted, splits, tmp_path):
+    fitted.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "detector.json", "preprocessing.json", "weights.pt"]
+    again = Detector.load(tmp_path / "m")
+    pd.testing.assert_frame_equal(again.score(splits["test"]), fitted.score(splits["test"]))
+    assert again.thresholds_ == fitted.thresholds_
+
+
+def test_anomalies_score_higher_than_normals(fitted, splits):
+    out = fitted.score(splits["test"])
+    y = splits["test"]["malignant"].to_numpy()
+    assert out["score"][y == 1].median() > out["score"][y == 0].median()
+
+
+def test_explain_encode_reconstruct(fitted, splits):
+    rows = splits["test"].head(4)
+    ex = fitted.explain(rows)
+    assert ex.shape == (4, 30) and (ex.to_numpy() >= 0).all()
+    # the recon score is the mean of the per-feature terms (all features numeric here)
+    np.testing.assert_allclose(ex.mean(axis=1), fitted.score(rows)["score_recon"], rtol=1e-4)
+    z = fitted.encode(rows)
+    assert z.shape == (4, fitted.resolved_["latent_dim"])
+    rec = fitted.reconstruct(rows)
+    assert list(rec.columns) == fitted.preprocessor_.input_columns_
+
+
+def test_vae_generation_tools(splits):
+    det = Detector(kind="vae", id_column="id", label_column="malignant", **FAST).fit(splits["fit"])
+    samples = det.sample(5, seed=1)
+    assert samples.shape == (5, 30) and np.isfinite(samples.to_numpy()).all()
+    pd.testing.assert_frame_equal(samples, det.sample(5, seed=1))
+    path = det.interpolate(splits["fit"].iloc[[0]], splits["fit"].iloc[[1]], steps=6)
+    assert path.shape == (6, 30)
+
+
+def test_training_is_reproducible(splits):
+    kw = {"kind": "ae", "id_column": "id", "label_column": "malignant", **FAST}
+    a = Detector(**kw).fit(splits["fit"]).raw_scores(splits["test"])
+    b = Detector(**kw).fit(splits["fit"]).raw_scores(splits["test"])
+    np.testing.assert_array_equal(a["recon"], b["recon"])
+
+
+def test_denoising_and_beta_options_train(splits):
+    det = Detector(kind="vae", noise_std=0.2, beta=0.5, id_column="id",
+                   label_column="malignant", max_epochs=3).fit(splits["fit"])
+    assert len(det.history_) == 3
+
+
+def test_errors_name_the_fix(splits):
+    det = Detector(kind="ae")
+    with pytest.raises(NotFittedError, match="call fit"):
+        det.score(splits["test"])
+    det = Detector(kind="ae", id_column="id", label_column="malignant", max_epochs=2)
+    det.fit(splits["fit"])
+    with pytest.raises(NotFittedError, match="call calibrate"):
+        det.score(splits["test"])
+    with pytest.raises(NotFittedError, match="needs a VAE"):
+        det.sample(3)
+    with pytest.raises(DataError, match="at least"):
+        Detector().fit(splits["fit"].head(MIN_FIT_ROWS - 1))
+    with pytest.raises(ConfigError, match="unknown detector parameter"):
+        Detector(hiden_sizes=[3])
+    with pytest.raises(ConfigError, match="primary_score"):
+        Detector(kind="ae", primary_score="elbo")
+
+
+def test_numpy_input_is_accepted():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    det = Detector(kind="ae", max_epochs=3).fit(X[:150]).calibrate(X[150:])
+    assert len(det.score(X[:5])) == 5
