@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_ui(sub)
     _add_demo(sub)
+    from pipelines.batch_cli import add_batch_commands
+
+    add_batch_commands(sub)
     return parser
 
 

@@ -1,0 +1,41 @@
+"""Options of a batch scoring job, kept free of heavy imports so the CLI starts fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from training.errors import ConfigError
+
+DEFAULT_CHUNK_ROWS = 50_000
+ON_ERROR = ("fail", "skip")
+ENGINES = ("local", "spark")
+
+
+@dataclass
+class ScoreOptions:
+    """Everything one scoring job needs; validated by :meth:`check`."""
+
+    model: str
+    input: str
+    output: str
+    keep: list[str] | None = None
+    on_error: str = "fail"
+    resume: bool = False
+    engine: str = "local"
+    spark_master: str | None = None
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    tracking_uri: str | None = None
+    run_time: datetime | None = None  # fills {date}/{time} in the output; default now
+
+    def check(self) -> ScoreOptions:
+        """Raise :class:`ConfigError` naming the bad option."""
+        if self.on_error not in ON_ERROR:
+            raise ConfigError(f"on_error must be one of {list(ON_ERROR)}, got {self.on_error!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        if not isinstance(self.chunk_rows, int) or self.chunk_rows < 1:
+            raise ConfigError(f"chunk_rows must be a positive integer, got {self.chunk_rows!r}")
+        if self.keep is not None and not self.keep:
+            raise ConfigError("keep: name at least one column, or leave it out to keep all")
+        return self
