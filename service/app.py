@@ -1,0 +1,98 @@
+"""Assembles the FastAPI app: settings, model store (created in the lifespan), routes,
+middleware, error mapping. ``serve`` runs it under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
+
+from service import errors
+from service.metrics import Metrics
+from service.middleware import BodyLimit, RequestMetrics
+from service.routes import probes, v1
+from service.settings import Settings, load_settings
+from service.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+def _tracking_uri(settings: Settings) -> str:
+    return (settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service app. Models load when it starts (its lifespan), not at import.
+
+    Args:
+        settings: read from the environment when not given.
+    """
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            store = ModelStore(settings, _tracking_uri(settings))
+            await run_in_threadpool(store.start)
+        except Exception as e:
+            app.state.startup_error = e
+            log.error("cannot start: %s", e)
+            raise
+        app.state.store = store
+        if not settings.auth_enabled:
+            log.warning("no API keys configured (ANOMALY_API_KEYS): the service is open to "
+                        "anyone who can reach http://%s:%s", settings.host, settings.port)
+        yield
+
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    app = FastAPI(title="ae-anomaly scoring service", version="1", lifespan=lifespan,
+                  description="Anomaly scores, p-values and flags from registered autoencoder "
+                  "detectors. Higher scores are more abnormal.")
+    app.state.settings = settings
+    app.state.startup_error = None
+    app.state.metrics = Metrics(lambda: app.state.store.loaded())
+    errors.install(app)
+    app.include_router(probes)
+    app.include_router(v1)
+    app.add_middleware(BodyLimit, limit_for=lambda path: settings.max_upload_bytes
+                       if path.endswith("/score-file") else settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["X-API-Key",
+                                                                         "Content-Type"])
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics,
+                       known_model=lambda name: name in app.state.store.slots)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the app under uvicorn until interrupted.
+
+    Raises:
+        the error that stopped the models from loading, if any (a ConfigError for a URI that
+        names no model; the CLI turns it into exit code 2).
+    """
+    import uvicorn
+
+    if not settings.models:
+        from training.errors import ConfigError
+
+        raise ConfigError("no models to serve: pass --model models:/NAME@champion or set "
+                          "ANOMALY_MODELS")
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level.lower(), access_log=False,
+                            log_config=None, timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    server.run()
+    if app.state.startup_error is not None:
+        raise app.state.startup_error

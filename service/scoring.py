@@ -1,0 +1,96 @@
+"""The scoring core: plain functions from a served model and validated records to answers.
+
+No web framework here: routes call these, tests call them directly. Every request's records
+are scored together in one vectorised pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from service.inputs import Batch
+from service.model import ServedModel
+
+
+@dataclass
+class Scored:
+    """A score answer and what metrics need from it.
+
+    Attributes:
+        body: the JSON-ready answer (see ``schemas.ScoreResponse``).
+        primary: (n,) primary scores.
+        flagged: how many records are anomalies.
+    """
+
+    body: dict[str, Any]
+    primary: np.ndarray
+    flagged: int
+
+
+def results(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """One result dict per row of ``Detector.score`` output.
+
+    Args:
+        frame: (n, ...) with ``score``, ``p_value``, ``is_anomaly``, ``score_<kind>``,
+            ``p_value_<kind>`` for every score kind, ``unknown_categories``.
+    """
+    kinds = [c[len("score_"):] for c in frame.columns if c.startswith("score_")]
+    col = {c: frame[c].to_numpy().tolist() for c in frame.columns}
+    per_kind_scores = zip(*(col[f"score_{k}"] for k in kinds), strict=True)
+    per_kind_p = zip(*(col[f"p_value_{k}"] for k in kinds), strict=True)
+    return [{"score": s, "p_value": p, "is_anomaly": a,
+             "scores": dict(zip(kinds, ks, strict=True)),
+             "p_values": dict(zip(kinds, kp, strict=True)), "unknown_categories": u}
+            for s, p, a, ks, kp, u in zip(col["score"], col["p_value"], col["is_anomaly"],
+                                          per_kind_scores, per_kind_p,
+                                          col["unknown_categories"], strict=True)]
+
+
+def explanations(model: ServedModel, batch: Batch, top_k: int) -> list[list[dict[str, Any]]]:
+    """Per record, the ``top_k`` columns with the largest reconstruction error, largest first."""
+    err = model.detector.explain(batch.frame(model.inputs.columns), source="request")
+    values = err.to_numpy()  # (n, n_columns)
+    k = min(top_k, values.shape[1])
+    top = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    names = np.asarray(err.columns, dtype=object)[top].tolist()
+    picked = np.take_along_axis(values, top, axis=1).tolist()
+    return [[{"column": c, "error": e} for c, e in zip(cs, es, strict=True)]
+            for cs, es in zip(names, picked, strict=True)]
+
+
+def score_batch(model: ServedModel, batch: Batch, explain: bool = False,
+                top_k: int = 5) -> Scored:
+    """Score every record of ``batch`` with ``model``.
+
+    Returns:
+        the answer: ``model`` metadata, ``n_records``, ``n_anomalies``, ``ignored_columns``
+        and one result per record in order (with ``explanation`` when ``explain``).
+    """
+    frame = model.score(batch)
+    out = results(frame)
+    if explain:
+        for r, e in zip(out, explanations(model, batch, top_k), strict=True):
+            r["explanation"] = e
+    flags = frame["is_anomaly"].to_numpy()
+    flagged = int(flags.sum())
+    body = {"model": model.metadata(), "n_records": batch.n, "n_anomalies": flagged,
+            "ignored_columns": batch.ignored, "results": out}
+    return Scored(body=body, primary=frame["score"].to_numpy(), flagged=flagged)
+
+
+def encode_batch(model: ServedModel, batch: Batch) -> dict[str, Any]:
+    """Latent codes: ``latent`` (n, latent_dim), posterior means for a VAE."""
+    z = model.detector.encode(batch.frame(model.inputs.columns), source="request")
+    return {"model": model.metadata(), "latent_dim": int(z.shape[1]), "latent": z.tolist()}
+
+
+def reconstruct_batch(model: ServedModel, batch: Batch) -> dict[str, Any]:
+    """Reconstructions in the input's own columns, one record per input record."""
+    rec = model.detector.reconstruct(batch.frame(model.inputs.columns), source="request")
+    rec = rec.astype(object).where(rec.notna(), None)
+    return {"model": model.metadata(), "columns": list(rec.columns),
+            "records": rec.to_dict(orient="records")}

@@ -1,0 +1,155 @@
+"""The model store: the served versions by name, loaded at start and swapped on reload.
+
+A slot holds one immutable :class:`~service.model.ServedModel`. A reload builds the new version
+completely, then replaces the slot's reference in one assignment: requests already holding the
+old version finish on it, later ones get the new one, none sees a half-loaded model. A reload
+that fails leaves the slot as it was and records the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import ModelNotReadyError, ReloadError, UnknownModelError
+from service.model import ServedModel
+from service.registry import ModelCache, RegistryUnavailable, parse_model_uri
+from service.settings import Settings
+from training.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Slot:
+    """One configured model URI and what is served for it."""
+
+    uri: str
+    name: str
+    current: ServedModel | None = None
+    note: str | None = None  # why the slot is degraded (served from cache)
+    last_error: str | None = None  # last failed load or reload
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class ModelStore:
+    """Loads the configured models and hands them to requests.
+
+    Args:
+        settings: the service settings (models, cache folder, registry URI, limits).
+        tracking_uri: the resolved MLflow URI.
+    """
+
+    def __init__(self, settings: Settings, tracking_uri: str):
+        self.settings = settings
+        self.tracking_uri = tracking_uri
+        self.cache = ModelCache(settings.cache_dir, tracking_uri)
+        self.slots: dict[str, Slot] = {}
+        for uri in settings.models:
+            name = parse_model_uri(uri)[0]
+            if name in self.slots:
+                raise ConfigError(f"model '{name}' is listed twice ({self.slots[name].uri} and "
+                                  f"{uri}); serve one version per name")
+            self.slots[name] = Slot(uri=uri, name=name)
+
+    def start(self) -> None:
+        """Load every model: from the registry, or from the cache when it is unreachable.
+
+        Raises:
+            ConfigError: a URI that names no model, version or alias (fix the settings).
+        """
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT",
+                              str(int(self.settings.registry_timeout_s)))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                              str(self.settings.registry_retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        for slot in self.slots.values():
+            t0 = time.perf_counter()
+            try:
+                slot.current = self._load(*self.cache.fetch(slot.uri))
+            except RegistryUnavailable as e:
+                self._load_cached(slot, str(e))
+            if slot.current is not None:
+                log.info("serving %s version %s (%s) from %s, loaded in %.2fs", slot.name,
+                         slot.current.source.version, slot.current.detector.params.kind,
+                         slot.current.source.origin, time.perf_counter() - t0)
+
+    def _load(self, source, path) -> ServedModel:
+        return ServedModel.load(source, path, self.settings.max_records)
+
+    def _load_cached(self, slot: Slot, reason: str) -> None:
+        cached = self.cache.cached(slot.uri)
+        if cached is None:
+            slot.last_error = (f"registry unreachable ({reason}) and no cached copy of "
+                               f"{slot.uri} in {self.settings.cache_dir}")
+            log.error("%s: not loaded: %s", slot.name, slot.last_error)
+            return
+        slot.current = self._load(*cached)
+        slot.note = (f"registry unreachable at start ({reason}); serving cached version "
+                     f"{slot.current.source.version}")
+        log.warning("%s: %s", slot.name, slot.note)
+
+    def get(self, name: str) -> ServedModel:
+        """The version served for ``name`` now.
+
+        Raises:
+            UnknownModelError: no model of that name is configured.
+            ModelNotReadyError: configured but not loaded.
+        """
+        slot = self.slots.get(name)
+        if slot is None:
+            raise UnknownModelError(f"no model named {name!r}; this service serves "
+                                    f"{sorted(self.slots) or 'no models'} (GET /v1/models)")
+        model = slot.current
+        if model is None:
+            raise ModelNotReadyError(f"model {name!r} is not loaded: {slot.last_error}; "
+                                     f"POST /v1/models/{name}/reload once the registry is back")
+        return model
+
+    def loaded(self) -> list[ServedModel]:
+        """Every version served now."""
+        return [s.current for s in self.slots.values() if s.current is not None]
+
+    def reload(self, name: str) -> tuple[ServedModel | None, ServedModel]:
+        """Re-resolve ``name``'s URI in the registry and swap in what it points at.
+
+        Returns:
+            ``(previous, current)`` versions.
+
+        Raises:
+            UnknownModelError: no model of that name is configured.
+            ReloadError: the registry failed; the current version keeps serving.
+        """
+        if name not in self.slots:
+            self.get(name)
+        slot = self.slots[name]
+        with slot.lock:
+            previous = slot.current
+            try:
+                new = self._load(*self.cache.fetch(slot.uri))
+            except (RegistryUnavailable, ConfigError, OSError) as e:
+                slot.last_error = f"reload failed: {e}"
+                keeps = (f"still serving version {previous.source.version}" if previous
+                         else "nothing is served")
+                log.error("%s: %s; %s", name, slot.last_error, keeps)
+                raise ReloadError(f"{slot.last_error}; {keeps}") from None
+            slot.current, slot.note, slot.last_error = new, None, None
+        log.info("%s: reloaded, version %s -> %s", name,
+                 previous.source.version if previous else None, new.source.version)
+        return previous, new
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per configured model: loaded or not, which version, from where, and any problem."""
+        out = []
+        for slot in self.slots.values():
+            cur = slot.current
+            out.append({"name": slot.name, "uri": slot.uri, "loaded": cur is not None,
+                        "version": cur.source.version if cur else None,
+                        "origin": cur.source.origin if cur else None,
+                        "loaded_at": cur.loaded_at.isoformat() if cur else None,
+                        "note": slot.note, "last_error": slot.last_error})
+        return out
