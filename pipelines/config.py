@@ -94,7 +94,9 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             where = f"{config_file}: " if config_file else ""
-            raise ConfigError(f"{where}unknown config key(s) {unknown}; known keys: {sorted(names)}")
+            raise ConfigError(
+                f"{where}unknown config key(s) {unknown}; known keys: {sorted(names)}"
+            )
         data["model"] = model
         data.setdefault("data", None)
         data.setdefault("name", None)

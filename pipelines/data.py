@@ -43,7 +43,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
 def labels_of(df: pd.DataFrame, column: str, source: str) -> pd.Series:
     """The label column as 0/1 integers (1 = anomaly); accepts 0/1, booleans, 'true'/'false'."""
     if column not in df.columns:
-        raise DataError(f"{source}: label column '{column}' not found; columns are {list(df.columns)}")
+        raise DataError(
+            f"{source}: label column '{column}' not found; columns are {list(df.columns)}"
+        )
     col = df[column]
     if col.isna().any():
         row = int(col.isna().to_numpy().nonzero()[0][0])

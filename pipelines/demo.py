@@ -55,7 +55,8 @@ def run_demo(workdir: str, max_epochs: int | None = None) -> int:
         m = r.metrics
         for kind in r.thresholds:
             rows.append({
-                "version": r.version, "kind": r.kind, "score": kind + (" *" if kind == r.primary_score else ""),
+                "version": r.version, "kind": r.kind,
+                "score": kind + (" *" if kind == r.primary_score else ""),
                 "AUROC": f"{m[f'auroc_{kind}']:.4f}", "AP": f"{m[f'ap_{kind}']:.4f}",
                 "threshold": f"{r.thresholds[kind]:.4g}",
                 "FPR held-out normals": f"{m[f'fpr_{kind}']:.3f}",

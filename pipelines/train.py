@@ -65,6 +65,8 @@ def split_data(cfg: TrainConfig, df: pd.DataFrame) -> Splits:
     if cfg.id_column and cfg.id_column not in df.columns:
         raise DataError(f"{cfg.data}: id column '{cfg.id_column}' not found; "
                         f"columns are {list(df.columns)}")
+    # Check every value in file order first, so errors name the record as it is in the file.
+    TabularPreprocessor(cfg.id_column, cfg.label_column).fit(df, cfg.data)
     normal = df
     anomalies = None
     if cfg.label_column and (cfg.label_column in df.columns or not cfg.eval_data):
@@ -126,13 +128,14 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
         logged_params = {**params.to_dict(), **detector.resolved_,
                          "data": cfg.data, "eval_data": cfg.eval_data,
                          "label_column": cfg.label_column, "id_column": cfg.id_column,
-                         "n_fit_rows": len(splits.fit), "n_calibration_rows": len(splits.calibration),
+                         "n_fit_rows": len(splits.fit),
+                         "n_calibration_rows": len(splits.calibration),
                          "n_input_columns": len(detector.preprocessor_.input_columns_),
                          "n_features": detector.preprocessor_.n_features_,
                          "data_sha256": fingerprint(cfg.data, df)}
         mlflow.log_params({k: ("" if v is None else v) for k, v in logged_params.items()})
-        mlflow.log_input(mlflow.data.from_pandas(splits.fit, source=cfg.data, name=Path(cfg.data).name),
-                         context="training")
+        dataset = mlflow.data.from_pandas(splits.fit, source=cfg.data, name=Path(cfg.data).name)
+        mlflow.log_input(dataset, context="training")
 
         metrics = _calibration_metrics(detector, splits.calibration, cfg.data)
         metrics.update({"fit_seconds": fit_seconds, "epochs_trained": len(detector.history_),

@@ -1,0 +1,37 @@
+import pytest
+
+from pipelines.config import TrainConfig
+from training.errors import ConfigError
+
+
+def test_yaml_and_flags_merge(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("data: a.csv\nname: m\nkind: ae\nmodel:\n  latent_dim: 3\n  beta: 2.0\n")
+    flags = {"kind": "vae", "name": None, "model": {"latent_dim": 5, "dropout": None}}
+    cfg = TrainConfig.from_sources(str(cfg_file), flags)
+    assert (cfg.data, cfg.name, cfg.kind) == ("a.csv", "m", "vae")
+    p = cfg.detector_params()
+    assert (p.latent_dim, p.beta, p.kind, p.primary_score) == (5, 2.0, "vae", "elbo")
+
+
+def test_unknown_keys_are_named(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("data: a.csv\nname: m\nlearning_rat: 0.1\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown config key\(s\) \['learning_rat'\]"):
+        TrainConfig.from_sources(str(cfg_file), {})
+    cfg_file.write_text("data: a.csv\nname: m\nmodel:\n  latnt_dim: 3\n")
+    with pytest.raises(ConfigError, match=r"model.unknown detector parameter.*'latnt_dim'"):
+        TrainConfig.from_sources(str(cfg_file), {})
+
+
+def test_invalid_values_and_files(tmp_path):
+    with pytest.raises(ConfigError, match="name: required"):
+        TrainConfig.from_sources(None, {"data": "a.csv"})
+    with pytest.raises(ConfigError, match="target_fpr"):
+        TrainConfig.from_sources(None, {"data": "a.csv", "name": "m", "target_fpr": 2.0})
+    with pytest.raises(ConfigError, match="config file not found"):
+        TrainConfig.from_sources(str(tmp_path / "nope.yaml"), {})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        TrainConfig.from_sources(str(bad), {})

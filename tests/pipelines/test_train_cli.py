@@ -1,0 +1,150 @@
+"""The training pipeline through the CLI, into a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.cli import main
+from training.detector import Detector
+
+NAME = "bc"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, breast_cancer_csv):
+    """Train an AE and a VAE once into a fresh SQLite store; yield its URI."""
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    for kind in ("ae", "vae"):
+        code = main(["train", "--data", str(breast_cancer_csv), "--kind", kind, "--name", NAME,
+                     "--label-column", "malignant", "--id-column", "id", "--epochs", "15",
+                     "--experiment", "tests", "--tracking-uri", uri])
+        assert code == 0
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def test_both_versions_registered_with_alias_and_tags(store):
+    client = MlflowClient()
+    versions = sorted(client.search_model_versions(f"name = '{NAME}'"), key=lambda v: v.version)
+    assert [v.tags["kind"] for v in versions] == ["ae", "vae"]
+    assert [v.tags["primary_score"] for v in versions] == ["recon", "elbo"]
+    for v in versions:
+        assert float(v.tags["threshold"]) > 0 and v.tags["target_fpr"] == "0.01"
+    assert {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {
+        "challenger": "2"}
+
+
+def test_runs_share_metric_and_param_names(store):
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert len(runs) == 2
+    common = {"auroc", "ap", "precision", "recall", "f1", "fpr", "threshold", "threshold_recon",
+              "auroc_recon", "train_loss", "val_loss", "fit_seconds", "calibration_fpr_recon"}
+    for r in runs:
+        assert common <= set(r.data.metrics), sorted(common - set(r.data.metrics))
+        assert r.data.metrics["auroc"] > 0.8
+        assert r.info.status == "FINISHED"
+    assert set(runs[0].data.params) == set(runs[1].data.params)
+    vae = next(r for r in runs if r.data.tags["kind"] == "vae")
+    assert {"auroc_elbo", "threshold_elbo"} <= set(vae.data.metrics)
+    history = client.get_metric_history(vae.info.run_id, "val_loss")
+    assert len(history) == int(vae.data.metrics["epochs_trained"])
+    artifacts = {a.path for a in client.list_artifacts(vae.info.run_id, "plots")}
+    assert {"plots/loss_curves.png", "plots/scores_elbo.png", "plots/roc_pr.png"} <= artifacts
+
+
+def test_pyfunc_scores_match_the_detector(store, breast_cancer):
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger")
+    rows = breast_cancer.drop(columns=["id", "malignant"]).head(20)
+    out = model.predict(rows)
+    for col in ("score", "p_value", "is_anomaly", "score_elbo", "p_value_elbo", "score_recon",
+                "p_value_recon"):
+        assert col in out.columns
+    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}@challenger")
+    det = Detector.load(f"{local}/artifacts/detector")
+    pd.testing.assert_frame_equal(out.reset_index(drop=True), det.score(rows))
+    assert model.metadata.signature is not None
+
+
+def test_promote_and_list(store, capsys):
+    assert main(["models", "--tracking-uri", store, "promote", NAME, "--version", "1",
+                 "--alias", "champion"]) == 0
+    aliases = MlflowClient().get_registered_model(NAME).aliases
+    assert {k: str(v) for k, v in aliases.items()} == {"challenger": "2", "champion": "1"}
+    capsys.readouterr()
+    assert main(["models", "--tracking-uri", store, "list"]) == 0
+    out = capsys.readouterr().out
+    assert "champion" in out and "challenger" in out
+    assert main(["models", "--tracking-uri", store, "promote", NAME, "--version", "9"]) == 2
+    assert "has no version 9" in capsys.readouterr().err
+
+
+# -- bad input: one line naming the problem, exit 2, nothing logged or registered ------------
+def _write(tmp_path, name, df):
+    path = tmp_path / name
+    df.to_csv(path, index=False) if name.endswith(".csv") else df.to_parquet(path)
+    return path
+
+
+BAD_CASES = {
+    "missing file": (lambda t, df: t / "nope.csv", [], "nope.csv: file not found"),
+    "empty file": (lambda t, df: (t / "e.csv").write_text("") or t / "e.csv", [],
+                   "e.csv: file is empty"),
+    "header only": (lambda t, df: _write(t, "h.csv", df.head(0)), [], "no rows"),
+    "wrong suffix": (lambda t, df: _write(t, "x.csv", df).rename(t / "x.txt"), [],
+                     "unsupported file type '.txt'"),
+    "misnamed label": (lambda t, df: _write(t, "d.csv", df), ["--label-column", "malignnt"],
+                       "label column 'malignnt' not found"),
+    "misnamed id": (lambda t, df: _write(t, "d.csv", df), ["--id-column", "ident"],
+                    "id column 'ident' not found"),
+    "text in numeric": (lambda t, df: _write(t, "d.csv", df.astype({"mean_radius": object})
+                                             .assign(mean_radius=lambda d: d.mean_radius.where(
+                                                 d.index != d.index[7], "twelve"))), [],
+                        "record 7, column 'mean_radius': expected a number, got 'twelve'"),
+    "all missing column": (lambda t, df: _write(t, "d.parquet", df.assign(extra=np.nan)), [],
+                           "column 'extra' is entirely missing"),
+    "too few rows": (lambda t, df: _write(t, "d.csv", df.head(12)), [], "12 normal rows"),
+    "eval data schema": (lambda t, df: _write(t, "d.csv", df), [
+        "--label-column", "malignant", "--eval-data", "EVAL"], "missing column(s) ['mean_area']"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_fails_cleanly(case, tmp_path, breast_cancer, capsys):
+    make, extra, message = BAD_CASES[case]
+    df = breast_cancer.drop(columns=["id"])
+    if case != "misnamed label" and "--label-column" not in extra:
+        df = df[df.malignant == 0].drop(columns=["malignant"])
+    path = make(tmp_path, df)
+    extra = [str(_write(tmp_path, "ev.csv", breast_cancer.drop(columns=["mean_area"])))
+             if a == "EVAL" else a for a in extra]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["train", "--data", str(path), "--kind", "ae", "--name", "bad", "--epochs", "2",
+                 "--tracking-uri", uri, *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: ") and message in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "mlflow.db").exists()  # failed before any run or registration
+
+
+def test_unknown_config_key_through_the_console_script(tmp_path, breast_cancer_csv):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {breast_cancer_csv}\nname: m\nepocs: 3\n")
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", "--config", str(cfg)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {cfg}: unknown config key(s) ['epocs']; known keys: ['alias', "
+        "'calibration_fraction', 'data', 'eval_data', 'eval_fraction', 'experiment', 'id_column', "
+        "'kind', 'label_column', 'model', 'name', 'register', 'seed', 'target_fpr']"]
+    assert not (tmp_path / "mlflow.db").exists()
