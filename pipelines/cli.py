@@ -10,8 +10,8 @@ import argparse
 import logging
 import os
 import subprocess
-import warnings
 import sys
+import warnings
 
 from training.errors import AnomalyError
 
@@ -157,6 +157,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, args.epochs)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the scoring service (HTTP) for registered models",
+                       description="Serve registered models over HTTP: POST "
+                       "/v1/models/NAME/score, docs at /docs. Every flag can also come from "
+                       "the environment (ANOMALY_MODELS, ANOMALY_PORT, ANOMALY_API_KEYS, ...) "
+                       "or a YAML settings file; flags win.")
+    p.add_argument("--model", dest="models", action="append", metavar="URI",
+                   help="models:/NAME@ALIAS or models:/NAME/VERSION; repeat for several")
+    p.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: 8000)")
+    p.add_argument("--config", help="YAML settings file (keys as in `ANOMALY_*`, lower case)")
+    p.add_argument("--tracking-uri", help="MLflow tracking/registry URI")
+    p.add_argument("--cache-dir", help="where downloaded models are kept")
+    p.add_argument("--strict", action="store_const", const=True,
+                   help="reject records carrying columns the model does not read")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from service.app import serve
+    from service.settings import load_settings
+
+    serve(load_settings(args.config, models=args.models, host=args.host, port=args.port,
+                        tracking_uri=args.tracking_uri, cache_dir=args.cache_dir,
+                        strict=args.strict))
+    return 0
+
+
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """Plain-text table with a header line."""
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
@@ -177,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_ui(sub)
     _add_demo(sub)
+    _add_serve(sub)
     from pipelines.batch_cli import add_batch_commands
 
     add_batch_commands(sub)

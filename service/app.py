@@ -93,6 +93,10 @@ def serve(settings: Settings) -> None:
                             log_level=settings.log_level.lower(), access_log=False,
                             log_config=None, timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when startup fails; report why instead
+        if app.state.startup_error is None:
+            raise
     if app.state.startup_error is not None:
         raise app.state.startup_error
