@@ -1,0 +1,81 @@
+"""Hyperparameters of an ImageDetector: the tabular ones plus the image format.
+
+``conv_ae`` and ``conv_vae`` share every option of ``ae`` and ``vae`` where it applies;
+``hidden_sizes`` are the channel widths of the convolutional stages.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from training.errors import ConfigError
+from training.params import SCORE_KINDS, DetectorParams, resolve
+
+IMAGE_KINDS = ("conv_ae", "conv_vae")
+# The dense kind with the same objective and score kinds: it validates the shared options.
+DENSE_TWIN = {"conv_ae": "ae", "conv_vae": "vae"}
+
+
+@dataclass
+class ImageDetectorParams(DetectorParams):
+    """:class:`DetectorParams` for images, with their own defaults where images differ.
+
+    Extra fields:
+        image_size: [height, width] (or one int for squares) every image is resized to;
+            None = from the training images.
+        channels: 1 (grayscale) or 3 (RGB); None = from the training images.
+    """
+
+    kind: str = "conv_vae"
+    patience: int = 10
+    mc_samples: int = 8
+    image_size: list[int] | None = None
+    channels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in IMAGE_KINDS:
+            raise ConfigError(f"kind: expected one of {list(IMAGE_KINDS)} for images, got "
+                              f"{self.kind!r}")
+        kind, self.kind = self.kind, DENSE_TWIN[self.kind]
+        try:
+            super().__post_init__()
+        finally:
+            self.kind = kind
+        if self.image_size is not None:
+            size = [self.image_size] * 2 if isinstance(self.image_size, int) else self.image_size
+            if (not isinstance(size, (list, tuple)) or len(size) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 4
+                               for v in size)):
+                raise ConfigError(f"image_size: expected an int or [height, width], each >= 4, "
+                                  f"got {self.image_size!r}")
+            self.image_size = [int(v) for v in size]
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels: expected 1 or 3, got {self.channels!r}")
+
+    @property
+    def score_kinds(self) -> tuple[str, ...]:
+        """Scores this kind of model produces (those of its dense twin)."""
+        return SCORE_KINDS[DENSE_TWIN[self.kind]]
+
+
+def resolve_image(params: ImageDetectorParams, n_images: int, shape: tuple[int, int, int]
+                  ) -> dict[str, Any]:
+    """Fill the ``None`` parameters from the images' shape (C, H, W) and count.
+
+    Heuristics (no dataset-specific tuning): stride-2 stages until the feature map is about
+    4-7 pixels a side (1 to 4 stages), 32 channels doubling per stage up to 128; a code of
+    about sqrt(C*H*W) values (a power of two, 4 to 64). Batch size and epochs follow the
+    tabular rule (:func:`training.params.resolve`), early stopping deciding the rest.
+    """
+    c, h, w = shape
+    if params.hidden_sizes is not None:
+        widths = list(params.hidden_sizes)
+    else:
+        stages = int(min(4, max(1, math.floor(math.log2(max(min(h, w), 2) / 4)))))
+        widths = [min(128, 32 * 2**i) for i in range(stages)]
+    latent = params.latent_dim or int(min(64, max(4, 2 ** round(math.log2(math.sqrt(c * h * w))))))
+    schedule = resolve(params, n_images, c * h * w)
+    return {"hidden_sizes": widths, "latent_dim": latent, "batch_size": schedule["batch_size"],
+            "max_epochs": schedule["max_epochs"]}
