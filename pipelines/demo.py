@@ -11,6 +11,7 @@ import pandas as pd
 from sklearn.datasets import load_breast_cancer
 
 from pipelines.config import TrainConfig
+from pipelines.serve_demo import show_service
 from pipelines.tracking import promote
 from pipelines.train import run_training
 
@@ -70,4 +71,5 @@ def run_demo(workdir: str, max_epochs: int | None = None) -> int:
           f"AUROC {best.metrics['auroc']:.4f}); the other stays @challenger")
     print("\nCompare the runs in the MLflow UI:")
     print(f"  anomaly ui --tracking-uri {uri}")
+    show_service(uri, name, data, folder)
     return 0

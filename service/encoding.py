@@ -67,7 +67,8 @@ class FastEncoder:
             if not dropped:
                 rows = np.flatnonzero(codes >= 0)
                 X[rows, start + codes[rows]] = 1.0
-        return X.astype(np.float32), unknown
+        with np.errstate(over="ignore"):  # overflow: caught as a non-finite score
+            return X.astype(np.float32), unknown
 
 
 def score_matrix(detector: Detector, X: np.ndarray, unknown: np.ndarray) -> pd.DataFrame:

@@ -66,12 +66,15 @@ _BODY = {"requestBody": {"required": True, "content": {
 
 
 class JSONBytes(Response):
-    """A JSON answer serialised in one call (pydantic-core), without per-field validation."""
+    """A JSON answer serialised in one call (pydantic-core), without per-field validation.
+
+    Non-finite numbers (a reconstruction overflowing float32) become null: valid JSON.
+    """
 
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return pydantic_core.to_json(content)
+        return pydantic_core.to_json(content, inf_nan_mode="null")
 
 
 probes = APIRouter(tags=["operations"])

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from service.errors import InputError
 from service.inputs import Batch
 from service.model import ServedModel
 
@@ -62,6 +63,20 @@ def explanations(model: ServedModel, batch: Batch, top_k: int) -> list[list[dict
             for cs, es in zip(names, picked, strict=True)]
 
 
+def _check_finite(model: ServedModel, batch: Batch, scores: np.ndarray) -> None:
+    """Raise naming the first record whose score overflowed, and its most extreme column."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if not bad.size:
+        return
+    i = int(bad[0])
+    row = batch.frame(model.inputs.columns).iloc[[i]]
+    X, _ = model.detector.preprocessor_.transform(row, source="request")
+    names = model.detector.preprocessor_.feature_names_
+    column = names[int(np.nanargmax(np.abs(X[0].astype(np.float64))))].split("=")[0]
+    raise InputError(f"record {i}, column '{column}': value too far outside the training data "
+                     "to score (the reconstruction overflows); check its units", i, column)
+
+
 def score_batch(model: ServedModel, batch: Batch, explain: bool = False,
                 top_k: int = 5) -> Scored:
     """Score every record of ``batch`` with ``model``.
@@ -71,6 +86,7 @@ def score_batch(model: ServedModel, batch: Batch, explain: bool = False,
         and one result per record in order (with ``explanation`` when ``explain``).
     """
     frame = model.score(batch)
+    _check_finite(model, batch, frame["score"].to_numpy())
     out = results(frame)
     if explain:
         for r, e in zip(out, explanations(model, batch, top_k), strict=True):
