@@ -1,0 +1,188 @@
+"""``anomaly score`` in process against a registered model in a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.batch import EXPERIMENT, ScoreSample, output_for
+from pipelines.batch_io import _record_numbers
+from pipelines.cli import main
+from tests.batch_support import NAME, trained_store
+
+SCORE_COLUMNS = ["score", "p_value", "is_anomaly", "score_recon", "p_value_recon",
+                 "unknown_categories"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = trained_store(tmp_path_factory)
+    mlflow.set_tracking_uri(s.uri)
+    mlflow.set_registry_uri(s.uri)
+    return s
+
+
+@pytest.fixture(scope="module")
+def expected(store) -> pd.DataFrame:
+    """What MLflow's own pyfunc loader gives on the same rows."""
+    return mlflow.pyfunc.load_model(store.model_uri).predict(store.frame)
+
+
+def _score(store, *args: str) -> int:
+    return main(["score", "--model", store.model_uri, "--tracking-uri", store.uri, *args])
+
+
+@pytest.mark.parametrize("suffix_in,suffix_out", [(".csv", ".parquet"), (".parquet", ".csv")])
+def test_scores_equal_the_pyfunc(store, expected, tmp_path, suffix_in, suffix_out):
+    src = tmp_path / f"in{suffix_in}"
+    if suffix_in == ".csv":
+        src.write_bytes(store.csv.read_bytes())
+    else:
+        store.frame.to_parquet(src)
+    out = tmp_path / f"out{suffix_out}"
+    # One chunk holds the whole file here, as one pyfunc call does: the numbers are identical.
+    # Across chunk boundaries float32 matrix products may round differently (~1e-7 relative).
+    chunk = "100000" if suffix_in == ".csv" else "100"
+    assert _score(store, "--input", str(src), "--output", str(out), "--chunk-rows", chunk) == 0
+    got = pd.read_csv(out) if suffix_out == ".csv" else pd.read_parquet(out)
+    assert list(got.columns) == [*store.frame.columns, *SCORE_COLUMNS, "model_name",
+                                 "model_version"]
+    for c in SCORE_COLUMNS:
+        if chunk == "100000" or c in ("is_anomaly", "unknown_categories"):
+            np.testing.assert_array_equal(got[c].to_numpy(), expected[c].to_numpy(), err_msg=c)
+        else:
+            np.testing.assert_allclose(got[c].to_numpy(), expected[c].to_numpy(), rtol=1e-6,
+                                       err_msg=c)
+    np.testing.assert_array_equal(got["id"].to_numpy(), store.frame["id"].to_numpy())
+    assert set(got["model_name"]) == {NAME} and set(got["model_version"].astype(str)) == {"1"}
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_job_is_logged_to_mlflow(store, expected, tmp_path):
+    out = tmp_path / "o.parquet"
+    assert _score(store, "--input", str(store.csv), "--output", str(out), "--keep", "id") == 0
+    assert list(pd.read_parquet(out).columns)[:2] == ["id", "score"]
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    run = MlflowClient().search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
+                                     max_results=1)[0]
+    m, p = run.data.metrics, run.data.params
+    assert p["model_name"] == NAME and p["model_version"] == "1"
+    assert m["rows"] == len(store.frame)
+    assert m["anomalies"] == int(expected["is_anomaly"].sum())
+    assert m["anomaly_rate"] == pytest.approx(expected["is_anomaly"].mean())
+    assert m["score_p50"] == pytest.approx(float(expected["score"].median()))
+    assert m["rows_per_second"] > 0 and m["seconds"] > 0
+
+
+def test_glob_writes_one_output_per_input_and_resume_skips(store, tmp_path, capsys):
+    for i in range(2):
+        store.frame.iloc[i * 100:(i + 1) * 100].to_parquet(tmp_path / f"drop{i}.parquet")
+    outdir = tmp_path / "scored"
+    args = ("--input", str(tmp_path / "drop*.parquet"), "--output", f"{outdir}/")
+    assert _score(store, *args) == 0
+    first = {p.name: p.read_bytes() for p in outdir.iterdir()}
+    assert sorted(first) == ["drop0.parquet", "drop1.parquet"]
+    (outdir / "drop1.parquet").unlink()
+    capsys.readouterr()
+    assert _score(store, *args, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert "drop0.parquet: skipped" in printed and "drop1.parquet ->" in printed
+    # A rerun gives the same file, byte for byte.
+    assert (outdir / "drop1.parquet").read_bytes() == first["drop1.parquet"]
+
+
+def _bad_csv(store, tmp_path: Path) -> Path:
+    lines = store.csv.read_text().splitlines()
+    lines[4] = lines[4] + ",extra"  # record 3: a field too many
+    fields = lines[8].split(",")
+    fields[2] = "n/a?"  # record 7: text in a numeric feature
+    lines[8] = ",".join(fields)
+    path = tmp_path / "bad.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_malformed_row_fails_naming_file_and_record(store, tmp_path, capsys):
+    src, out = _bad_csv(store, tmp_path), tmp_path / "o.parquet"
+    assert _score(store, "--input", str(src), "--output", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv: record 3" in err and "--on-error skip" in err
+    assert not out.exists() and not list(tmp_path.glob(".o.parquet*"))
+
+
+def test_malformed_rows_skipped_counted_and_written_to_rejects(store, expected, tmp_path):
+    src, out = _bad_csv(store, tmp_path), tmp_path / "o.parquet"
+    assert _score(store, "--input", str(src), "--output", str(out), "--on-error", "skip",
+                  "--chunk-rows", "5") == 0
+    got = pd.read_parquet(out)
+    assert len(got) == len(store.frame) - 2
+    keep = ~store.frame.index.isin([3, 7])
+    np.testing.assert_allclose(got["score"].to_numpy(), expected["score"][keep].to_numpy(),
+                               rtol=1e-6)
+    rejects = pd.read_csv(tmp_path / "o.rejects.csv")
+    assert rejects["record"].tolist() == [3, 7]
+    assert "mean_texture" in rejects["reason"][1]
+
+
+@pytest.mark.parametrize("case", ["missing_file", "schema", "unwritable", "unknown_alias",
+                                  "bad_keep", "unknown_suffix"])
+def test_bad_input_exits_2_and_writes_nothing(store, tmp_path, capsys, case):
+    src = tmp_path / "in.parquet"
+    store.frame.drop(columns=["mean_radius", "worst_area"]).to_parquet(src) if case == "schema" \
+        else store.frame.to_parquet(src)
+    out = tmp_path / "out" / "o.parquet"
+    args = ["--input", str(src), "--output", str(out)]
+    model = store.model_uri
+    if case == "missing_file":
+        args[1] = str(tmp_path / "nope.parquet")
+    elif case == "unwritable":
+        (tmp_path / "out").write_text("a file, not a folder")
+    elif case == "unknown_alias":
+        model = f"models:/{NAME}@nope"
+    elif case == "bad_keep":
+        args += ["--keep", "id,nope"]
+    elif case == "unknown_suffix":
+        args[3] = str(tmp_path / "o.xlsx")
+    code = main(["score", "--model", model, "--tracking-uri", store.uri, *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    expected_words = {"missing_file": "file not found", "schema": "'mean_radius', 'worst_area'",
+                      "unwritable": "choose a writable --output", "unknown_alias": "no alias",
+                      "bad_keep": "'nope'", "unknown_suffix": ".xlsx"}[case]
+    assert expected_words in err
+    if case != "unwritable":
+        assert not out.exists()
+
+
+def test_record_numbers_skip_malformed_lines():
+    # Good rows 0..4 with malformed records 1 and 4 skipped: records 0, 2, 3, 5, 6.
+    np.testing.assert_array_equal(_record_numbers(0, 5, [1, 4]), [0, 2, 3, 5, 6])
+    np.testing.assert_array_equal(_record_numbers(3, 2, [1, 4]), [5, 6])
+    np.testing.assert_array_equal(_record_numbers(0, 0, [1]), [])
+
+
+def test_output_templates():
+    when = datetime(2024, 5, 6, 7, 8, 9)
+    src = Path("in/a.csv")
+    assert output_for("o/{date}/{stem}.parquet", src, when, True) == Path("o/2024-05-06/a.parquet")
+    assert output_for("o/", src, when, False) == Path("o/a.parquet")
+    assert output_for("o", src, when, True) == Path("o/a.parquet")
+    assert output_for("o.csv", src, when, False) == Path("o.csv")
+
+
+def test_score_sample_quantiles_are_exact_when_small_and_bounded_when_large():
+    s = ScoreSample(size=1000)
+    s.add(np.arange(101, dtype=float))
+    assert s.quantiles()["score_p50"] == 50.0
+    for _ in range(20):
+        s.add(np.random.default_rng(1).random(10_000))
+    assert len(s._values) == 1000
+    assert pa.array(s._values).type == pa.float64()
