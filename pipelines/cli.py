@@ -26,13 +26,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        "calibrate thresholds on held-out normals, evaluate on labelled data if "
                        "given, log the run to MLflow and register the model with an alias.")
     p.add_argument("--config", help="YAML file with the same keys as the flags (flags win)")
-    p.add_argument("--data", help="CSV or Parquet file of normal records")
-    p.add_argument("--kind", choices=["ae", "vae"], help="model kind (default: vae)")
+    p.add_argument("--data", help="CSV or Parquet file of normal records; for conv_ae/conv_vae "
+                   "a folder of images (MVTec layout too), an .npz or an IDX file")
+    p.add_argument("--kind", choices=["ae", "vae", "conv_ae", "conv_vae"],
+                   help="model kind: ae, vae for tables; conv_ae, conv_vae for images "
+                   "(default: vae)")
     p.add_argument("--name", help="registered model name")
     p.add_argument("--label-column", help="column of labels (1 = anomaly): anomalies are held "
                    "out for evaluation, never trained on")
     p.add_argument("--id-column", help="column identifying records (not a feature)")
-    p.add_argument("--eval-data", help="separate labelled CSV/Parquet file for evaluation")
+    p.add_argument("--eval-data", help="separate labelled CSV/Parquet file for evaluation "
+                   "(images: a folder with good/ and one folder per defect, or .npz/IDX)")
+    p.add_argument("--normal-class", help="images labelled by class (IDX, .npz): the class "
+                   "that is normal; the others are anomalies kept for evaluation")
     p.add_argument("--target-fpr", type=float, help="false-positive rate of the thresholds "
                    "(default: 0.01)")
     p.add_argument("--alias", help="alias set on the new version (default: challenger)")
@@ -54,15 +60,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     h.add_argument("--noise-std", type=float, help="denoising: input noise std (0 = off)")
     h.add_argument("--beta", type=float, help="VAE: weight of the KL term")
+    h.add_argument("--image-size", type=lambda s: [int(x) for x in s.split(",")],
+                   help="images: HEIGHT,WIDTH (or one number) to resize to (default: the "
+                   "images' own size, at most 64 a side)")
+    h.add_argument("--channels", type=int, choices=[1, 3],
+                   help="images: 1 grayscale or 3 RGB (default: from the images)")
     h.add_argument("--primary-score", choices=["recon", "elbo"],
                    help="score that decides is_anomaly (default: elbo for vae, recon for ae)")
     p.set_defaults(func=_cmd_train)
 
 
 MODEL_FLAGS = ("hidden_sizes", "latent_dim", "activation", "dropout", "batch_size",
-               "learning_rate", "max_epochs", "patience", "noise_std", "beta", "primary_score")
+               "learning_rate", "max_epochs", "patience", "noise_std", "beta", "primary_score",
+               "image_size", "channels")
 TOP_FLAGS = ("data", "kind", "name", "label_column", "id_column", "eval_data", "target_fpr",
-             "alias", "experiment", "seed", "register")
+             "alias", "experiment", "seed", "register", "normal_class")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

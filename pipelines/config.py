@@ -2,9 +2,10 @@
 
 File format (every key optional except ``data`` and ``name``; CLI flags override the file)::
 
-    data: normal.csv            # CSV or Parquet of normal records (may hold labelled anomalies)
+    data: normal.csv            # CSV or Parquet of normal records (may hold labelled anomalies),
+                                # or images: a folder (MVTec layout too), an .npz or IDX file
     name: my-model              # registered model name
-    kind: vae                   # ae | vae
+    kind: vae                   # ae | vae (tables), conv_ae | conv_vae (images)
     label_column: null          # 1/true = anomaly; such rows are kept for evaluation only
     id_column: null             # excluded from features
     eval_data: null             # a separate labelled file for evaluation (needs label_column)
@@ -15,6 +16,7 @@ File format (every key optional except ``data`` and ``name``; CLI flags override
     eval_fraction: 0.2          # share of normal rows held out for evaluation (labelled data only)
     seed: 0
     register: true              # false: log the run but do not register a version
+    normal_class: null          # images labelled by class (IDX, .npz): the normal class
     model:                      # detector hyperparameters (training.params.DetectorParams)
       hidden_sizes: null        # e.g. [64, 32]; null = chosen from the data's width
       latent_dim: null
@@ -31,6 +33,7 @@ from typing import Any
 import yaml
 
 from training.errors import ConfigError
+from training.image_params import IMAGE_KINDS, ImageDetectorParams
 from training.params import DetectorParams
 
 DEFAULT_EXPERIMENT = "anomaly-detection"
@@ -53,6 +56,7 @@ class TrainConfig:
     eval_fraction: float = 0.2
     seed: int = 0
     register: bool = True
+    normal_class: int | str | None = None
     model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,19 +67,20 @@ class TrainConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 0.9:
                 raise ConfigError(f"{key}: expected a number in (0, 0.9), got {v!r}")
-        if self.eval_data and not self.label_column:
+        if self.eval_data and not self.label_column and self.kind not in IMAGE_KINDS:
             raise ConfigError("eval_data needs label_column: name the column holding the labels")
         if not isinstance(self.model, dict):
             raise ConfigError(f"model: expected a mapping of hyperparameters, got {self.model!r}")
         # Validate the hyperparameters now, so a typo fails before any data is read.
         self.detector_params()
 
-    def detector_params(self) -> DetectorParams:
+    def detector_params(self) -> DetectorParams | ImageDetectorParams:
         """The detector's hyperparameters, with kind, target FPR and seed from the top level."""
         merged = {**self.model, "kind": self.kind, "target_fpr": self.target_fpr}
         merged.setdefault("seed", self.seed)
         try:
-            return DetectorParams.from_dict(merged)
+            cls = ImageDetectorParams if self.kind in IMAGE_KINDS else DetectorParams
+            return cls.from_dict(merged)
         except ConfigError as e:
             raise ConfigError(f"model.{e}") from None
 

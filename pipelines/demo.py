@@ -11,6 +11,7 @@ import pandas as pd
 from sklearn.datasets import load_breast_cancer
 
 from pipelines.config import TrainConfig
+from pipelines.image_demo import run_image_demo
 from pipelines.serve_demo import show_service
 from pipelines.tracking import promote
 from pipelines.train import run_training
@@ -69,6 +70,7 @@ def run_demo(workdir: str, max_epochs: int | None = None) -> int:
     print("(* = the model's primary score, which decides is_anomaly; target FPR 0.01)")
     print(f"\nmodels:/{name}@champion -> version {best.version} ({best.kind}, "
           f"AUROC {best.metrics['auroc']:.4f}); the other stays @challenger")
+    run_image_demo(folder, uri, max_epochs)
     print("\nCompare the runs in the MLflow UI:")
     print(f"  anomaly ui --tracking-uri {uri}")
     show_service(uri, name, data, folder)

@@ -3,6 +3,10 @@
 ``mlflow.pyfunc.load_model(uri).predict(df)`` returns one row per input row with ``score``,
 ``p_value``, ``is_anomaly`` (primary score), ``score_<kind>`` and ``p_value_<kind>`` for each
 score kind, and ``unknown_categories``.
+
+An image model reads a column ``image`` of encoded images (PNG, JPEG...: bytes, or base64
+strings) or a column ``path`` of image files, and returns the same columns but
+``unknown_categories``.
 """
 
 from __future__ import annotations
@@ -10,17 +14,22 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-from training.detector import Detector
+from training.image_detector import ImageDetector, score_image_files
+from training.images import images_from_frame
+from training.loading import load_detector
 
 
 class AnomalyDetectorModel(mlflow.pyfunc.PythonModel):
     """Loads the detector once in ``load_context``; ``predict`` only scores."""
 
     def load_context(self, context):
-        self.detector = Detector.load(context.artifacts["detector"])
+        self.detector = load_detector(context.artifacts["detector"])
 
     def predict(self, context, model_input, params=None):
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if isinstance(self.detector, ImageDetector):
+            files = images_from_frame(df, source="input")
+            return score_image_files(self.detector, files)[0].drop(columns="name")
         return self.detector.score(df, source="input")
 
 

@@ -26,6 +26,7 @@ from pipelines.tracking import ensure_experiment, register, use_tracking_uri
 from training.detector import Detector
 from training.errors import DataError
 from training.evaluation import detection_metrics
+from training.image_params import IMAGE_KINDS
 from training.preprocessing import TabularPreprocessor
 
 log = logging.getLogger(__name__)
@@ -104,14 +105,22 @@ def fingerprint(path: str, df: pd.DataFrame) -> str:
 def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResult:
     """Run one training job end to end and return what it registered."""
     params = cfg.detector_params()
-    df = read_table(cfg.data)
-    splits = split_data(cfg, df)
-    detector = Detector(id_column=cfg.id_column, label_column=cfg.label_column,
-                        **params.to_dict())
+    images = params.kind in IMAGE_KINDS
     # Every input check happens before a run is opened: bad input logs and registers nothing.
-    schema = TabularPreprocessor(cfg.id_column, cfg.label_column).fit(splits.fit, cfg.data)
-    if splits.eval_X is not None:
-        schema.validate(splits.eval_X, cfg.eval_data or cfg.data)
+    if images:  # a folder, .npz or IDX file of images
+        from pipelines import image_train
+
+        splits, detector, data_params = image_train.prepare(cfg, params)
+        data_params["data_sha256"] = image_train.fingerprint(cfg.data)
+    else:
+        df = read_table(cfg.data)
+        splits = split_data(cfg, df)
+        detector = Detector(id_column=cfg.id_column, label_column=cfg.label_column,
+                            **params.to_dict())
+        schema = TabularPreprocessor(cfg.id_column, cfg.label_column).fit(splits.fit, cfg.data)
+        if splits.eval_X is not None:
+            schema.validate(splits.eval_X, cfg.eval_data or cfg.data)
+        data_params = {"data_sha256": fingerprint(cfg.data, df)}
 
     use_tracking_uri(tracking_uri)
     ensure_experiment(cfg.experiment)
@@ -131,10 +140,10 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
                          "n_fit_rows": len(splits.fit),
                          "n_calibration_rows": len(splits.calibration),
                          "n_input_columns": len(detector.preprocessor_.input_columns_),
-                         "n_features": detector.preprocessor_.n_features_,
-                         "data_sha256": fingerprint(cfg.data, df)}
+                         "n_features": detector.preprocessor_.n_features_, **data_params}
         mlflow.log_params({k: ("" if v is None else v) for k, v in logged_params.items()})
-        dataset = mlflow.data.from_pandas(splits.fit, source=cfg.data, name=Path(cfg.data).name)
+        dataset = (image_train.dataset(splits, cfg) if images else
+                   mlflow.data.from_pandas(splits.fit, source=cfg.data, name=Path(cfg.data).name))
         mlflow.log_input(dataset, context="training")
 
         metrics = _calibration_metrics(detector, splits.calibration, cfg.data)
@@ -146,7 +155,11 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
             metrics.update(_evaluation_metrics(detector, splits.eval_y, eval_scores))
         mlflow.log_metrics(metrics)
         _log_figures(detector, splits, eval_scores, cfg)
-        model_info = _log_model(detector, splits.fit)
+        if images:
+            image_train.log_pictures(detector, splits, cfg)
+            model_info = image_train.log_model(detector, splits.fit)
+        else:
+            model_info = _log_model(detector, splits.fit)
 
         version = None
         if cfg.register:
@@ -208,7 +221,12 @@ def _log_model(detector: Detector, fit_rows: pd.DataFrame):
     """Log the detector as a pyfunc with a signature and an input example."""
     columns = detector.preprocessor_.input_columns_
     example = fit_rows[columns].head(5).reset_index(drop=True)
-    output = detector.score(example)
+    return log_pyfunc(detector, example, detector.score(example), ("pyarrow",))
+
+
+def log_pyfunc(detector: Detector, example: pd.DataFrame, output: pd.DataFrame,
+               requirements: tuple[str, ...] = ()):
+    """Save the detector and log it as the pyfunc ``model``, signed by ``example`` -> ``output``."""
     signature = infer_signature(example, output)
     import torch
 
@@ -221,5 +239,5 @@ def _log_model(detector: Detector, fit_rows: pd.DataFrame):
             signature=signature,
             input_example=example,
             pip_requirements=[f"torch>={torch.__version__.split('+')[0]}",
-                              f"mlflow=={mlflow.__version__}", "pandas", "numpy", "pyarrow"],
+                              f"mlflow=={mlflow.__version__}", "pandas", "numpy", *requirements],
         )

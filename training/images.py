@@ -351,8 +351,8 @@ def load_images(path: str | Path, preprocessor: ImagePreprocessor | None = None,
 
     Args:
         path: a folder, an ``.npz`` file or an IDX images file.
-        preprocessor: a fitted preprocessor fixing size and channels; when None, one is fitted
-            on the training images and the images are returned at that size.
+        preprocessor: fixes size and channels; one not fitted yet (or None for the defaults)
+            is fitted on the training images. Every image is returned at its size.
         normal_class: for data labelled by class (IDX, ``.npz`` with class labels): the class
             that is normal; every other class is anomalous. Without it, IDX images are all
             normal (their classes only colour pictures), and ``.npz`` labels must be 0/1.
@@ -377,9 +377,16 @@ def load_images(path: str | Path, preprocessor: ImagePreprocessor | None = None,
     else:
         labels, classes = _labels(labels, normal_class, str(p))
     arr = as_image_array(images, str(p))
-    pre = preprocessor or ImagePreprocessor().fit(arr, str(p))
+    pre = _fitted(preprocessor, arr, str(p))
     names = [f"{p.name}[{i}]" for i in range(len(arr))]
     return ImageSet(pre.batch(arr, str(p)), names, labels, classes), None
+
+
+def _fitted(pre: ImagePreprocessor | None, data: Any, source: str) -> ImagePreprocessor:
+    """``pre`` if fitted, else ``pre`` (or a default one) fitted on ``data``."""
+    if pre is not None and hasattr(pre, "channels_"):
+        return pre
+    return (pre or ImagePreprocessor()).fit(data, source)
 
 
 def _labels(raw: np.ndarray | None, normal_class: Any, source: str
@@ -411,7 +418,7 @@ def _load_folder(folder: Path, pre: ImagePreprocessor | None
         files = image_files(train_dir)
         if not files:
             raise DataError(f"{train_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-        pre = pre or ImagePreprocessor().fit(files, str(folder))
+        pre = _fitted(pre, files, str(folder))
         train = _decode_files(files, pre, labels=None, classes=None)
         test_dir = folder / "test"
         evaluation = _load_labelled(test_dir, pre) if test_dir.is_dir() else None
@@ -421,7 +428,7 @@ def _load_folder(folder: Path, pre: ImagePreprocessor | None
     files = image_files(folder)
     if not files:
         raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    pre = pre or ImagePreprocessor().fit(files, str(folder))
+    pre = _fitted(pre, files, str(folder))
     return _decode_files(files, pre, labels=None, classes=None), None
 
 
@@ -436,7 +443,7 @@ def _load_labelled(folder: Path, pre: ImagePreprocessor | None) -> ImageSet:
         files += fs
         classes += [name] * len(fs)
     classes_arr = np.asarray(classes)
-    pre = pre or ImagePreprocessor().fit(groups["good"], str(folder))
+    pre = _fitted(pre, groups["good"], str(folder))
     labels = (classes_arr != "good").astype(np.int64)
     return _decode_files(files, pre, labels, classes_arr)
 
@@ -495,6 +502,29 @@ def read_idx_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         if labels.shape != (len(images),):
             raise DataError(f"{label_path}: {labels.shape[0]} labels for {len(images)} images")
     return images, labels
+
+
+def images_from_frame(df, source: str = "input") -> list[tuple[str, bytes | str]]:
+    """``(name, content)`` per row of a DataFrame holding images.
+
+    The frame has a column ``image`` (encoded bytes, or base64 strings of them) or a column
+    ``path`` (image files). Names are the paths, or ``<source> row <i>``.
+    """
+    if "image" in df.columns:
+        out = []
+        for i, v in enumerate(df["image"].tolist()):
+            name = f"{source} row {i}"
+            if isinstance(v, str):
+                v = decode_base64(v, name)
+            if not isinstance(v, (bytes, bytearray)):
+                raise DataError(f"{name}: column 'image' holds {type(v).__name__}; expected "
+                                "encoded image bytes or a base64 string")
+            out.append((name, bytes(v)))
+        return out
+    if "path" in df.columns:
+        return [(str(v), str(v)) for v in df["path"].tolist()]
+    raise DataError(f"{source}: expected a column 'image' (base64 or bytes of PNG/JPEG files) or "
+                    f"'path' (image files); got columns {list(df.columns)}")
 
 
 def to_png(image: np.ndarray) -> bytes:
