@@ -163,7 +163,8 @@ def validation_body(errors: list[dict[str, Any]], limit: int = 10) -> dict[str, 
         if err.get("type") == "missing" and column is not None:
             msg = "missing column"
         elif err.get("type") == "extra_forbidden":
-            msg = "column not in the model's schema (strict mode)"
+            msg = ("column not in the model's schema (strict mode)" if column is not None
+                   else "unknown field")
         item: dict[str, Any] = {"message": f"{where}: {msg}"}
         if record is not None:
             item["record"] = record
