@@ -15,6 +15,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types import ColSpec, Schema
 
 from pipelines import image_plots
 from pipelines.config import TrainConfig
@@ -147,7 +149,11 @@ def _log(fig, path: str) -> None:
 
 
 def log_model(detector: ImageDetector, fit_images: np.ndarray):
-    """Log the detector as a pyfunc whose input is a column ``image`` of base64 PNG/JPEG."""
+    """Log the detector as a pyfunc reading a column ``image`` (base64 PNG/JPEG) or ``path``."""
     example = pd.DataFrame({"image": [base64.b64encode(to_png(im)).decode("ascii")
                                       for im in fit_images[:2]]})
-    return log_pyfunc(detector, example, detector.score(fit_images[:2]), ("pillow",))
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "image", required=False),
+                       ColSpec("string", "path", required=False)]),
+        outputs=infer_signature(example, detector.score(fit_images[:2])).outputs)
+    return log_pyfunc(detector, example, signature, ("pillow",))

@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 
 from pipelines import plots
 from pipelines.config import TrainConfig
@@ -221,13 +221,13 @@ def _log_model(detector: Detector, fit_rows: pd.DataFrame):
     """Log the detector as a pyfunc with a signature and an input example."""
     columns = detector.preprocessor_.input_columns_
     example = fit_rows[columns].head(5).reset_index(drop=True)
-    return log_pyfunc(detector, example, detector.score(example), ("pyarrow",))
+    signature = infer_signature(example, detector.score(example))
+    return log_pyfunc(detector, example, signature, ("pyarrow",))
 
 
-def log_pyfunc(detector: Detector, example: pd.DataFrame, output: pd.DataFrame,
+def log_pyfunc(detector: Detector, example: pd.DataFrame, signature: ModelSignature,
                requirements: tuple[str, ...] = ()):
-    """Save the detector and log it as the pyfunc ``model``, signed by ``example`` -> ``output``."""
-    signature = infer_signature(example, output)
+    """Save the detector and log it as the pyfunc ``model`` with its signature and example."""
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:

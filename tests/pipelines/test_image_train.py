@@ -1,0 +1,92 @@
+"""Image training through the CLI into a real SQLite MLflow store, and the image pyfunc."""
+
+from __future__ import annotations
+
+import base64
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.cli import main
+from pipelines.image_demo import write_digits
+from tests.training.image_data import normal_images, write_mvtec, write_png
+
+EXPERIMENT = "image-tests"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """conv_ae on an MVTec-style PNG folder, conv_vae on the 8x8 digits (.npz); yield paths."""
+    folder = tmp_path_factory.mktemp("imgstore")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    root = write_mvtec(folder / "blob", n_train=50, n_test_good=8, n_defect=8)
+    digits = write_digits(folder)
+    common = ["--experiment", EXPERIMENT, "--tracking-uri", uri]
+    assert main(["train", "--data", str(root), "--kind", "conv_ae", "--name", "blob",
+                 "--epochs", "25", *common]) == 0
+    assert main(["train", "--data", str(digits), "--kind", "conv_vae", "--name", "digits",
+                 "--normal-class", "0", "--epochs", "4", *common]) == 0
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return {"uri": uri, "root": root, "folder": folder}
+
+
+def _runs():
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    return {r.data.tags["kind"]: r for r in client.search_runs([exp.experiment_id])}
+
+
+def test_runs_log_table_metric_names_and_pictures(store):
+    client = MlflowClient()
+    runs = _runs()
+    assert set(runs) == {"conv_ae", "conv_vae"}
+    for kind, run in runs.items():
+        m = run.data.metrics
+        assert {"auroc", "ap", "threshold", "threshold_recon", "auroc_recon", "fpr",
+                "calibration_fpr_recon", "fit_seconds", "epochs_trained", "val_loss"} <= set(m)
+        assert run.data.params["kind"] == kind and run.info.status == "FINISHED"
+        pictures = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
+        assert {"images/reconstructions.png", "images/latent_space.png"} <= pictures
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/loss_curves.png", "plots/roc_pr.png"} <= plots
+    assert runs["conv_ae"].data.metrics["auroc"] > 0.9  # the painted patches are obvious
+    assert runs["conv_ae"].data.params["image_shape"] == "1x16x16"
+    assert runs["conv_vae"].data.params["image_shape"] == "1x8x8"
+    assert runs["conv_vae"].data.params["normal_class"] == "0"
+    assert "auroc_elbo" in runs["conv_vae"].data.metrics
+    vae_pics = {a.path for a in client.list_artifacts(runs["conv_vae"].info.run_id, "images")}
+    assert {"images/prior_samples.png", "images/interpolation.png"} <= vae_pics
+    versions = client.search_model_versions("name = 'blob'")
+    assert [v.tags["kind"] for v in versions] == ["conv_ae"]
+
+
+def test_pyfunc_scores_base64_bytes_and_paths(store, tmp_path):
+    model = mlflow.pyfunc.load_model("models:/blob@challenger")
+    path = write_png(tmp_path / "one.png", normal_images(1, seed=3)[0])
+    raw = path.read_bytes()
+    by_image = model.predict(pd.DataFrame({"image": [base64.b64encode(raw).decode(), raw]}))
+    by_path = model.predict(pd.DataFrame({"path": [str(path)]}))
+    assert list(by_image.columns) == ["score", "p_value", "is_anomaly", "score_recon",
+                                      "p_value_recon"]
+    assert by_image.score.nunique() == 1
+    # float32 convolutions may round differently for another batch size
+    assert by_path.score.iloc[0] == pytest.approx(by_image.score.iloc[0], rel=1e-5)
+
+
+def test_bad_image_fails_before_a_run_and_names_the_file(store, capsys):
+    bad = store["folder"] / "bad"
+    for i, im in enumerate(normal_images(40)):
+        write_png(bad / f"{i:02d}.png", im)
+    (bad / "17b.png").write_bytes(b"not a png")
+    before = len(_runs())
+    code = main(["train", "--data", str(bad), "--kind", "conv_ae", "--name", "bad", "--epochs",
+                 "1", "--experiment", EXPERIMENT, "--tracking-uri", store["uri"]])
+    assert code == 2
+    assert "17b.png" in capsys.readouterr().err
+    assert len(_runs()) == before
+    assert main(["train", "--data", str(bad), "--kind", "conv_ae", "--name", "bad",
+                 "--normal-class", "3", "--experiment", EXPERIMENT,
+                 "--tracking-uri", store["uri"]]) == 2
