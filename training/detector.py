@@ -61,6 +61,8 @@ class Detector:
         >>> det.score(new_df)[["score", "p_value", "is_anomaly"]]
     """
 
+    preprocessor_class = TabularPreprocessor  # what load() restores preprocessing.json with
+
     def __init__(self, id_column: str | None = None, label_column: str | None = None,
                  **params: Any):
         self.id_column = id_column
@@ -118,7 +120,7 @@ class Detector:
     def _loss(self, x_in: torch.Tensor, x: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
         """Training objective, averaged over the batch."""
         net = self.network_
-        if self.params.kind == "ae":
+        if not self._variational:
             return (net(x_in) - x).pow(2).mean()
         if eps is not None:  # deterministic validation loss: one fixed draw for every record
             eps = eps[:1].expand(x.shape[0], -1)
@@ -177,6 +179,11 @@ class Detector:
         return history
 
     # -- raw scores --------------------------------------------------------------------------
+    @property
+    def _variational(self) -> bool:
+        """Whether the network is a VAE (the model has an ``elbo`` score), whatever its kind."""
+        return "elbo" in self.params.score_kinds
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "network_"):
             raise NotFittedError("this Detector is not fitted yet: call fit(normal_data) first")
@@ -191,7 +198,7 @@ class Detector:
     def _squared_errors(self, x: torch.Tensor) -> torch.Tensor:
         """(n, d) squared errors of the deterministic reconstruction (posterior mean)."""
         net = self.network_
-        if self.params.kind == "vae":
+        if self._variational:
             mu, _ = net.encode(x)
             return (net.decode(mu) - x).pow(2)
         return (net(x) - x).pow(2)
@@ -342,7 +349,7 @@ class Detector:
 
     def _require_vae(self, what: str) -> None:
         self._check_fitted()
-        if self.params.kind != "vae":
+        if not self._variational:
             raise NotFittedError(f"{what} needs a VAE; this detector is kind {self.params.kind!r}")
 
     # -- persistence -------------------------------------------------------------------------
@@ -382,7 +389,7 @@ class Detector:
                 f"(this library reads {FORMAT_VERSION})"
             )
         det = cls(id_column=meta["id_column"], label_column=meta["label_column"], **meta["params"])
-        det.preprocessor_ = TabularPreprocessor.from_dict(
+        det.preprocessor_ = cls.preprocessor_class.from_dict(
             json.loads((path / "preprocessing.json").read_text())
         )
         det.resolved_ = meta["resolved"]
