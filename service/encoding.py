@@ -71,15 +71,29 @@ class FastEncoder:
             return X.astype(np.float32), unknown
 
 
-def score_matrix(detector: Detector, X: np.ndarray, unknown: np.ndarray) -> pd.DataFrame:
-    """``detector.score`` from an already encoded matrix: the same columns, the same numbers.
+def score_matrix(detector: Detector, X: np.ndarray, unknown: np.ndarray
+                 ) -> dict[str, np.ndarray]:
+    """``detector.score`` from an already encoded matrix, as columns (no DataFrame).
 
     Args:
         X: (n, n_features) float32 from :meth:`FastEncoder.encode`.
         unknown: (n,) unknown-category counts.
+
+    Returns:
+        the columns of ``Detector.score``, in its order, each (n,): the same numbers from
+        the same calibration objects (checked against ``Detector.score`` at load).
     """
-    # The detector's own scoring steps after its preprocessing; see Detector.score.
-    return detector._frame(detector._raw_from_matrix(X), unknown)
+    raw = detector._raw_from_matrix(X)  # the detector's own network pass
+    cal = detector.calibrations_[detector.primary_score]
+    primary = raw[detector.primary_score]
+    cols = {"score": primary, "p_value": cal.p_values(primary),
+            "is_anomaly": primary > cal.threshold}
+    for kind, values in raw.items():
+        if kind in detector.calibrations_:
+            cols[f"score_{kind}"] = values
+            cols[f"p_value_{kind}"] = detector.calibrations_[kind].p_values(values)
+    cols["unknown_categories"] = unknown
+    return cols
 
 
 def probe_records(pre: TabularPreprocessor) -> list[dict]:

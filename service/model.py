@@ -10,10 +10,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from service.encoding import FastEncoder, probe_records, score_matrix
 from service.inputs import Batch, ModelInputs
 from training.detector import Detector
+from training.image_detector import ImageDetector
+from training.loading import load_detector
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ class ServedModel:
 
     source: ModelSource
     detector: Detector
-    inputs: ModelInputs
+    inputs: ModelInputs | None  # None for an image model
     encoder: FastEncoder | None
     path: Path
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
@@ -57,7 +60,9 @@ class ServedModel:
         The warm-up scores probe records both through :class:`FastEncoder` and through
         ``Detector.score``; if the two ever disagree the fast path is switched off.
         """
-        detector = Detector.load(path)
+        detector = load_detector(path)
+        if isinstance(detector, ImageDetector):  # images: no record schema, no fast path
+            return cls(source=source, detector=detector, inputs=None, encoder=None, path=path)
         pre = detector.preprocessor_
         inputs = ModelInputs(source.name, pre.columns_, max_records)
         encoder: FastEncoder | None = FastEncoder(pre)
@@ -65,7 +70,8 @@ class ServedModel:
         expected = detector.score(pd.DataFrame.from_records(probe, columns=pre.input_columns_),
                                   source="probe")
         got = score_matrix(detector, *encoder.encode(Batch(n=len(probe), records=probe)))
-        if not expected.equals(got):
+        if list(got) != list(expected.columns) or not all(
+                np.array_equal(got[c], expected[c].to_numpy()) for c in got):
             log.warning("%s v%s: fast encoding differs from the library's; using the library "
                         "path (slower)", source.name, source.version)
             encoder = None
@@ -76,11 +82,13 @@ class ServedModel:
         """Registered model name."""
         return self.source.name
 
-    def score(self, batch: Batch) -> pd.DataFrame:
-        """``Detector.score`` of the batch's records (see its columns)."""
+    def score(self, batch: Batch) -> dict[str, np.ndarray]:
+        """The columns of ``Detector.score`` for the batch's records, each (n,)."""
         if self.encoder is not None:
-            return score_matrix(self.detector, *self.encoder.encode(batch))
-        return self.detector.score(batch.frame(self.inputs.columns), source="request")
+            with torch.inference_mode():
+                return score_matrix(self.detector, *self.encoder.encode(batch))
+        frame = self.detector.score(batch.frame(self.inputs.columns), source="request")
+        return {c: frame[c].to_numpy() for c in frame.columns}
 
     def metadata(self) -> dict[str, Any]:
         """What identifies the version in every answer."""
@@ -95,7 +103,7 @@ class ServedModel:
         det = self.detector
         schema = [{"name": s.name, "kind": s.kind, "dtype": s.dtype,
                    "categories": s.categories or None, "used": not s.dropped}
-                  for s in det.preprocessor_.columns_]
+                  for s in (det.preprocessor_.columns_ if self.inputs is not None else [])]
         return {**self.metadata(), "uri": self.source.uri, "run_id": self.source.run_id,
                 "origin": self.source.origin, "thresholds": det.thresholds_,
                 "target_fpr": det.params.target_fpr,

@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 
-from service import scoring
+from service import images, scoring
 from service.auth import AdminAccess, ScoreAccess
 from service.errors import ReloadError
 from service.files import MEDIA_TYPES, file_format, score_file
@@ -23,6 +23,7 @@ from service.schemas import (
     EncodeResponse,
     ErrorResponse,
     FileSummary,
+    ImageScoreResponse,
     ModelInfo,
     ModelList,
     ReadyResponse,
@@ -135,6 +136,7 @@ async def _parsed(name: str, request: Request, store: ModelStore, settings: Sett
                   strict: bool | None) -> tuple[ServedModel, Batch]:
     """The named model and the request's records, checked against its schema."""
     model = store.get(name)
+    images.require_records(model)
     body = await request.body()
     return model, model.inputs.parse(body, settings.strict if strict is None else strict)
 
@@ -168,6 +170,7 @@ async def score_upload(name: str, store: StoreDep, settings: SettingsDep, metric
                                                       "score quantiles only")] = False
                        ) -> Response:
     model = store.get(name)
+    images.require_records(model)
     head = await file.read(4)
     await file.seek(0)
     fmt = file_format(file.filename, file.content_type, head)
@@ -183,6 +186,22 @@ async def score_upload(name: str, store: StoreDep, settings: SettingsDep, metric
                         headers={"X-Model-Name": model.name,
                                  "X-Model-Version": model.source.version},
                         background=BackgroundTask(result.path.unlink, missing_ok=True))
+
+
+@v1.post("/models/{name}/score-images", response_model=ImageScoreResponse,
+         responses={413: {"model": ErrorResponse}},
+         summary="score uploaded images (multipart): scores, p-values and is_anomaly per "
+         "image, with ?maps=true each image's anomaly map as a base64 PNG")
+async def score_images(name: str, store: StoreDep, settings: SettingsDep, metrics: MetricsDep,
+                       files: Annotated[list[UploadFile], File(description="PNG or JPEG images")],
+                       maps: Annotated[bool, Query(description="add each image's anomaly map "
+                                                   "(base64 PNG)")] = False) -> JSONBytes:
+    model = store.get(name)
+    named = [(f.filename or f"file {i}", await f.read()) for i, f in enumerate(files)]
+    scored = await run_in_threadpool(images.score_images, model, named, maps,
+                                     settings.max_records)
+    metrics.observe_scores(model, scored.primary, scored.flagged)
+    return JSONBytes(scored.body)
 
 
 @v1.post("/models/{name}/reload", response_model=ReloadResponse, dependencies=[AdminAccess],

@@ -32,7 +32,7 @@ class ModelMeta(BaseModel):
     name: str
     version: str
     alias: str | None
-    kind: str = Field(description="ae or vae")
+    kind: str = Field(description="ae or vae (tables), conv_ae or conv_vae (images)")
     primary_score: str = Field(description="the score kind that decides is_anomaly")
     threshold: float = Field(description="threshold of the primary score")
 
@@ -151,6 +151,32 @@ class FileSummary(BaseModel):
     anomaly_rate: float
     score_quantiles: dict[str, float] = Field(description="min, p50, p90, p99, max")
     ignored_columns: list[str]
+
+
+class ImageResult(BaseModel):
+    """One uploaded image's scores, in upload order."""
+
+    file: str = Field(description="the upload's file name")
+    score: float = Field(description="primary score")
+    p_value: float = Field(description="conformal p-value of the primary score")
+    is_anomaly: bool = Field(description="score > threshold")
+    scores: dict[str, float] = Field(description="every score kind")
+    p_values: dict[str, float] = Field(description="p-value of every score kind")
+    anomaly_map_png: str | None = Field(
+        None, description="with ?maps=true: the anomaly map as a base64 8-bit grayscale PNG of "
+        "the model's image size; white = anomaly_map_max")
+    anomaly_map_max: float | None = Field(
+        None, description="the map value drawn white (1 = a normal pixel's average error)")
+
+
+class ImageScoreResponse(BaseModel):
+    """Scores for uploaded images, with the model that gave them."""
+
+    model: ModelMeta
+    n_images: int
+    n_anomalies: int
+    image_shape: list[int] = Field(description="(channels, height, width) images are resized to")
+    results: list[ImageResult]
 
 
 class ErrorDetail(BaseModel):

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from service.errors import InputError
 from service.inputs import Batch
@@ -32,15 +31,16 @@ class Scored:
     flagged: int
 
 
-def results(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """One result dict per row of ``Detector.score`` output.
+def results(cols: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """One result dict per record.
 
     Args:
-        frame: (n, ...) with ``score``, ``p_value``, ``is_anomaly``, ``score_<kind>``,
-            ``p_value_<kind>`` for every score kind, ``unknown_categories``.
+        cols: the columns of ``Detector.score``, each (n,): ``score``, ``p_value``,
+            ``is_anomaly``, ``score_<kind>`` and ``p_value_<kind>`` for every score kind,
+            ``unknown_categories``.
     """
-    kinds = [c[len("score_"):] for c in frame.columns if c.startswith("score_")]
-    col = {c: frame[c].to_numpy().tolist() for c in frame.columns}
+    kinds = [c[len("score_"):] for c in cols if c.startswith("score_")]
+    col = {c: v.tolist() for c, v in cols.items()}
     per_kind_scores = zip(*(col[f"score_{k}"] for k in kinds), strict=True)
     per_kind_p = zip(*(col[f"p_value_{k}"] for k in kinds), strict=True)
     return [{"score": s, "p_value": p, "is_anomaly": a,
@@ -70,7 +70,8 @@ def _check_finite(model: ServedModel, batch: Batch, scores: np.ndarray) -> None:
         return
     i = int(bad[0])
     row = batch.frame(model.inputs.columns).iloc[[i]]
-    X, _ = model.detector.preprocessor_.transform(row, source="request")
+    with np.errstate(over="ignore"):
+        X, _ = model.detector.preprocessor_.transform(row, source="request")
     names = model.detector.preprocessor_.feature_names_
     column = names[int(np.nanargmax(np.abs(X[0].astype(np.float64))))].split("=")[0]
     raise InputError(f"record {i}, column '{column}': value too far outside the training data "
@@ -85,17 +86,16 @@ def score_batch(model: ServedModel, batch: Batch, explain: bool = False,
         the answer: ``model`` metadata, ``n_records``, ``n_anomalies``, ``ignored_columns``
         and one result per record in order (with ``explanation`` when ``explain``).
     """
-    frame = model.score(batch)
-    _check_finite(model, batch, frame["score"].to_numpy())
-    out = results(frame)
+    cols = model.score(batch)
+    _check_finite(model, batch, cols["score"])
+    out = results(cols)
     if explain:
         for r, e in zip(out, explanations(model, batch, top_k), strict=True):
             r["explanation"] = e
-    flags = frame["is_anomaly"].to_numpy()
-    flagged = int(flags.sum())
+    flagged = int(cols["is_anomaly"].sum())
     body = {"model": model.metadata(), "n_records": batch.n, "n_anomalies": flagged,
             "ignored_columns": batch.ignored, "results": out}
-    return Scored(body=body, primary=frame["score"].to_numpy(), flagged=flagged)
+    return Scored(body=body, primary=cols["score"], flagged=flagged)
 
 
 def encode_batch(model: ServedModel, batch: Batch) -> dict[str, Any]:

@@ -63,7 +63,10 @@ class Settings(BaseSettings):
         default_factory=list, description="origins allowed by CORS; empty = CORS off")
     registry_timeout_s: float = Field(10.0, gt=0, description="per registry request")
     registry_retries: int = Field(1, ge=0, description="retries per registry request")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+    torch_threads: int | None = Field(
+        1, ge=1, description="torch intra-op threads per request (None: torch's default). "
+        "Large requests run in worker threads side by side, so one each uses the cores "
+        "without threads contending for them")
     log_level: str = "info"
 
     _split = field_validator("models", "api_keys", "admin_api_keys", "cors_origins",

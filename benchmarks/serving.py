@@ -1,0 +1,240 @@
+"""Serving speed: this service against ``mlflow models serve``, same model, same machine.
+
+Both servers run the same registered model as separate processes on loopback (one worker
+each); concurrent clients (threads with keep-alive connections) send single-record and
+1,000-record requests. Printed: p50/p99 latency, requests/s and records/s per server, and the
+ratios (mlflow / service for latency, service / mlflow for throughput).
+
+    python benchmarks/serving.py                      # trains a small model in a temp store
+    python benchmarks/serving.py --tracking-uri sqlite:///demo-run/mlflow.db \\
+        --model models:/breast-cancer@champion
+
+Each server gets its natural request format: ``{"records": [...]}`` (single) and
+``{"columns": {...}}`` (1,000 records) here, ``{"dataframe_split": ...}`` for MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A server process, the path it scores on, and how it wants its body."""
+
+    label: str
+    port: int
+    path: str
+    proc: subprocess.Popen
+
+    def post(self, conn: http.client.HTTPConnection, body: bytes) -> bytes:
+        conn.request("POST", self.path, body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{self.label}: HTTP {resp.status}: {data[:300]!r}")
+        return data
+
+
+def wait_ready(port: int, path: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll GET ``path`` until 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with code {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"port {port} not ready after {timeout}s")
+
+
+def start_servers(model: str, tracking_uri: str, workdir: Path) -> tuple[Server, Server]:
+    """``anomaly serve`` and ``mlflow models serve --env-manager local`` for ``model``."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    ours_port, mlflow_port = free_port(), free_port()
+    ours = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "serve", "--model", model, "--port",
+         str(ours_port), "--tracking-uri", tracking_uri, "--cache-dir",
+         str(workdir / "cache")],
+        stdout=open(workdir / "service.log", "wb"), stderr=subprocess.STDOUT, env=env)
+    theirs = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager",
+         "local", "-h", "127.0.0.1", "-p", str(mlflow_port), "--workers", "1"],
+        stdout=open(workdir / "mlflow-serve.log", "wb"), stderr=subprocess.STDOUT, env=env)
+    name = model.split("/", 1)[1].split("@")[0].split("/")[0]
+    wait_ready(ours_port, "/readyz", ours)
+    wait_ready(mlflow_port, "/ping", theirs)
+    return (Server("service", ours_port, f"/v1/models/{name}/score", ours),
+            Server("mlflow serve", mlflow_port, "/invocations", theirs))
+
+
+def bodies(df: pd.DataFrame) -> dict[str, dict[str, bytes]]:
+    """Request bodies per server label for the same records."""
+    return {
+        "service": {"records": json.dumps({"records": df.to_dict(orient="records")}).encode()
+                    if len(df) == 1 else
+                    json.dumps({"columns": df.to_dict(orient="list")}).encode()},
+        "mlflow serve": {"records": json.dumps({"dataframe_split": {
+            "columns": list(df.columns), "data": df.to_numpy().tolist()}}).encode()},
+    }
+
+
+def run_load(server: Server, body: bytes, clients: int, per_client: int,
+             warmup: int = 3) -> tuple[list[float], float]:
+    """Latencies (s) of ``clients`` x ``per_client`` requests, and the wall time."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        for _ in range(warmup):
+            server.post(conn, body)
+        barrier.wait()
+        for _ in range(per_client):
+            t = time.perf_counter()
+            server.post(conn, body)
+            latencies[i].append(time.perf_counter() - t)
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return [x for lat in latencies for x in lat], time.perf_counter() - start
+
+
+def compare(servers: tuple[Server, Server], bodies_: dict[str, bytes], clients: int,
+            per_client: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Alternate the servers for ``rounds`` rounds, so load from elsewhere hits both alike.
+
+    Returns:
+        per server label: p50 and p99 latency (ms), requests/s, over all rounds.
+    """
+    lat: dict[str, list[float]] = {s.label: [] for s in servers}
+    wall = dict.fromkeys(lat, 0.0)
+    for _ in range(rounds):
+        for server in servers:
+            got, seconds = run_load(server, bodies_[server.label], clients,
+                                    max(1, per_client // rounds))
+            lat[server.label] += got
+            wall[server.label] += seconds
+    return {k: {"p50": float(np.percentile(v, 50)) * 1e3,
+                "p99": float(np.percentile(v, 99)) * 1e3, "rps": len(v) / wall[k]}
+            for k, v in lat.items()}
+
+
+def check_same_scores(ours: Server, theirs: Server, df: pd.DataFrame) -> float:
+    """Largest relative difference of primary scores between the two servers."""
+    b = bodies(df)
+    c1 = http.client.HTTPConnection("127.0.0.1", ours.port)
+    c2 = http.client.HTTPConnection("127.0.0.1", theirs.port)
+    a = [r["score"] for r in json.loads(ours.post(c1, b["service"]["records"]))["results"]]
+    m = [r["score"] for r in json.loads(theirs.post(c2, b["mlflow serve"]["records"]))
+         ["predictions"]]
+    return float(np.max(np.abs(np.subtract(a, m)) / np.maximum(np.abs(m), 1e-12)))
+
+
+def train_model(workdir: Path, kind: str) -> tuple[str, str]:
+    """Train a small model on the demo table into a SQLite store; (tracking URI, model URI)."""
+    from pipelines.config import TrainConfig
+    from pipelines.demo import write_demo_data
+    from pipelines.train import run_training
+
+    data = write_demo_data(workdir)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    cfg = TrainConfig(data=str(data), name="bench", kind=kind, label_column="malignant",
+                      id_column="id", alias="champion", experiment="bench",
+                      model={"max_epochs": 20})
+    run_training(cfg, tracking_uri=uri)
+    return uri, "models:/bench@champion"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tracking-uri", help="MLflow store holding --model")
+    p.add_argument("--model", help="model URI (default: train one in a temporary store)")
+    p.add_argument("--kind", default="vae", choices=["ae", "vae"], help="kind to train")
+    p.add_argument("--clients", type=int, default=4, help="concurrent clients")
+    p.add_argument("--single-requests", type=int, default=250, help="per client")
+    p.add_argument("--batch-requests", type=int, default=15, help="per client")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=5, help="alternations between the servers")
+    args = p.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.model:
+        uri, model = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""), args.model
+    else:
+        print(f"training a {args.kind} model in {workdir} ...", flush=True)
+        uri, model = train_model(workdir, args.kind)
+    from pipelines.demo import load_demo_frame
+
+    features = load_demo_frame().drop(columns=["id", "malignant"])
+    batch = pd.concat([features] * (args.batch_size // len(features) + 1)).head(args.batch_size)
+    ours, theirs = start_servers(model, uri, workdir)
+    rows = []
+    try:
+        print(f"same scores: largest relative difference "
+              f"{check_same_scores(ours, theirs, features.head(50)):.2e}", flush=True)
+        scenarios = [("1 record", features.head(1), args.single_requests),
+                     (f"{args.batch_size} records", batch, args.batch_requests)]
+        for label, df, per_client in scenarios:
+            b = {k: v["records"] for k, v in bodies(df).items()}
+            result = compare((theirs, ours), b, args.clients, per_client, args.rounds)
+            for server in (theirs, ours):
+                r = {**result[server.label], "records/s": result[server.label]["rps"] * len(df)}
+                rows.append({"request": label, "server": server.label, "clients": args.clients,
+                             **{k: f"{v:,.1f}" for k, v in r.items()}})
+            o, t = result["service"], result["mlflow serve"]
+            rows.append({"request": label, "server": "ratio", "clients": args.clients,
+                         "p50": f"{t['p50'] / o['p50']:.1f}x lower",
+                         "p99": f"{t['p99'] / o['p99']:.1f}x lower",
+                         "rps": f"{o['rps'] / t['rps']:.1f}x more",
+                         "records/s": f"{o['rps'] / t['rps']:.1f}x more"})
+            print(f"  {label} done", flush=True)
+    finally:
+        for s in (ours, theirs):
+            s.proc.terminate()
+            s.proc.wait(timeout=30)
+    from pipelines.cli import format_table
+
+    print()
+    print(format_table(rows, ["request", "server", "clients", "p50", "p99", "rps",
+                              "records/s"]))
+    print("(p50/p99 in ms; loopback; one worker each; same model, same machine, same run)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Request parsing against a model's schema, and the fast encoder's exactness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from service.errors import InputError, TooLargeError
+from service.inputs import Batch
+
+
+def _parse(served, body, strict=False) -> Batch:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return served.inputs.parse(raw, strict)
+
+
+def test_records_and_columns_layouts_agree(served, records):
+    by_rows = _parse(served, {"records": records})
+    columns = {c: [r[c] for r in records] for c in records[0]}
+    by_cols = _parse(served, {"columns": columns})
+    assert by_rows.n == by_cols.n == 6 and by_rows.ignored == by_cols.ignored == []
+    for a, b in zip(served.encoder.encode(by_rows), served.encoder.encode(by_cols), strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("change,record,column,words", [
+    (lambda r: r[2].pop("b"), 2, "b", "missing column"),
+    (lambda r: r[4].update(a="1.5"), 4, "a", "valid number"),
+    (lambda r: r[0].update(c=True), 0, "c", "valid number"),
+    (lambda r: r[1].update(color=3), 1, "color", "string"),
+    (lambda r: r[3].update(flag=[1]), 3, "flag", ""),
+])
+def test_bad_values_name_record_and_column(served, records, change, record, column, words):
+    change(records)
+    with pytest.raises(InputError) as e:
+        _parse(served, {"records": records})
+    assert (e.value.record, e.value.column) == (record, column)
+    assert f"record {record}, column '{column}'" in str(e.value) and words in str(e.value)
+
+
+def test_non_finite_numbers_are_rejected(served):
+    with pytest.raises(InputError) as e:
+        _parse(served, b'{"columns": {"a": [1.0, NaN]}}')
+    assert (e.value.record, e.value.column) == (1, "a") and "finite" in str(e.value)
+
+
+def test_nulls_are_missing_values_imputed_like_training(served, records):
+    records[0]["c"] = None
+    records[0]["color"] = None
+    X, unknown = served.encoder.encode(_parse(served, {"records": records}))
+    expected, _ = served.detector.preprocessor_.transform(pd.DataFrame(records))
+    assert np.array_equal(X, expected) and unknown[0] == 0
+
+
+def test_extra_columns_ignored_or_rejected_when_strict(served, records):
+    for r in records:
+        r["note"] = "hello"
+    assert _parse(served, {"records": records}).ignored == ["note"]
+    with pytest.raises(InputError) as e:
+        _parse(served, {"records": records}, strict=True)
+    assert (e.value.record, e.value.column) == (0, "note") and "strict" in str(e.value)
+
+
+@pytest.mark.parametrize("body,words", [
+    ({"records": []}, "no records"),
+    ({}, "either 'records'"),
+    ({"records": [], "columns": {}}, "no records"),
+    (b"[]", "must be a JSON object"),
+    (b"{nope", "Invalid JSON"),
+    ({"rows": []}, "unknown field"),
+])
+def test_layout_errors_say_what_is_accepted(served, body, words):
+    with pytest.raises(InputError, match=words):
+        _parse(served, body)
+
+
+def test_unequal_columns_and_both_layouts(served, records):
+    cols = {c: [r[c] for r in records] for c in records[0]}
+    cols["b"] = cols["b"][:-1]
+    with pytest.raises(InputError) as e:
+        _parse(served, {"columns": cols})
+    assert e.value.column == "b" and "one value per record" in str(e.value)
+    full = {c: [r[c] for r in records] for c in records[0]}
+    with pytest.raises(InputError, match="either"):
+        _parse(served, {"records": records, "columns": full})
+
+
+def test_too_many_records(served, records):
+    with pytest.raises(TooLargeError, match="more than 100 records"):
+        _parse(served, {"records": records * 20})
+
+
+def test_fast_encoder_is_bit_identical_to_the_preprocessor(served, table):
+    rng = np.random.default_rng(7)
+    df = table.sample(60, random_state=3).reset_index(drop=True).astype(object)
+    df.loc[rng.random(60) < 0.2, "a"] = None
+    df.loc[rng.random(60) < 0.2, "color"] = "purple"  # unseen category
+    df.loc[rng.random(60) < 0.1, "flag"] = None
+    df = df.where(pd.notna(df), None)
+    recs = df.to_dict(orient="records")
+    X, unknown = served.encoder.encode(_parse(served, {"records": recs}))
+    X_ref, unknown_ref = served.detector.preprocessor_.transform(pd.DataFrame(recs))
+    assert X.dtype == X_ref.dtype == np.float32
+    assert np.array_equal(X, X_ref) and np.array_equal(unknown, unknown_ref)
+    assert unknown.sum() > 0

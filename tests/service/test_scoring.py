@@ -1,0 +1,96 @@
+"""The pure scoring functions: same numbers as the Detector, response shapes, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from service import scoring
+from service.errors import InputError
+from service.metrics import Metrics, ScoreHistograms, score_buckets
+from service.schemas import EncodeResponse, ModelInfo, ReconstructResponse, ScoreResponse
+
+
+def _batch(served, records):
+    return served.inputs.parse(json.dumps({"records": records}).encode())
+
+
+def test_scores_match_the_detector_exactly(served, table):
+    df = table.iloc[150:220].reset_index(drop=True).astype(object)
+    df = df.where(pd.notna(df), None)
+    recs = df.to_dict(orient="records")
+    scored = scoring.score_batch(served, _batch(served, recs))
+    expected = served.detector.score(pd.DataFrame(recs))
+    body = ScoreResponse.model_validate(scored.body)
+    assert body.n_records == 70 and body.model.version == "3"
+    assert body.model.threshold == served.detector.thresholds_[served.detector.primary_score]
+    assert np.array_equal([r.score for r in body.results], expected["score"])
+    assert np.array_equal([r.p_value for r in body.results], expected["p_value"])
+    assert [r.is_anomaly for r in body.results] == expected["is_anomaly"].tolist()
+    for kind in served.detector.calibrations_:
+        assert np.array_equal([r.scores[kind] for r in body.results], expected[f"score_{kind}"])
+    assert scored.flagged == int(expected["is_anomaly"].sum())
+    assert served.encoder is not None  # the load-time check kept the fast path
+
+
+def test_library_path_gives_the_same_answer(served, records):
+    batch = _batch(served, records)
+    fast = scoring.score_batch(served, batch).body
+    slow_model = type(served)(**{**served.__dict__, "encoder": None})
+    assert scoring.score_batch(slow_model, batch).body == fast
+
+
+def test_explain_lists_largest_errors_first(served, records):
+    body = scoring.score_batch(served, _batch(served, records), explain=True, top_k=3).body
+    full = served.detector.explain(pd.DataFrame(records))
+    for i, r in enumerate(body["results"]):
+        cols = [c["column"] for c in r["explanation"]]
+        assert cols == list(full.iloc[i].sort_values(ascending=False, kind="stable").index[:3])
+
+
+def test_overflowing_record_is_named(served, records):
+    records[3]["b"] = 1e300
+    with pytest.raises(InputError) as e:
+        scoring.score_batch(served, _batch(served, records))
+    assert (e.value.record, e.value.column) == (3, "b")
+
+
+def test_encode_and_reconstruct_shapes(served, records):
+    enc = EncodeResponse.model_validate(scoring.encode_batch(served, _batch(served, records)))
+    assert len(enc.latent) == 6 and len(enc.latent[0]) == enc.latent_dim
+    rec = ReconstructResponse.model_validate(
+        scoring.reconstruct_batch(served, _batch(served, records)))
+    assert rec.columns == ["a", "b", "c", "color", "flag", "const"]
+    assert rec.records[0]["color"] in {"red", "green", "blue"} and rec.records[0]["const"] == 7.0
+
+
+def test_describe_matches_the_schema(served):
+    info = ModelInfo.model_validate(served.describe())
+    assert [c.name for c in info.input_schema] == ["a", "b", "c", "color", "flag", "const"]
+    assert not info.input_schema[-1].used and info.input_schema[3].categories
+
+
+def test_score_histogram_counts_by_bucket(served):
+    hist = ScoreHistograms()
+    bounds = score_buckets(served)
+    scores = np.r_[bounds[0] - 1, bounds[0], bounds[2], bounds[-1] + 1]
+    hist.observe(served, scores)
+    hist.observe(served, scores[:1])
+    (fam,) = hist.collect()
+    counts = {s.labels["le"]: s.value for s in fam.samples if s.name.endswith("_bucket")}
+    assert counts[f"{bounds[0]:.6g}"] == 3  # two below the first bound, one on it
+    assert counts[f"{bounds[2]:.6g}"] == 4 and counts["+Inf"] == 5
+    total = [s.value for s in fam.samples if s.name.endswith("_sum")][0]
+    assert total == pytest.approx(scores.sum() + scores[0])
+
+
+def test_metrics_render(served):
+    m = Metrics(lambda: [served])
+    m.observe_scores(served, np.array([0.1, 5.0]), 1)
+    m.observe_request("/v1/models/{name}/score", served.name, 200, 0.002)
+    text = m.render().decode()
+    assert f'anomaly_records_scored_total{{model="{served.name}",version="3"}} 2.0' in text
+    assert 'anomaly_model_loaded{alias="champion"' in text

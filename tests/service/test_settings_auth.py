@@ -1,0 +1,72 @@
+"""Settings sources, API keys, model URIs and the error body."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.auth import check_key
+from service.errors import AuthError, ForbiddenError, describe_loc, validation_body
+from service.registry import parse_model_uri
+from service.settings import load_settings
+from training.errors import ConfigError
+
+
+def test_sources_file_then_environment_then_flags(tmp_path, monkeypatch):
+    f = tmp_path / "serve.yaml"
+    f.write_text("models: [models:/a@champion]\nport: 9000\nmax_records: 10\n")
+    monkeypatch.setenv("ANOMALY_PORT", "9100")
+    monkeypatch.setenv("ANOMALY_API_KEYS", "k1, k2")
+    s = load_settings(f, max_records=20, host=None)
+    assert s.models == ["models:/a@champion"] and s.port == 9100 and s.max_records == 20
+    assert [k.get_secret_value() for k in s.api_keys] == ["k1", "k2"] and s.auth_enabled
+    assert s.host == "127.0.0.1" and s.cors_origins == []
+    monkeypatch.setenv("ANOMALY_MODELS", "models:/x@c,models:/y/2")
+    assert load_settings().models == ["models:/x@c", "models:/y/2"]
+
+
+def test_unknown_or_invalid_settings_are_named(tmp_path):
+    f = tmp_path / "serve.yaml"
+    f.write_text("modles: [x]\n")
+    with pytest.raises(ConfigError, match="modles"):
+        load_settings(f)
+    with pytest.raises(ConfigError, match="max_records"):
+        load_settings(max_records=0)
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.yaml")
+
+
+def test_keys():
+    open_ = load_settings()
+    check_key(open_, None)
+    check_key(open_, None, admin=True)
+    s = load_settings(api_keys=["k1"], admin_api_keys=["root"])
+    check_key(s, "k1")
+    check_key(s, "root")
+    check_key(s, "root", admin=True)
+    for bad in (None, "", "k2", "k1 "):
+        with pytest.raises(AuthError):
+            check_key(s, bad)
+    with pytest.raises(ForbiddenError):
+        check_key(s, "k1", admin=True)
+    scoring_only = load_settings(api_keys=["k1"])
+    with pytest.raises(ForbiddenError, match="ANOMALY_ADMIN_API_KEYS"):
+        check_key(scoring_only, "k1", admin=True)
+
+
+def test_model_uris():
+    assert parse_model_uri("models:/bc@champion") == ("bc", "champion", None)
+    assert parse_model_uri("models:/bc/12") == ("bc", None, "12")
+    for bad in ("bc@champion", "models:/bc", "runs:/abc/model", "models:/a/b/c"):
+        with pytest.raises(ConfigError, match="models:/NAME@ALIAS"):
+            parse_model_uri(bad)
+
+
+def test_error_locations():
+    assert describe_loc(("body", "records", 3, "x")) == (3, "x", "record 3, column 'x'")
+    assert describe_loc(("columns", "x", 7)) == (7, "x", "record 7, column 'x'")
+    assert describe_loc(("query", "explain"))[2] == "query.explain"
+    body = validation_body([{"loc": ("records", 0, "a"), "type": "missing", "msg": "Field"},
+                            {"loc": ("records", 1, "b"), "type": "float_type", "msg": "bad",
+                             "input": "x"}])["error"]
+    assert body["message"] == "record 0, column 'a': missing column (and 1 more)"
+    assert (body["record"], body["column"]) == (0, "a") and body["details"][1]["value"] == "'x'"
