@@ -263,7 +263,7 @@ def test_openapi_fuzzing_finds_no_server_error(svc, tmp_path):
          "--checks", "not_a_server_error", "--phases", "examples,fuzzing",
          "--max-examples", "12", "--workers", "1", "--seed", "1",
          "--exclude-path", "/v1/models/{name}/reload", "--request-timeout", "20"],
-        capture_output=True, text=True, timeout=240)
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-2000:])
     assert "500" not in svc.logs()
 
