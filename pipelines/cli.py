@@ -234,7 +234,7 @@ def _setup_logging(verbose: bool) -> None:
     if not verbose:
         # MLflow's hints (integer columns, type hints, dataset sources) are for library
         # authors, not for someone running a training job.
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
+        warnings.filterwarnings("ignore", category=UserWarning)
 
 
 def main(argv: list[str] | None = None) -> int:
