@@ -274,9 +274,10 @@ def run_schedule(schedule: Schedule, duration: float | None = None) -> None:
     for job in schedule.jobs:
         trigger = cron_trigger(job.cron, schedule.timezone, f"job '{job.name}' cron")
 
-        def next_run(name: str = job.name) -> datetime | None:
-            j = scheduler.get_job(name)
-            return j.next_run_time if j else None
+        def next_run(trigger: CronTrigger = trigger) -> datetime | None:
+            # From the trigger, not scheduler.get_job: shutdown holds the scheduler's lock
+            # while it waits for this very job to finish.
+            return trigger.get_next_fire_time(None, datetime.now(trigger.timezone))
 
         scheduler.add_job(run_once, trigger, args=[job, schedule, status, next_run],
                           id=job.name, name=job.name)
