@@ -30,7 +30,7 @@ class ImageDetectorParams(DetectorParams):
 
     kind: str = "conv_vae"
     patience: int = 10
-    mc_samples: int = 8
+    mc_samples: int = 4
     image_size: list[int] | None = None
     channels: int | None = None
 
@@ -44,7 +44,9 @@ class ImageDetectorParams(DetectorParams):
         finally:
             self.kind = kind
         if self.image_size is not None:
-            size = [self.image_size] * 2 if isinstance(self.image_size, int) else self.image_size
+            size = self.image_size
+            size = [size] * 2 if isinstance(size, int) else size
+            size = list(size) * 2 if isinstance(size, (list, tuple)) and len(size) == 1 else size
             if (not isinstance(size, (list, tuple)) or len(size) != 2
                     or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 4
                                for v in size)):
