@@ -50,13 +50,13 @@ def check_key(settings: Settings, given: str | None, admin: bool = False) -> Non
         raise AuthError("unknown API key")
 
 
-def require_key(request: Request,
+async def require_key(request: Request,
                 key: Annotated[str | None, Security(API_KEY_HEADER)] = None) -> None:
     """Dependency: the caller may score."""
     check_key(request.app.state.settings, key)
 
 
-def require_admin(request: Request,
+async def require_admin(request: Request,
                   key: Annotated[str | None, Security(API_KEY_HEADER)] = None) -> None:
     """Dependency: the caller may reload models."""
     check_key(request.app.state.settings, key, admin=True)

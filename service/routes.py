@@ -40,17 +40,17 @@ from service.store import ModelStore
 INLINE_RECORDS = 256
 
 
-def get_store(request: Request) -> ModelStore:
-    """Dependency: the app's model store."""
+async def get_store(request: Request) -> ModelStore:
+    """Dependency: the app's model store (async: no threadpool hop)."""
     return request.app.state.store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """Dependency: the app's settings."""
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     """Dependency: the app's metrics."""
     return request.app.state.metrics
 
