@@ -23,6 +23,8 @@ import mlflow
 import numpy as np
 import pyarrow as pa
 
+from pipelines import batch_images
+from pipelines.batch_images import is_image_input
 from pipelines.batch_io import AtomicTableWriter, OutputError, RejectsWriter, TableReader
 from pipelines.batch_model import (
     MODEL_NAME_COLUMN,
@@ -149,6 +151,11 @@ def output_for(template: str, source: Path, when: datetime, many: bool) -> Path:
 def plan(opts: ScoreOptions) -> list[tuple[Path, Path]]:
     """Pairs (input, output) of a job; two inputs never share an output."""
     when = opts.run_time or datetime.now()
+    if is_image_input(opts.input):  # images: the folder or glob is one input, one output table
+        src = Path(opts.input)
+        out = output_for(opts.output, src, when, False)
+        table_format(out)
+        return [(src, out)]
     inputs = expand_inputs(opts.input)
     many = _is_glob(opts.input)
     pairs = [(src, output_for(opts.output, src, when, many)) for src in inputs]
@@ -305,7 +312,8 @@ def run_batch(opts: ScoreOptions) -> BatchResult:
                 log.info("%s: already scored into %s, skipping (--resume)", src, out)
                 done.append(InputResult(str(src), str(out), skipped=True))
             else:
-                todo.append(_prepare(model, src, out, opts))  # every check before any scoring
+                prepare = batch_images.prepare if model.is_image else _prepare
+                todo.append(prepare(model, src, out, opts))  # every check before any scoring
         result = BatchResult(None, model.name, model.version, inputs=done)
         ensure_experiment(EXPERIMENT)
         start = time.perf_counter()
@@ -314,8 +322,9 @@ def run_batch(opts: ScoreOptions) -> BatchResult:
             result.run_id = run.info.run_id
             _log_params(opts, model, pairs)
             try:
+                score = batch_images.score_images if model.is_image else score_file
                 for job in todo:
-                    result.inputs.append(score_file(model, job, opts.on_error, sample))
+                    result.inputs.append(score(model, job, opts.on_error, sample))
             except BaseException as e:
                 mlflow.set_tag("error", str(e).splitlines()[0][:500] if str(e) else repr(e))
                 raise

@@ -22,7 +22,9 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True,
                    help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a model folder")
     p.add_argument("--input", required=True,
-                   help="a .csv/.parquet file or a quoted glob ('drops/*.parquet')")
+                   help="a .csv/.parquet file or a quoted glob ('drops/*.parquet'); for an "
+                   "image model a folder of images or a glob of image files ('shots/*.png'), "
+                   "scored into one output row per image")
     p.add_argument("--output", required=True,
                    help="output .parquet/.csv file; for a glob, a folder or a template with "
                    "{stem} (input name), {name}, {date}, {time}, {datetime}")
@@ -38,6 +40,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spark-master", help="Spark master URL (default: local[2])")
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
                    help=f"rows per chunk (default: {DEFAULT_CHUNK_ROWS})")
+    p.add_argument("--maps-dir", help="image models: also write each image's anomaly map as "
+                   "a PNG into this folder (<name>.map.png, sub-folders mirrored)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI")
     p.set_defaults(func=_cmd_score)
 
@@ -50,7 +54,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         model=args.model, input=args.input, output=args.output, keep=args.keep,
         on_error=args.on_error, resume=args.resume, engine=args.engine,
         spark_master=args.spark_master, chunk_rows=args.chunk_rows,
-        tracking_uri=args.tracking_uri))
+        tracking_uri=args.tracking_uri, maps_dir=args.maps_dir))
     version = f" version {result.model_version}" if result.model_version else ""
     for r in result.inputs:
         if r.skipped:

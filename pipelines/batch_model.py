@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from pipelines.tracking import RegistryError
 from training.detector import Detector
 from training.errors import ModelFormatError
+from training.image_detector import ImageDetector
+from training.loading import load_detector
 from training.preprocessing import NUMERIC
 
 MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN = "model_name", "model_version"
@@ -37,6 +39,11 @@ class BatchModel:
     version: str
     path: Path
     detector: Detector
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the model scores image files (one output row per image) instead of rows."""
+        return isinstance(self.detector, ImageDetector)
 
     @property
     def input_columns(self) -> list[str]:
@@ -113,4 +120,4 @@ def load_batch_model(uri: str, workdir: Path) -> BatchModel:
         raise ModelFormatError(f"{uri}: not an anomaly-detector model (no artifacts/detector "
                                "in it); register one with `anomaly train`")
     return BatchModel(uri=uri, name=name, version=version, path=path,
-                      detector=Detector.load(detector_dir))
+                      detector=load_detector(detector_dir))

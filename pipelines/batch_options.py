@@ -26,6 +26,7 @@ class ScoreOptions:
     spark_master: str | None = None
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     tracking_uri: str | None = None
+    maps_dir: str | None = None  # image models: write each image's anomaly map PNG here
     run_time: datetime | None = None  # fills {date}/{time} in the output; default now
 
     def check(self) -> ScoreOptions:

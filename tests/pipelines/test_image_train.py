@@ -90,3 +90,37 @@ def test_bad_image_fails_before_a_run_and_names_the_file(store, capsys):
     assert main(["train", "--data", str(bad), "--kind", "conv_ae", "--name", "bad",
                  "--normal-class", "3", "--experiment", EXPERIMENT,
                  "--tracking-uri", store["uri"]]) == 2
+
+
+def test_batch_scores_a_folder_with_maps(store, tmp_path):
+    out, maps = tmp_path / "scores.parquet", tmp_path / "maps"
+    test_dir = store["root"] / "test"
+    code = main(["score", "--model", "models:/blob@challenger", "--input", str(test_dir),
+                 "--output", str(out), "--maps-dir", str(maps), "--tracking-uri", store["uri"]])
+    assert code == 0
+    df = pd.read_parquet(out)
+    assert len(df) == 16 and df.columns[0] == "path"
+    assert {"score", "p_value", "is_anomaly", "score_recon", "model_name",
+            "model_version"} <= set(df.columns)
+    defect = df.path.str.contains("/patch/")
+    assert df.score[defect].min() > df.score[~defect].median()
+    written = sorted(p.relative_to(maps).as_posix() for p in maps.rglob("*.png"))
+    assert len(written) == 16 and written[0] == "good/000.map.png"
+    from PIL import Image
+
+    assert Image.open(maps / "patch" / "000.map.png").size == (16, 16)
+
+
+def test_batch_glob_and_bad_images(store, tmp_path, capsys):
+    folder = tmp_path / "in"
+    for i, im in enumerate(normal_images(3)):
+        write_png(folder / f"{i}.png", im)
+    (folder / "9.png").write_bytes(b"garbage")
+    out = tmp_path / "o.csv"
+    args = ["score", "--model", "models:/blob@challenger", "--input", str(folder / "*.png"),
+            "--output", str(out), "--tracking-uri", store["uri"]]
+    assert main(args) == 2
+    assert "9.png" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--on-error", "skip"]) == 0
+    assert len(pd.read_csv(out)) == 3
+    assert "9.png" in (tmp_path / "o.rejects.csv").read_text()
