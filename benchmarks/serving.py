@@ -5,7 +5,7 @@ each); concurrent clients (threads with keep-alive connections) send single-reco
 1,000-record requests. Printed: p50/p99 latency, requests/s and records/s per server, and the
 ratios (mlflow / service for latency, service / mlflow for throughput).
 
-    python benchmarks/serving.py                      # trains a small model in a temp store
+    python benchmarks/serving.py       # trains a small AE and VAE in temporary stores
     python benchmarks/serving.py --tracking-uri sqlite:///demo-run/mlflow.db \\
         --model models:/breast-cancer@champion
 
@@ -179,11 +179,45 @@ def train_model(workdir: Path, kind: str) -> tuple[str, str]:
     return uri, "models:/bench@champion"
 
 
+def bench_model(model: str, uri: str, label: str, workdir: Path, features: pd.DataFrame,
+                args: argparse.Namespace) -> list[dict]:
+    """Table rows for one model: both servers, every scenario, and the ratios."""
+    batch = pd.concat([features] * (args.batch_size // len(features) + 1)).head(args.batch_size)
+    ours, theirs = start_servers(model, uri, workdir)
+    rows = []
+    try:
+        print(f"{label}: same scores from both servers (largest relative difference "
+              f"{check_same_scores(ours, theirs, features.head(50)):.1e})", flush=True)
+        scenarios = [("1 record", features.head(1), 1, args.single_requests),
+                     ("1 record", features.head(1), args.clients, args.single_requests),
+                     (f"{args.batch_size} records", batch, args.clients, args.batch_requests)]
+        for request, df, clients, per_client in scenarios:
+            b = {k: v["records"] for k, v in bodies(df).items()}
+            result = compare((theirs, ours), b, clients, per_client, args.rounds)
+            for server in (theirs, ours):
+                r = {**result[server.label], "records/s": result[server.label]["rps"] * len(df)}
+                rows.append({"model": label, "request": request, "clients": clients,
+                             "server": server.label, **{k: f"{v:,.1f}" for k, v in r.items()}})
+            o, t = result["service"], result["mlflow serve"]
+            rows.append({"model": label, "request": request, "clients": clients,
+                         "server": "ratio", "p50": f"{t['p50'] / o['p50']:.1f}x lower",
+                         "p99": f"{t['p99'] / o['p99']:.1f}x lower",
+                         "rps": f"{o['rps'] / t['rps']:.1f}x more",
+                         "records/s": f"{o['rps'] / t['rps']:.1f}x more"})
+            print(f"  {label}: {request}, {clients} client(s) done", flush=True)
+    finally:
+        for s in (ours, theirs):
+            s.proc.terminate()
+            s.proc.wait(timeout=30)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tracking-uri", help="MLflow store holding --model")
-    p.add_argument("--model", help="model URI (default: train one in a temporary store)")
-    p.add_argument("--kind", default="vae", choices=["ae", "vae"], help="kind to train")
+    p.add_argument("--model", help="model URI (default: train small ones in a temp store)")
+    p.add_argument("--kind", nargs="+", default=["ae", "vae"], choices=["ae", "vae"],
+                   help="kinds to train and compare when no --model is given")
     p.add_argument("--clients", type=int, default=4, help="concurrent clients")
     p.add_argument("--single-requests", type=int, default=250, help="per client")
     p.add_argument("--batch-requests", type=int, default=15, help="per client")
@@ -191,46 +225,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="alternations between the servers")
     args = p.parse_args(argv)
 
-    workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if args.model:
-        uri, model = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""), args.model
-    else:
-        print(f"training a {args.kind} model in {workdir} ...", flush=True)
-        uri, model = train_model(workdir, args.kind)
+    from pipelines.cli import format_table
     from pipelines.demo import load_demo_frame
 
     features = load_demo_frame().drop(columns=["id", "malignant"])
-    batch = pd.concat([features] * (args.batch_size // len(features) + 1)).head(args.batch_size)
-    ours, theirs = start_servers(model, uri, workdir)
-    rows = []
-    try:
-        print(f"same scores: largest relative difference "
-              f"{check_same_scores(ours, theirs, features.head(50)):.2e}", flush=True)
-        scenarios = [("1 record", features.head(1), args.single_requests),
-                     (f"{args.batch_size} records", batch, args.batch_requests)]
-        for label, df, per_client in scenarios:
-            b = {k: v["records"] for k, v in bodies(df).items()}
-            result = compare((theirs, ours), b, args.clients, per_client, args.rounds)
-            for server in (theirs, ours):
-                r = {**result[server.label], "records/s": result[server.label]["rps"] * len(df)}
-                rows.append({"request": label, "server": server.label, "clients": args.clients,
-                             **{k: f"{v:,.1f}" for k, v in r.items()}})
-            o, t = result["service"], result["mlflow serve"]
-            rows.append({"request": label, "server": "ratio", "clients": args.clients,
-                         "p50": f"{t['p50'] / o['p50']:.1f}x lower",
-                         "p99": f"{t['p99'] / o['p99']:.1f}x lower",
-                         "rps": f"{o['rps'] / t['rps']:.1f}x more",
-                         "records/s": f"{o['rps'] / t['rps']:.1f}x more"})
-            print(f"  {label} done", flush=True)
-    finally:
-        for s in (ours, theirs):
-            s.proc.terminate()
-            s.proc.wait(timeout=30)
-    from pipelines.cli import format_table
-
+    rows: list[dict] = []
+    if args.model:
+        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+        rows += bench_model(args.model, uri, args.model, workdir, features, args)
+    for kind in [] if args.model else args.kind:
+        workdir = Path(tempfile.mkdtemp(prefix=f"serving-bench-{kind}-"))
+        print(f"training a small {kind} in {workdir} ...", flush=True)
+        uri, model = train_model(workdir, kind)
+        rows += bench_model(model, uri, kind, workdir, features, args)
     print()
-    print(format_table(rows, ["request", "server", "clients", "p50", "p99", "rps",
+    print(format_table(rows, ["model", "request", "clients", "server", "p50", "p99", "rps",
                               "records/s"]))
     print("(p50/p99 in ms; loopback; one worker each; same model, same machine, same run)")
     return 0

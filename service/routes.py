@@ -129,7 +129,7 @@ async def score(name: str, request: Request, store: StoreDep, settings: Settings
     scored = await _run(model, batch.n, scoring.score_batch, batch, explain,
                         settings.explain_top_k)
     metrics.observe_scores(model, scored.primary, scored.flagged)
-    return JSONBytes(scored.body)
+    return Response(scored.to_json(), media_type="application/json")
 
 
 async def _parsed(name: str, request: Request, store: ModelStore, settings: Settings,

