@@ -298,6 +298,9 @@ def _scored_batch(model: BatchModel, batch: pa.RecordBatch, job: _Prepared, n_ke
 def run_batch(opts: ScoreOptions) -> BatchResult:
     """Run one scoring job end to end and log it to MLflow."""
     opts.check()
+    if opts.engine == "spark" and is_image_input(opts.input):
+        raise ConfigError(f"{opts.input}: --engine spark scores tables; score images with "
+                          "--engine local")
     if opts.engine == "spark":
         from pipelines.spark_batch import run_spark
 

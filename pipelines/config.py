@@ -67,6 +67,11 @@ class TrainConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 0.9:
                 raise ConfigError(f"{key}: expected a number in (0, 0.9), got {v!r}")
+        if self.kind in IMAGE_KINDS and (self.label_column or self.id_column):
+            raise ConfigError("label_column and id_column apply to tables; images are labelled "
+                              "by folder (good/, <defect>/), by .npz labels or normal_class")
+        if self.kind not in IMAGE_KINDS and self.normal_class is not None:
+            raise ConfigError("normal_class applies to images; tables use label_column")
         if self.eval_data and not self.label_column and self.kind not in IMAGE_KINDS:
             raise ConfigError("eval_data needs label_column: name the column holding the labels")
         if not isinstance(self.model, dict):

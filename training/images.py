@@ -365,6 +365,9 @@ def load_images(path: str | Path, preprocessor: ImagePreprocessor | None = None,
     if not p.exists():
         raise DataError(f"{path}: not found")
     if p.is_dir():
+        if normal_class is not None:
+            raise DataError(f"{path}: normal_class applies to .npz and IDX data; a folder is "
+                            "labelled by its good/ and defect sub-folders")
         return _load_folder(p, preprocessor)
     if p.suffix.lower() == ".npz":
         images, labels = _read_npz(p)

@@ -124,3 +124,17 @@ def test_batch_glob_and_bad_images(store, tmp_path, capsys):
     assert main([*args, "--on-error", "skip"]) == 0
     assert len(pd.read_csv(out)) == 3
     assert "9.png" in (tmp_path / "o.rejects.csv").read_text()
+
+
+def test_config_checks_image_options():
+    from pipelines.config import TrainConfig
+    from training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="label_column"):
+        TrainConfig(data="x", name="n", kind="conv_ae", label_column="y")
+    with pytest.raises(ConfigError, match="normal_class applies to images"):
+        TrainConfig(data="x", name="n", kind="ae", normal_class=1)
+    with pytest.raises(ConfigError, match="model.image_size"):
+        TrainConfig(data="x", name="n", kind="conv_ae", model={"image_size": [1, 2, 3]})
+    cfg = TrainConfig(data="x", name="n", kind="conv_vae", model={"image_size": 28})
+    assert cfg.detector_params().image_size == [28, 28]
