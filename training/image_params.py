@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from training.errors import ConfigError
-from training.params import SCORE_KINDS, DetectorParams, resolve
+from training.params import SCORE_KINDS, DetectorParams
 
 IMAGE_KINDS = ("conv_ae", "conv_vae")
 # The dense kind with the same objective and score kinds: it validates the shared options.
@@ -68,8 +68,10 @@ def resolve_image(params: ImageDetectorParams, n_images: int, shape: tuple[int, 
 
     Heuristics (no dataset-specific tuning): stride-2 stages until the feature map is about
     4-7 pixels a side (1 to 4 stages), 32 channels doubling per stage up to 128; a code of
-    about sqrt(C*H*W) values (a power of two, 4 to 64). Batch size and epochs follow the
-    tabular rule (:func:`training.params.resolve`), early stopping deciding the rest.
+    about sqrt(C*H*W) values (a power of two, 4 to 64); batches of about n/16 images (16 to
+    64); an epoch cap of ~2,000 gradient steps (20 to 200 epochs), early stopping deciding the
+    rest. The schedule is the images' own: convolutions cost far more per record than the
+    dense layers the tabular schedule is sized for.
     """
     c, h, w = shape
     if params.hidden_sizes is not None:
@@ -78,6 +80,9 @@ def resolve_image(params: ImageDetectorParams, n_images: int, shape: tuple[int, 
         stages = int(min(4, max(1, math.floor(math.log2(max(min(h, w), 2) / 4)))))
         widths = [min(128, 32 * 2**i) for i in range(stages)]
     latent = params.latent_dim or int(min(64, max(4, 2 ** round(math.log2(math.sqrt(c * h * w))))))
-    schedule = resolve(params, n_images, c * h * w)
-    return {"hidden_sizes": widths, "latent_dim": latent, "batch_size": schedule["batch_size"],
-            "max_epochs": schedule["max_epochs"]}
+    batch = params.batch_size or int(min(64, max(16, 2 ** round(math.log2(max(n_images / 16,
+                                                                                  1))))))
+    epochs = params.max_epochs or int(min(200, max(20, math.ceil(2000 / math.ceil(n_images
+                                                                                  / batch)))))
+    return {"hidden_sizes": widths, "latent_dim": latent, "batch_size": batch,
+            "max_epochs": epochs}
