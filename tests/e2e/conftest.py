@@ -74,6 +74,7 @@ class Service:
         self.env = {**os.environ, "ANOMALY_REGISTRY_TIMEOUT_S": "3",
                     "ANOMALY_REGISTRY_RETRIES": "0", **(env or {})}
         self.proc: subprocess.Popen | None = None
+        self.log = None
 
     def start(self) -> Service:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,8 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
+        if self.log is not None:
+            self.log.close()
 
 
 @pytest.fixture(scope="session")
