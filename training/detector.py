@@ -10,6 +10,13 @@ Score kinds:
 - ``elbo`` (VAE only): the negative evidence lower bound, −E_q[log p(x|z)] + KL(q(z|x) || N(0, I)),
   with a Gaussian decoder whose per-feature variances are learned. The expectation uses a fixed
   set of Monte-Carlo draws, so the same record always gets the same score.
+- ``nll`` (VAE only): the importance-weighted estimate of −log p(x) from the same K draws,
+  −log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x): a tighter bound than the ELBO (it is the ELBO at
+  K = 1 and tends to −log p(x) as K grows).
+
+With ``n_models`` > 1 the detector is an ensemble of independently initialised networks trained
+side by side; every score is the mean of the members' scores (reconstruction errors are
+averaged per feature first), which cuts the seed-to-seed noise of a single network.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,13 +36,19 @@ import torch
 
 from training.calibration import ScoreCalibration
 from training.errors import DataError, ModelFormatError, NotFittedError
-from training.networks import DenseAE, DenseVAE, gaussian_nll, kl_to_standard_normal
+from training.networks import (
+    EnsembleAE,
+    EnsembleVAE,
+    gaussian_nll,
+    kl_to_standard_normal,
+    legacy_state_dict,
+)
 from training.params import DetectorParams, resolve
 from training.preprocessing import TabularPreprocessor
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ensemble layout (member axis first); 1 still loads
 _SCORE_CHUNK = 8192
 MIN_FIT_ROWS = 10
 
@@ -108,9 +122,9 @@ class Detector:
         return self
 
     def _build(self, n_features: int) -> torch.nn.Module:
-        cls = DenseVAE if self.params.kind == "vae" else DenseAE
+        cls = EnsembleVAE if self.params.kind == "vae" else EnsembleAE
         return cls(n_features, self.resolved_["hidden_sizes"], self.resolved_["latent_dim"],
-                   self.params.activation, self.params.dropout)
+                   self.params.activation, self.params.dropout, self.params.n_models)
 
     def _eps(self, n_draws: int) -> torch.Tensor:
         """Fixed standard-normal draws (n_draws, latent_dim): scores are deterministic."""
@@ -118,21 +132,23 @@ class Detector:
         return torch.randn(n_draws, self.resolved_["latent_dim"], generator=g)
 
     def _loss(self, x_in: torch.Tensor, x: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
-        """Training objective, averaged over the batch."""
+        """Training objective, averaged over the batch and the ensemble's members."""
         net = self.network_
         if not self._variational:
             return (net(x_in) - x).pow(2).mean()
         if eps is not None:  # deterministic validation loss: one fixed draw for every record
-            eps = eps[:1].expand(x.shape[0], -1)
-        x_hat, mu, logvar = net(x_in, eps)
-        nll = gaussian_nll(x, x_hat, net.decoder_logvar).sum(dim=1)
+            eps = eps[:1]
+        x_hat, mu, logvar = net(x_in, eps)  # (M, n, d), (M, n, k), (M, n, k)
+        nll = gaussian_nll(x, x_hat, net.decoder_logvar.unsqueeze(1)).sum(dim=-1)  # (M, n)
         return (nll + self.params.beta * kl_to_standard_normal(mu, logvar)).mean()
 
     def _train(self, X_train: torch.Tensor, X_val: torch.Tensor,
                on_epoch: Callable[[int, float, float], None] | None) -> list[dict[str, float]]:
         p, r = self.params, self.resolved_
+        # fused: one kernel per step instead of one per tensor (~30% faster on these small
+        # networks, where per-step overhead dominates).
         opt = torch.optim.Adam(self.network_.parameters(), lr=p.learning_rate,
-                               weight_decay=p.weight_decay)
+                               weight_decay=p.weight_decay, fused=True)
         g = torch.Generator().manual_seed(p.seed)
         eps_val = self._eps(1)
         best, best_state, since_best = math.inf, None, 0
@@ -196,23 +212,32 @@ class Detector:
             )
 
     def _squared_errors(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, d) squared errors of the deterministic reconstruction (posterior mean)."""
+        """(n, d) squared errors of the deterministic reconstruction (posterior mean),
+        averaged over the ensemble's members."""
         net = self.network_
         if self._variational:
             mu, _ = net.encode(x)
-            return (net.decode(mu) - x).pow(2)
-        return (net(x) - x).pow(2)
+            return (net.decode(mu) - x).pow(2).mean(dim=0)
+        return (net(x) - x).pow(2).mean(dim=0)
 
-    def _negative_elbo(self, x: torch.Tensor) -> torch.Tensor:
-        """(n,) −ELBO averaged over the fixed Monte-Carlo draws."""
+    def _likelihood_scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(n,) −ELBO and importance-weighted −log p(x) over the fixed Monte-Carlo draws,
+        each averaged over the ensemble's members."""
         net = self.network_
-        mu, logvar = net.encode(x)
-        eps = self._eps(self.params.mc_samples)  # (K, k)
-        z = mu.unsqueeze(0) + eps.unsqueeze(1) * torch.exp(0.5 * logvar).unsqueeze(0)  # (K, n, k)
-        nll = gaussian_nll(x.unsqueeze(0), net.decode(z), net.decoder_logvar).sum(dim=2)  # (K, n)
-        return nll.mean(dim=0) + kl_to_standard_normal(mu, logvar)
+        mu, logvar = net.encode(x)  # (M, n, k)
+        eps = self._eps(self.params.mc_samples)[None, :, None, :]  # (1, K, 1, k)
+        std = torch.exp(0.5 * logvar).unsqueeze(1)
+        z = mu.unsqueeze(1) + eps * std  # (M, K, n, k)
+        lv = net.decoder_logvar[:, None, None, :]  # (M, 1, 1, d)
+        log_px_z = -gaussian_nll(x, net.decode(z), lv).sum(dim=-1)  # (M, K, n)
+        elbo = log_px_z.mean(dim=1) - kl_to_standard_normal(mu, logvar)  # (M, n)
+        # log p(z) - log q(z|x); the 0.5 log 2π terms cancel.
+        log_w = log_px_z + 0.5 * (eps.pow(2) + logvar.unsqueeze(1) - z.pow(2)).sum(dim=-1)
+        log_px = torch.logsumexp(log_w, dim=1) - math.log(log_w.shape[1])  # (M, n)
+        return {"elbo": -elbo.mean(dim=0), "nll": -log_px.mean(dim=0)}
 
-    def _matrix(self, data: pd.DataFrame | np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+    def _matrix(self, data: pd.DataFrame | np.ndarray, source: str
+                ) -> tuple[np.ndarray, np.ndarray]:
         self._check_fitted()
         return self.preprocessor_.transform(_as_frame(data), source)
 
@@ -223,8 +248,10 @@ class Detector:
             for i in range(0, len(X), _SCORE_CHUNK):
                 x = torch.from_numpy(X[i : i + _SCORE_CHUNK])
                 out["recon"].append((self._squared_errors(x) / scale).mean(dim=1).double().numpy())
-                if "elbo" in out:
-                    out["elbo"].append(self._negative_elbo(x).double().numpy())
+                if self._variational:
+                    for k, v in self._likelihood_scores(x).items():
+                        if k in out:
+                            out[k].append(v.double().numpy())
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
     def raw_scores(self, data: pd.DataFrame | np.ndarray, source: str = "data"
@@ -287,6 +314,8 @@ class Detector:
             "is_anomaly": raw[primary] > cal.threshold,
         }
         for k, v in raw.items():
+            if k not in self.calibrations_:  # a kind added after this model was saved
+                continue
             cols[f"score_{k}"] = v
             cols[f"p_value_{k}"] = self.calibrations_[k].p_values(v)
         cols["unknown_categories"] = unknown
@@ -317,17 +346,20 @@ class Detector:
 
     # -- latent-space tools ------------------------------------------------------------------
     def encode(self, data: pd.DataFrame | np.ndarray, source: str = "data") -> np.ndarray:
-        """(n_records, latent_dim) latent codes (posterior means for a VAE)."""
+        """(n_records, latent_dim) latent codes (posterior means for a VAE); in an ensemble,
+        the first member's."""
         X, _ = self._matrix(data, source)
         with torch.no_grad():
             z = self.network_.encode(torch.from_numpy(X))
-        return (z[0] if isinstance(z, tuple) else z).double().numpy()
+        return (z[0] if isinstance(z, tuple) else z)[0].double().numpy()
 
     def decode(self, z: np.ndarray) -> pd.DataFrame:
-        """Latent codes (n, latent_dim) to records in the input's own columns."""
+        """Latent codes (n, latent_dim) to records in the input's own columns (in an ensemble,
+        by the first member, whose codes :meth:`encode` returns)."""
         self._check_fitted()
+        z_t = torch.as_tensor(np.asarray(z), dtype=torch.float32)
         with torch.no_grad():
-            x = self.network_.decode(torch.as_tensor(np.asarray(z), dtype=torch.float32))
+            x = self.network_.decode(z_t.expand(self.params.n_models, *z_t.shape))[0]
         return self.preprocessor_.inverse_transform(x.numpy())
 
     def reconstruct(self, data: pd.DataFrame | np.ndarray, source: str = "data") -> pd.DataFrame:
@@ -383,18 +415,24 @@ class Detector:
             if not (path / name).is_file():
                 raise ModelFormatError(f"{path}: not a saved detector (missing {name})")
         meta = json.loads((path / "detector.json").read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version")
+        if version not in (1, FORMAT_VERSION):
             raise ModelFormatError(
-                f"{path}: format version {meta.get('format_version')} is not supported "
-                f"(this library reads {FORMAT_VERSION})"
+                f"{path}: format version {version} is not supported "
+                f"(this library reads 1 to {FORMAT_VERSION})"
             )
-        det = cls(id_column=meta["id_column"], label_column=meta["label_column"], **meta["params"])
+        params = dict(meta["params"])
+        if version == 1:  # a single network, scored before the ensemble and nll existed
+            params.update(n_models=1)
+        det = cls(id_column=meta["id_column"], label_column=meta["label_column"], **params)
         det.preprocessor_ = cls.preprocessor_class.from_dict(
             json.loads((path / "preprocessing.json").read_text())
         )
         det.resolved_ = meta["resolved"]
         det.network_ = det._build(meta["n_features"])
         state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+        if version == 1:
+            state = legacy_state_dict(state)
         det.network_.load_state_dict(state)
         det.network_.eval()
         det.feature_scale_ = np.asarray(meta["feature_scale"], dtype=np.float64)

@@ -1,6 +1,9 @@
-"""Plain torch modules: dense autoencoder and dense variational autoencoder.
+"""Plain torch modules: dense autoencoders and variational autoencoders, single or ensembled.
 
-The Detector owns training and scoring; these modules only map tensors to tensors.
+The Detector owns training and scoring; these modules only map tensors to tensors. An ensemble
+holds M independently initialised members whose layers run as one batched matrix product, so
+a small ensemble costs little more than one network on the small batches tables train with.
+Ensemble tensors carry the member as their first dimension: (M, ..., features).
 """
 
 from __future__ import annotations
@@ -18,11 +21,31 @@ ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "tanh
 MIN_DECODER_LOGVAR = math.log(1e-3)
 
 
-def mlp(sizes: list[int], activation: str, dropout: float, last_activation: bool) -> nn.Sequential:
-    """Linear layers of the given sizes, with activation (and dropout) between them."""
+class EnsembleLinear(nn.Module):
+    """M independent linear maps applied at once: (M, ..., a) -> (M, ..., b).
+
+    Each member is initialised like ``nn.Linear`` (uniform in ±1/sqrt(a)).
+    """
+
+    def __init__(self, n_members: int, in_features: int, out_features: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(
+            torch.empty(n_members, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, *mid, a = x.shape
+        out = torch.baddbmm(self.bias, x.reshape(m, -1, a), self.weight)
+        return out.reshape(m, *mid, out.shape[-1])
+
+
+def mlp(sizes: list[int], activation: str, dropout: float, last_activation: bool,
+        n_members: int = 1) -> nn.Sequential:
+    """Ensemble linear layers of the given sizes, with activation (and dropout) between them."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
+        layers.append(EnsembleLinear(n_members, a, b))
         if i < len(sizes) - 2 or last_activation:
             layers.append(ACTIVATIONS[activation]())
             if dropout > 0:
@@ -30,65 +53,74 @@ def mlp(sizes: list[int], activation: str, dropout: float, last_activation: bool
     return nn.Sequential(*layers)
 
 
-class DenseAE(nn.Module):
-    """Deterministic autoencoder ``x -> z -> x_hat``.
+def _members(x: torch.Tensor, n_members: int) -> torch.Tensor:
+    """(n, d) -> (M, n, d) (a view); (M, ..., d) passes through."""
+    return x.expand(n_members, *x.shape) if x.dim() == 2 else x
+
+
+class EnsembleAE(nn.Module):
+    """M deterministic autoencoders ``x -> z -> x_hat``.
 
     Args:
         n_features: input width d.
         hidden_sizes: widths of the encoder's hidden layers (the decoder mirrors them).
         latent_dim: width of the code z.
+        n_members: ensemble size M.
     """
 
     def __init__(self, n_features: int, hidden_sizes: list[int], latent_dim: int,
-                 activation: str = "relu", dropout: float = 0.0):
+                 activation: str = "relu", dropout: float = 0.0, n_members: int = 1):
         super().__init__()
-        self.encoder = mlp([n_features, *hidden_sizes, latent_dim], activation, dropout, False)
+        self.n_members = n_members
+        self.encoder = mlp([n_features, *hidden_sizes, latent_dim], activation, dropout, False,
+                           n_members)
         self.decoder = mlp([latent_dim, *reversed(hidden_sizes), n_features], activation,
-                           dropout, False)
+                           dropout, False, n_members)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, latent_dim)."""
-        return self.encoder(x)
+        """(n, d) or (M, n, d) -> (M, n, latent_dim)."""
+        return self.encoder(_members(x, self.n_members))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(n, latent_dim) -> (n, d)."""
+        """(M, ..., latent_dim) -> (M, ..., d)."""
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> reconstruction (n, d)."""
+        """(n, d) -> reconstructions (M, n, d)."""
         return self.decode(self.encode(x))
 
 
-class DenseVAE(nn.Module):
-    """Variational autoencoder with a Gaussian encoder and a Gaussian decoder.
+class EnsembleVAE(nn.Module):
+    """M variational autoencoders with Gaussian encoders and Gaussian decoders.
 
-    The decoder's variance is one learned parameter per feature: the likelihood then weighs
+    Each decoder's variance is one learned parameter per feature: the likelihood then weighs
     each feature's error by how well that feature can be reconstructed at all.
     """
 
     def __init__(self, n_features: int, hidden_sizes: list[int], latent_dim: int,
-                 activation: str = "relu", dropout: float = 0.0):
+                 activation: str = "relu", dropout: float = 0.0, n_members: int = 1):
         super().__init__()
-        self.encoder = mlp([n_features, *hidden_sizes], activation, dropout, True)
+        self.n_members = n_members
+        self.encoder = mlp([n_features, *hidden_sizes], activation, dropout, True, n_members)
         last = hidden_sizes[-1] if hidden_sizes else n_features
-        self.mu = nn.Linear(last, latent_dim)
-        self.logvar = nn.Linear(last, latent_dim)
+        self.mu = EnsembleLinear(n_members, last, latent_dim)
+        self.logvar = EnsembleLinear(n_members, last, latent_dim)
         self.decoder = mlp([latent_dim, *reversed(hidden_sizes), n_features], activation,
-                           dropout, False)
-        self.decoder_logvar_raw = nn.Parameter(torch.zeros(n_features))
+                           dropout, False, n_members)
+        self.decoder_logvar_raw = nn.Parameter(torch.zeros(n_members, n_features))
 
     @property
     def decoder_logvar(self) -> torch.Tensor:
-        """(d,) per-feature log-variance of p(x | z), floored."""
+        """(M, d) per-feature log-variance of p(x | z), floored."""
         return self.decoder_logvar_raw.clamp(min=MIN_DECODER_LOGVAR)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, d) -> posterior mean and log-variance, each (n, latent_dim)."""
-        h = self.encoder(x)
+        """(n, d) or (M, n, d) -> posterior mean and log-variance, each (M, n, latent_dim)."""
+        h = self.encoder(_members(x, self.n_members))
         return self.mu(h), self.logvar(h).clamp(-20.0, 10.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(..., latent_dim) -> decoder mean (..., d)."""
+        """(M, ..., latent_dim) -> decoder mean (M, ..., d)."""
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None
@@ -97,10 +129,12 @@ class DenseVAE(nn.Module):
 
         Args:
             x: (n, d) inputs.
-            eps: optional (n, latent_dim) standard-normal draws; fresh ones when None.
+            eps: optional standard-normal draws broadcastable to (M, n, latent_dim); fresh
+                ones when None.
 
         Returns:
-            ``(x_hat, mu, logvar)``: decoder mean (n, d), posterior mean and log-variance.
+            ``(x_hat, mu, logvar)``: decoder means (M, n, d), posterior means and
+            log-variances (M, n, latent_dim).
         """
         mu, logvar = self.encode(x)
         if eps is None:
@@ -109,14 +143,52 @@ class DenseVAE(nn.Module):
         return self.decode(z), mu, logvar
 
 
+class DenseAE(EnsembleAE):
+    """One deterministic autoencoder: the ensemble with a single member, without its axis."""
+
+    def __init__(self, n_features: int, hidden_sizes: list[int], latent_dim: int,
+                 activation: str = "relu", dropout: float = 0.0):
+        super().__init__(n_features, hidden_sizes, latent_dim, activation, dropout, 1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, latent_dim)."""
+        return super().encode(x)[0]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(n, latent_dim) -> (n, d)."""
+        return super().decode(z.unsqueeze(0))[0]
+
+
+class DenseVAE(EnsembleVAE):
+    """One variational autoencoder: the ensemble with a single member, without its axis."""
+
+    def __init__(self, n_features: int, hidden_sizes: list[int], latent_dim: int,
+                 activation: str = "relu", dropout: float = 0.0):
+        super().__init__(n_features, hidden_sizes, latent_dim, activation, dropout, 1)
+
+    @property
+    def decoder_logvar(self) -> torch.Tensor:
+        """(d,) per-feature log-variance of p(x | z), floored."""
+        return super().decoder_logvar[0]
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, d) -> posterior mean and log-variance, each (n, latent_dim)."""
+        mu, logvar = super().encode(x)
+        return mu[0], logvar[0]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., latent_dim) -> decoder mean (..., d)."""
+        return super().decode(z.unsqueeze(0))[0]
+
+
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag exp(logvar)) || N(0, I)) per record: ½ Σ (σ² + μ² − 1 − log σ²).
 
     Args:
-        mu, logvar: (n, k).
+        mu, logvar: (..., k).
 
     Returns:
-        (n,) KL divergences.
+        (...,) KL divergences.
     """
     return 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(dim=-1)
 
@@ -124,3 +196,18 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
 def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Element-wise −log N(x; mean, exp(logvar)); shapes broadcast, returns the broadcast shape."""
     return 0.5 * (math.log(2 * math.pi) + logvar + (x - mean).pow(2) / logvar.exp())
+
+
+def legacy_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A single-network state dict of format 1 (``nn.Linear`` layers) in the ensemble layout."""
+    out = {}
+    for key, v in state.items():
+        if key.endswith(".weight") and v.dim() == 2:
+            out[key] = v.t().unsqueeze(0).contiguous()
+        elif key.endswith(".bias") and v.dim() == 1:
+            out[key] = v.view(1, 1, -1)
+        elif key == "decoder_logvar_raw":
+            out[key] = v.unsqueeze(0)
+        else:
+            out[key] = v
+    return out

@@ -15,8 +15,12 @@ from training.errors import ConfigError
 from training.networks import ACTIVATIONS
 
 KINDS = ("ae", "vae")
-SCORE_KINDS = {"ae": ("recon",), "vae": ("elbo", "recon")}
+SCORE_KINDS = {"ae": ("recon",), "vae": ("elbo", "recon", "nll")}
 DEFAULT_PRIMARY = {"ae": "recon", "vae": "elbo"}
+# Gradient steps the epoch cap allows for; early stopping on the validation rows decides when
+# to stop before that.
+TARGET_STEPS = 10_000
+MAX_EPOCHS = 1000
 
 
 @dataclass
@@ -39,6 +43,7 @@ class DetectorParams:
     primary_score: str | None = None
     target_fpr: float = 0.01
     mc_samples: int = 16
+    n_models: int = 1
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -55,13 +60,15 @@ class DetectorParams:
             if isinstance(self.hidden_sizes, int):
                 self.hidden_sizes = [self.hidden_sizes]
             if not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
-                raise ConfigError(f"hidden_sizes: expected positive integers, got {self.hidden_sizes}")
+                raise ConfigError(
+                    f"hidden_sizes: expected positive integers, got {self.hidden_sizes}")
             self.hidden_sizes = list(self.hidden_sizes)
         _check_positive_int("latent_dim", self.latent_dim, allow_none=True)
         _check_positive_int("batch_size", self.batch_size, allow_none=True)
         _check_positive_int("max_epochs", self.max_epochs, allow_none=True)
         _check_positive_int("patience", self.patience)
         _check_positive_int("mc_samples", self.mc_samples)
+        _check_positive_int("n_models", self.n_models)
         _check_range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         _check_range("noise_std", self.noise_std, 0.0, math.inf)
         _check_range("beta", self.beta, 0.0, math.inf)
@@ -121,8 +128,10 @@ def resolve(params: DetectorParams, n_rows: int, n_features: int) -> dict[str, A
 
     Heuristics (no dataset-specific tuning): the code is about a quarter of the input width
     (2 to 32); two hidden layers, the first about twice the input width (32 to 256), the second
-    half of it; batches of roughly n/32 rows (16 to 256); enough epochs for ~3,000 gradient
-    steps (20 to 400), early stopping deciding the rest.
+    half of it; batches of roughly n/32 rows (16 to 256); an epoch cap that allows ~10,000
+    gradient steps (20 to 1,000 epochs), early stopping on the validation rows deciding the
+    rest. (With a cap of ~3,000 steps, VAEs stopped before converging on several tables, which
+    cost detection quality: see the README's "Detection quality".)
     """
     latent = params.latent_dim or int(min(32, max(2, math.ceil(n_features / 4))))
     if params.hidden_sizes is not None:
@@ -135,6 +144,7 @@ def resolve(params: DetectorParams, n_rows: int, n_features: int) -> dict[str, A
     else:
         batch = int(min(256, max(16, 2 ** round(math.log2(max(n_rows / 32, 1))))))
     steps_per_epoch = max(1, math.ceil(n_rows / batch))
-    epochs = params.max_epochs or int(min(400, max(20, math.ceil(3000 / steps_per_epoch))))
+    epochs = params.max_epochs or int(
+        min(MAX_EPOCHS, max(20, math.ceil(TARGET_STEPS / steps_per_epoch))))
     return {"hidden_sizes": hidden, "latent_dim": latent, "batch_size": batch,
             "max_epochs": epochs}
