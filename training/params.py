@@ -15,7 +15,7 @@ from training.errors import ConfigError
 from training.networks import ACTIVATIONS
 
 KINDS = ("ae", "vae")
-SCORE_KINDS = {"ae": ("recon",), "vae": ("elbo", "recon", "nll")}
+SCORE_KINDS = {"ae": ("recon",), "vae": ("elbo", "recon")}
 DEFAULT_PRIMARY = {"ae": "recon", "vae": "elbo"}
 # Gradient steps the epoch cap allows for; early stopping on the validation rows decides when
 # to stop before that.
