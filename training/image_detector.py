@@ -8,7 +8,7 @@ Score kinds (higher = more abnormal):
 - ``recon``: mean squared pixel error of the reconstruction (from the posterior mean for a
   VAE), divided by its mean on the validation normals, so a normal image scores about 1;
 - ``elbo`` (``conv_vae``): the negative ELBO with a learned variance per pixel, over a fixed set
-  of Monte-Carlo draws (scores are deterministic); ``nll`` where the tabular VAE has it too.
+  of Monte-Carlo draws (scores are deterministic).
 
 Anomaly maps: the per-pixel terms of ``recon`` (averaged over channels), lightly smoothed with a
 Gaussian; they have the image's (H, W) and show where an image departs from normal.
