@@ -138,3 +138,17 @@ def test_config_checks_image_options():
         TrainConfig(data="x", name="n", kind="conv_ae", model={"image_size": [1, 2, 3]})
     cfg = TrainConfig(data="x", name="n", kind="conv_vae", model={"image_size": 28})
     assert cfg.detector_params().image_size == [28, 28]
+
+
+def test_separate_eval_data_and_splits(tmp_path):
+    from pipelines.config import TrainConfig
+    from pipelines.image_train import prepare
+
+    root = write_mvtec(tmp_path / "m", n_train=40, n_test_good=4, n_defect=5)
+    for eval_data in (root / "test", root):  # a labelled folder, or an MVTec root's test/
+        cfg = TrainConfig(data=str(root / "train" / "good"), name="n", kind="conv_ae",
+                          eval_data=str(eval_data))
+        splits, det, extra = prepare(cfg, cfg.detector_params())
+        assert splits.eval_y.tolist() == [0] * 4 + [1] * 5
+        assert len(splits.fit) + len(splits.calibration) == 40
+        assert extra["image_shape"] == "1x16x16" and det.params.image_size == [16, 16]
