@@ -146,5 +146,6 @@ def test_unknown_config_key_through_the_console_script(tmp_path, breast_cancer_c
     assert proc.stderr.strip().splitlines() == [
         f"error: {cfg}: unknown config key(s) ['epocs']; known keys: ['alias', "
         "'calibration_fraction', 'data', 'eval_data', 'eval_fraction', 'experiment', 'id_column', "
-        "'kind', 'label_column', 'model', 'name', 'register', 'seed', 'target_fpr']"]
+        "'kind', 'label_column', 'model', 'name', 'normal_class', 'register', 'seed', "
+        "'target_fpr']"]
     assert not (tmp_path / "mlflow.db").exists()
