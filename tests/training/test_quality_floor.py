@@ -2,8 +2,9 @@
 
 scikit-learn's breast-cancer table (569 tumours, 30 features): benign = normal, malignant =
 anomaly. The one-class protocol of the benchmark: fit on 60% of the benign rows, score the other
-40% and every malignant row. The floors sit a margin below the measured AUROC of the default
-configuration (see the README's "Detection quality"), so a regression in the defaults fails.
+40% and every malignant row. Measured with the defaults (split seeds 0 / 1 / 2): VAE `elbo`
+0.949 / 0.970 / 0.956, AE `recon` 0.959 / 0.952 / 0.927. The floors sit below the worst of
+those, so a regression in the defaults fails while platform noise does not.
 """
 
 import numpy as np
@@ -14,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from training import Detector
 
-# kind -> floor on the AUROC of its primary score (measured: see the module docstring).
+# kind -> floor on the AUROC of its primary score.
 FLOORS = {"vae": 0.93, "ae": 0.92}
 
 
