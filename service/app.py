@@ -27,19 +27,24 @@ def _tracking_uri(settings: Settings) -> str:
             or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, store: ModelStore | None = None) -> FastAPI:
     """The service app. Models load when it starts (its lifespan), not at import.
 
     Args:
         settings: read from the environment when not given.
+        store: an already started model store (``serve`` loads models before uvicorn starts,
+            so a wrong model URI is a one-line error rather than a failed lifespan).
     """
     settings = settings or load_settings()
+    ready_store = store
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
-            store = ModelStore(settings, _tracking_uri(settings))
-            await run_in_threadpool(store.start)
+            store = ready_store
+            if store is None:
+                store = ModelStore(settings, _tracking_uri(settings))
+                await run_in_threadpool(store.start)
         except Exception as e:
             app.state.startup_error = e
             log.error("cannot start: %s", e)
@@ -88,7 +93,13 @@ def serve(settings: Settings) -> None:
 
         raise ConfigError("no models to serve: pass --model models:/NAME@champion or set "
                           "ANOMALY_MODELS")
-    app = create_app(settings)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    store = ModelStore(settings, _tracking_uri(settings))
+    store.start()  # errors here reach the CLI as one line, before uvicorn prints anything
+    app = create_app(settings, store)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level.lower(), access_log=False,
                             log_config=None, timeout_graceful_shutdown=10)
