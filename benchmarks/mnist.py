@@ -6,7 +6,7 @@ MNIST test set (10,000 images) is split by :func:`benchmarks.quality_lib.protoco
 our detectors read the 28x28 images, the baselines the same pixels flattened to 784 values.
 Default settings only: nothing is tuned per digit.
 
-    nice -n 10 .venv/bin/python -m benchmarks.mnist --data-dir ../shared/datasets \\
+    nice -n 10 .venv/bin/python -m benchmarks.mnist --data-dir DATA \\
         --seeds 0 1 2 --out bench-results/mnist
 
 Resumable: rows already in ``<out>/results.csv`` are skipped. Writes ``<out>/results.md``.
@@ -96,8 +96,10 @@ def all_methods() -> dict[str, q.Method]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.mnist", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"),
-                   help="folder holding mnist/t10k-images-idx3-ubyte.gz (and the labels)")
+    p.add_argument("--data-dir", type=Path,
+                   default=Path(os.environ.get("BENCH_DATA_DIR", "datasets")),
+                   help="folder holding mnist/t10k-images-idx3-ubyte.gz and the labels "
+                   "(default: $BENCH_DATA_DIR or ./datasets)")
     p.add_argument("--digits", nargs="*", default=None, help="normal digits; default: all ten")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--methods", nargs="*", default=list(METHODS),

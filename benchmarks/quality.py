@@ -1,6 +1,6 @@
 """Detection-quality benchmark CLI: our detectors next to PyOD's, on the one-class protocol.
 
-    nice -n 10 .venv/bin/python -m benchmarks.quality --data-dir ../shared/datasets \
+    nice -n 10 .venv/bin/python -m benchmarks.quality --data-dir DATA \
         --seeds 0 1 2 --out bench-results
 
 Resumable: rows already in ``<out>/results.csv`` are skipped. Writes ``<out>/results.md``.
@@ -28,8 +28,9 @@ log = logging.getLogger("benchmarks.quality")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=Path("../shared/datasets"),
-                   help="folder holding adbench/*.npz (default: ../shared/datasets)")
+    p.add_argument("--data-dir", type=Path,
+                   default=Path(os.environ.get("BENCH_DATA_DIR", "datasets")),
+                   help="folder holding adbench/*.npz (default: $BENCH_DATA_DIR or ./datasets)")
     p.add_argument("--modality", default="tabular", choices=sorted(q.LOADERS),
                    help="which kind of datasets to load")
     p.add_argument("--datasets", nargs="*", default=None,
