@@ -25,7 +25,7 @@ class AnomalyDetectorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.detector = load_detector(context.artifacts["detector"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if isinstance(self.detector, ImageDetector):
             files = images_from_frame(df, source="input")

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,7 +231,9 @@ def log_pyfunc(detector: Detector, example: pd.DataFrame, signature: ModelSignat
     """Save the detector and log it as the pyfunc ``model`` with its signature and example."""
     import torch
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # MLflow suggests type hints on predict(); the signature already types the input.
+        warnings.filterwarnings("ignore", message=".*type hints.*")
         path = detector.save(Path(tmp) / "detector")
         return mlflow.pyfunc.log_model(
             name="model",
