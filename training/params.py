@@ -42,7 +42,7 @@ class DetectorParams:
     validation_fraction: float = 0.15
     primary_score: str | None = None
     target_fpr: float = 0.01
-    mc_samples: int = 16
+    mc_samples: int = 8
     n_models: int = 1
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
