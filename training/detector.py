@@ -172,6 +172,7 @@ class Detector:
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val})
             if on_epoch:
                 on_epoch(epoch, train_loss, val)
+            log.debug("epoch %d: train loss %.5g, validation loss %.5g", epoch, train_loss, val)
             if bar:
                 bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val:.4g}")
                 bar.update(1)

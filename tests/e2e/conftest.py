@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import MlflowServer, free_port, wait_http
+from tests.servers import MlflowServer, free_port, stop_process, wait_http
 
 EPOCHS = 15
 
@@ -96,13 +96,7 @@ class Service:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if self.log is not None:
             self.log.close()
 
