@@ -26,12 +26,7 @@ import pyarrow as pa
 from pipelines import batch_images
 from pipelines.batch_images import is_image_input
 from pipelines.batch_io import AtomicTableWriter, OutputError, RejectsWriter, TableReader
-from pipelines.batch_model import (
-    MODEL_NAME_COLUMN,
-    MODEL_VERSION_COLUMN,
-    BatchModel,
-    load_batch_model,
-)
+from pipelines.batch_model import BatchModel, load_batch_model, result_arrays
 from pipelines.batch_options import ScoreOptions
 from pipelines.data import table_format
 from pipelines.tracking import ensure_experiment, use_tracking_uri
@@ -281,13 +276,7 @@ def _scored_batch(model: BatchModel, batch: pa.RecordBatch, job: _Prepared, n_ke
     scores = model.detector.score(frame, source=str(job.src))
     n = batch.num_rows
     arrays = [batch.column(batch.schema.get_field_index(c)) for c in job.keep]
-    for f in list(job.schema)[n_keep:]:
-        if f.name == MODEL_NAME_COLUMN:
-            arrays.append(pa.array([model.name] * n, type=pa.string()))
-        elif f.name == MODEL_VERSION_COLUMN:
-            arrays.append(pa.array([model.version] * n, type=pa.string()))
-        else:
-            arrays.append(pa.array(scores[f.name].to_numpy(), type=f.type))
+    arrays += result_arrays(model, list(job.schema)[n_keep:], scores)
     res.rows += n
     res.anomalies += int(scores["is_anomaly"].sum())
     sample.add(scores["score"].to_numpy())

@@ -19,7 +19,12 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.batch_io import AtomicTableWriter, Reject, RejectsWriter
-from pipelines.batch_model import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, BatchModel
+from pipelines.batch_model import (
+    MODEL_NAME_COLUMN,
+    MODEL_VERSION_COLUMN,
+    BatchModel,
+    result_arrays,
+)
 from pipelines.batch_options import ScoreOptions
 from training.errors import DataError
 from training.images import IMAGE_SUFFIXES, image_files, to_png
@@ -126,13 +131,7 @@ def _scored(model: BatchModel, job: ImageJob, named: list[tuple[str, np.ndarray]
     maps = model.detector.anomaly_maps(batch) if job.maps_dir is not None else None
     n = len(frame)
     arrays = [pa.array([name for name, _ in named], type=pa.string())]
-    for f in list(job.schema)[1:]:
-        if f.name == MODEL_NAME_COLUMN:
-            arrays.append(pa.array([model.name] * n, type=pa.string()))
-        elif f.name == MODEL_VERSION_COLUMN:
-            arrays.append(pa.array([model.version] * n, type=pa.string()))
-        else:
-            arrays.append(pa.array(frame[f.name].to_numpy(), type=f.type))
+    arrays += result_arrays(model, list(job.schema)[1:], frame)
     if maps is not None:
         for (name, _), m in zip(named, maps):
             _write_map(job, Path(name), m)

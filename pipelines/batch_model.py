@@ -121,3 +121,19 @@ def load_batch_model(uri: str, workdir: Path) -> BatchModel:
                                "in it); register one with `anomaly train`")
     return BatchModel(uri=uri, name=name, version=version, path=path,
                       detector=load_detector(detector_dir))
+
+
+def result_arrays(model: BatchModel, fields: list[pa.Field], scores: pd.DataFrame
+                  ) -> list[pa.Array]:
+    """One array per output field: the model's name and version, or the score column of that
+    name from ``scores`` (one row per scored record), typed as the field says."""
+    n = len(scores)
+    arrays = []
+    for f in fields:
+        if f.name == MODEL_NAME_COLUMN:
+            arrays.append(pa.array([model.name] * n, type=pa.string()))
+        elif f.name == MODEL_VERSION_COLUMN:
+            arrays.append(pa.array([model.version] * n, type=pa.string()))
+        else:
+            arrays.append(pa.array(scores[f.name].to_numpy(), type=f.type))
+    return arrays

@@ -94,7 +94,7 @@ def split_data(cfg: TrainConfig, df: pd.DataFrame) -> Splits:
     return Splits(fit=fit, calibration=calibration, eval_X=eval_X, eval_y=eval_y)
 
 
-def fingerprint(path: str, df: pd.DataFrame) -> str:
+def fingerprint(path: str) -> str:
     """sha256 of the data file's bytes: the same file gives the same fingerprint."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -121,7 +121,7 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
         schema = TabularPreprocessor(cfg.id_column, cfg.label_column).fit(splits.fit, cfg.data)
         if splits.eval_X is not None:
             schema.validate(splits.eval_X, cfg.eval_data or cfg.data)
-        data_params = {"data_sha256": fingerprint(cfg.data, df)}
+        data_params = {"data_sha256": fingerprint(cfg.data)}
 
     use_tracking_uri(tracking_uri)
     ensure_experiment(cfg.experiment)
