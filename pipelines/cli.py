@@ -65,8 +65,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "images' own size, at most 64 a side)")
     h.add_argument("--channels", type=int, choices=[1, 3],
                    help="images: 1 grayscale or 3 RGB (default: from the images)")
-    h.add_argument("--primary-score", choices=["recon", "elbo"],
-                   help="score that decides is_anomaly (default: elbo for vae, recon for ae)")
+    h.add_argument("--primary-score", choices=["recon", "elbo", "agg_elbo"],
+                   help="score that decides is_anomaly (default: agg_elbo for vae, recon for ae)")
     p.set_defaults(func=_cmd_train)
 
 

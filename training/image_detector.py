@@ -91,6 +91,7 @@ class ImageDetector(Detector):
         torch.manual_seed(p.seed)
         self.network_ = self._build(X.shape[1])
         self.history_ = self._train(torch.from_numpy(X_train), torch.from_numpy(X_val), on_epoch)
+        self.prior_ = self._aggregate_posterior(X_train)
         # One scale for every pixel: a per-pixel one would blow up the error of pixels that
         # are constant in the normal images (an MNIST border) and make the maps noisy.
         err = float(np.mean(self._pixel_errors(X_val)))

@@ -15,8 +15,8 @@ from training.errors import ConfigError
 from training.networks import ACTIVATIONS
 
 KINDS = ("ae", "vae")
-SCORE_KINDS = {"ae": ("recon",), "vae": ("elbo", "recon")}
-DEFAULT_PRIMARY = {"ae": "recon", "vae": "elbo"}
+SCORE_KINDS = {"ae": ("recon",), "vae": ("agg_elbo", "elbo", "recon")}
+DEFAULT_PRIMARY = {"ae": "recon", "vae": "agg_elbo"}
 # Gradient steps the epoch cap allows for; early stopping on the validation rows decides when
 # to stop before that.
 TARGET_STEPS = 10_000

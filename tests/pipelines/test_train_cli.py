@@ -36,7 +36,7 @@ def test_both_versions_registered_with_alias_and_tags(store):
     client = MlflowClient()
     versions = sorted(client.search_model_versions(f"name = '{NAME}'"), key=lambda v: v.version)
     assert [v.tags["kind"] for v in versions] == ["ae", "vae"]
-    assert [v.tags["primary_score"] for v in versions] == ["recon", "elbo"]
+    assert [v.tags["primary_score"] for v in versions] == ["recon", "agg_elbo"]
     for v in versions:
         assert float(v.tags["threshold"]) > 0 and v.tags["target_fpr"] == "0.01"
     assert {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {
@@ -55,7 +55,8 @@ def test_runs_share_metric_and_param_names(store):
         assert r.info.status == "FINISHED"
     assert set(runs[0].data.params) == set(runs[1].data.params)
     vae = next(r for r in runs if r.data.tags["kind"] == "vae")
-    assert {"auroc_elbo", "threshold_elbo"} <= set(vae.data.metrics)
+    assert {"auroc_agg_elbo", "auroc_elbo", "threshold_elbo"} <= set(vae.data.metrics)
+    assert vae.data.metrics["auroc"] == vae.data.metrics["auroc_agg_elbo"]
     history = client.get_metric_history(vae.info.run_id, "val_loss")
     assert len(history) == int(vae.data.metrics["epochs_trained"])
     artifacts = {a.path for a in client.list_artifacts(vae.info.run_id, "plots")}
@@ -66,8 +67,8 @@ def test_pyfunc_scores_match_the_detector(store, breast_cancer):
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger")
     rows = breast_cancer.drop(columns=["id", "malignant"]).head(20)
     out = model.predict(rows)
-    for col in ("score", "p_value", "is_anomaly", "score_elbo", "p_value_elbo", "score_recon",
-                "p_value_recon"):
+    for col in ("score", "p_value", "is_anomaly", "score_agg_elbo", "score_elbo", "p_value_elbo",
+                "score_recon", "p_value_recon"):
         assert col in out.columns
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}@challenger")
     det = Detector.load(f"{local}/artifacts/detector")

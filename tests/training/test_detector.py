@@ -1,8 +1,10 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from training import ConfigError, DataError, Detector, NotFittedError
+from training import ConfigError, DataError, Detector, ModelFormatError, NotFittedError
 from training.detector import MIN_FIT_ROWS
 
 FAST = {"max_epochs": 15}
@@ -24,14 +26,15 @@ def fitted(request, splits):
 
 def test_score_columns_and_flags(fitted, splits):
     out = fitted.score(splits["test"])
-    kinds = fitted.params.score_kinds
+    kinds = fitted.score_kinds
     expected = ["score", "p_value", "is_anomaly"]
     for k in kinds:
         expected += [f"score_{k}", f"p_value_{k}"]
     assert list(out.columns) == expected + ["unknown_categories"]
     assert len(out) == len(splits["test"])
     primary = fitted.primary_score
-    assert primary == ("elbo" if fitted.params.kind == "vae" else "recon")
+    assert primary == ("agg_elbo" if fitted.params.kind == "vae" else "recon")
+    assert kinds == (("agg_elbo", "elbo", "recon") if fitted.params.kind == "vae" else ("recon",))
     np.testing.assert_array_equal(out["score"], out[f"score_{primary}"])
     np.testing.assert_array_equal(out["is_anomaly"], out["score"] > fitted.thresholds_[primary])
     assert out["p_value"].between(0, 1).all()
@@ -47,11 +50,34 @@ def test_scores_are_deterministic_and_batch_independent(fitted, splits):
 
 def test_save_load_round_trip_gives_identical_scores(fitted, splits, tmp_path):
     fitted.save(tmp_path / "m")
+    prior = ["aggregate_prior.pt"] if fitted.params.kind == "vae" else []
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-        "detector.json", "preprocessing.json", "weights.pt"]
+        *prior, "detector.json", "preprocessing.json", "weights.pt"]
     again = Detector.load(tmp_path / "m")
     pd.testing.assert_frame_equal(again.score(splits["test"]), fitted.score(splits["test"]))
     assert again.thresholds_ == fitted.thresholds_
+
+
+def test_a_model_saved_before_agg_elbo_loads_without_it(splits, tmp_path):
+    det = Detector(kind="vae", id_column="id", label_column="malignant", primary_score="elbo",
+                   **FAST).fit(splits["fit"]).calibrate(splits["cal"])
+    det.save(tmp_path / "m")
+    # What format 2 wrote: no aggregate prior, no agg_elbo calibration.
+    meta = json.loads((tmp_path / "m" / "detector.json").read_text())
+    meta["format_version"] = 2
+    del meta["calibration"]["agg_elbo"]
+    (tmp_path / "m" / "detector.json").write_text(json.dumps(meta))
+    (tmp_path / "m" / "aggregate_prior.pt").unlink()
+    old = Detector.load(tmp_path / "m")
+    assert old.score_kinds == ("elbo", "recon") and old.primary_score == "elbo"
+    out = old.score(splits["test"])
+    assert "score_agg_elbo" not in out.columns
+    np.testing.assert_array_equal(out["score"], det.score(splits["test"])["score"])
+    # A current model that lost its prior file is refused with the reason.
+    det.save(tmp_path / "n")
+    (tmp_path / "n" / "aggregate_prior.pt").unlink()
+    with pytest.raises(ModelFormatError, match="aggregate_prior.pt"):
+        Detector.load(tmp_path / "n")
 
 
 def test_anomalies_score_higher_than_normals(fitted, splits):
