@@ -22,8 +22,8 @@ Score kinds:
 
 With ``n_models`` > 1 the detector is an ensemble of independently initialised networks trained
 side by side; every score is the mean of the members' scores (reconstruction errors are
-averaged per feature first). On the benchmark tables three members raised the AE's mean AUROC
-but not the VAE's, so the default stays one network (README, "Detection quality").
+averaged per feature first). A VAE defaults to three members (each with its own aggregate
+prior), an AE to one (see :data:`training.params.DEFAULT_MODELS`).
 """
 
 from __future__ import annotations

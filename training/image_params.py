@@ -38,6 +38,8 @@ class ImageDetectorParams(DetectorParams):
         if self.kind not in IMAGE_KINDS:
             raise ConfigError(f"kind: expected one of {list(IMAGE_KINDS)} for images, got "
                               f"{self.kind!r}")
+        if self.n_models is None:
+            self.n_models = 1  # convolutions cost too much per record to triple by default
         if self.primary_score is None and self.kind == "conv_vae":
             # Measured on one-class MNIST; ``agg_elbo`` is computed too (see the README).
             self.primary_score = "elbo"

@@ -17,6 +17,11 @@ from training.networks import ACTIVATIONS
 KINDS = ("ae", "vae")
 SCORE_KINDS = {"ae": ("recon",), "vae": ("agg_elbo", "elbo", "recon")}
 DEFAULT_PRIMARY = {"ae": "recon", "vae": "agg_elbo"}
+# Ensemble size by kind. Three VAEs trained side by side raised the benchmark tables' mean
+# AUROC from 0.878 to 0.884 and cut its spread across seeds by half, for ~35% more fit time and
+# ~3x the bulk scoring time (single records cost the same); the AE is unmeasured at 3 under the
+# current schedule and stays at 1 (README, "Detection quality").
+DEFAULT_MODELS = {"ae": 1, "vae": 3}
 # Gradient steps the epoch cap allows for; early stopping on the validation rows decides when
 # to stop before that.
 TARGET_STEPS = 10_000
@@ -43,7 +48,7 @@ class DetectorParams:
     primary_score: str | None = None
     target_fpr: float = 0.01
     mc_samples: int = 8
-    n_models: int = 1
+    n_models: int | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -68,6 +73,8 @@ class DetectorParams:
         _check_positive_int("max_epochs", self.max_epochs, allow_none=True)
         _check_positive_int("patience", self.patience)
         _check_positive_int("mc_samples", self.mc_samples)
+        if self.n_models is None:
+            self.n_models = DEFAULT_MODELS.get(self.kind, 1)
         _check_positive_int("n_models", self.n_models)
         _check_range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         _check_range("noise_std", self.noise_std, 0.0, math.inf)

@@ -143,3 +143,15 @@ def test_numpy_input_is_accepted():
     X = rng.normal(size=(200, 4))
     det = Detector(kind="ae", max_epochs=3).fit(X[:150]).calibrate(X[150:])
     assert len(det.score(X[:5])) == 5
+
+
+def test_default_ensemble_size_by_kind():
+    from training.image_params import ImageDetectorParams
+    from training.params import DetectorParams
+
+    assert DetectorParams(kind="vae").n_models == 3
+    assert DetectorParams(kind="ae").n_models == 1
+    assert DetectorParams(kind="vae", n_models=1).n_models == 1
+    assert ImageDetectorParams(kind="conv_vae").n_models == 1
+    with pytest.raises(ConfigError, match="n_models"):
+        DetectorParams(kind="vae", n_models=0)
