@@ -57,7 +57,6 @@ from training.preprocessing import TabularPreprocessor
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3  # 3: aggregate prior saved; 2: ensemble layout (member axis first)
-READABLE_VERSIONS = (1, 2, 3)
 PRIOR_FILE = "aggregate_prior.pt"
 # Training records whose posteriors make up the aggregate prior of the ``agg_elbo`` score: its
 # cost per scored record grows with this; 1,024 and every training record (up to 8,500) gave
@@ -96,6 +95,9 @@ class Detector:
     """
 
     preprocessor_class = TabularPreprocessor  # what load() restores preprocessing.json with
+    # The ``agg_elbo`` score's prior (see _aggregate_posterior); None for an AE or a model saved
+    # before that score existed.
+    prior_: dict[str, torch.Tensor] | None = None
 
     def __init__(self, id_column: str | None = None, label_column: str | None = None,
                  **params: Any):
@@ -169,7 +171,7 @@ class Detector:
         """Score kinds this model produces: its kind's, less ``agg_elbo`` for a model saved
         before that score existed (it has no aggregate prior)."""
         kinds = self.params.score_kinds
-        if getattr(self, "prior_", None) is None:
+        if self.prior_ is None:
             kinds = tuple(k for k in kinds if k != "agg_elbo")
         return kinds
 
@@ -259,29 +261,32 @@ class Detector:
                 "thresholds are not calibrated: call calibrate(held_out_normal_data) first"
             )
 
-    def _squared_errors(self, x: torch.Tensor) -> torch.Tensor:
+    def _squared_errors(self, x: torch.Tensor,
+                        posterior: tuple[torch.Tensor, torch.Tensor] | None = None
+                        ) -> torch.Tensor:
         """(n, d) squared errors of the deterministic reconstruction (posterior mean),
-        averaged over the ensemble's members."""
+        averaged over the ensemble's members. A VAE's ``posterior`` of ``x``, when the caller
+        has it already, saves encoding again."""
         net = self.network_
         if self._variational:
-            mu, _ = net.encode(x)
+            mu, _ = posterior if posterior is not None else net.encode(x)
             return (net.decode(mu) - x).pow(2).mean(dim=0)
         return (net(x) - x).pow(2).mean(dim=0)
 
-    def _negative_elbos(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _negative_elbos(self, x: torch.Tensor, posterior: tuple[torch.Tensor, torch.Tensor]
+                        ) -> dict[str, torch.Tensor]:
         """(n,) −ELBO under the N(0, I) prior (``elbo``) and, where the model has one, under
         the aggregate prior (``agg_elbo``), over the same fixed Monte-Carlo draws; each
-        averaged over the ensemble's members."""
+        averaged over the ensemble's members. ``posterior``: ``network_.encode(x)``."""
         net = self.network_
-        mu, logvar = net.encode(x)  # (M, n, k)
+        mu, logvar = posterior  # (M, n, k)
         eps = self._eps(self.params.mc_samples)[None, :, None, :]  # (1, K, 1, k)
         z = mu.unsqueeze(1) + eps * torch.exp(0.5 * logvar).unsqueeze(1)  # (M, K, n, k)
         lv = net.decoder_logvar[:, None, None, :]  # (M, 1, 1, d)
         nll = gaussian_nll(x, net.decode(z), lv).sum(dim=-1).mean(dim=1)  # (M, n)
         out = {"elbo": (nll + kl_to_standard_normal(mu, logvar)).mean(dim=0)}
-        prior = getattr(self, "prior_", None)
-        if prior is not None:
-            kl = kl_to_mixture_bound(mu, logvar, prior["mu"], prior["logvar"])  # (M, n)
+        if self.prior_ is not None:
+            kl = kl_to_mixture_bound(mu, logvar, self.prior_["mu"], self.prior_["logvar"])
             out["agg_elbo"] = (nll.double() + kl).mean(dim=0)
         return out
 
@@ -297,9 +302,11 @@ class Detector:
             step = self._score_chunk(X.shape[1])
             for i in range(0, len(X), step):
                 x = torch.from_numpy(X[i : i + step])
-                out["recon"].append((self._squared_errors(x) / scale).mean(dim=1).double().numpy())
-                if self._variational:
-                    for k, v in self._negative_elbos(x).items():
+                posterior = self.network_.encode(x) if self._variational else None
+                err = self._squared_errors(x, posterior) / scale
+                out["recon"].append(err.mean(dim=1).double().numpy())
+                if posterior is not None:
+                    for k, v in self._negative_elbos(x, posterior).items():
                         out[k].append(v.double().numpy())
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
@@ -308,9 +315,8 @@ class Detector:
         intermediates are large (see ``_SCORE_BUDGET``)."""
         p = self.params
         per_record = p.n_models * n_features * (p.mc_samples if self._variational else 1)
-        prior = getattr(self, "prior_", None)
-        if prior is not None:
-            per_record = max(per_record, 2 * prior["mu"].shape[0] * prior["mu"].shape[1])
+        if self.prior_ is not None:
+            per_record = max(per_record, 2 * self.prior_["mu"].shape[:2].numel())
         return int(min(_SCORE_CHUNK, max(64, _SCORE_BUDGET // per_record)))
 
     def raw_scores(self, data: pd.DataFrame | np.ndarray, source: str = "data"
@@ -448,7 +454,7 @@ class Detector:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self.network_.state_dict(), path / "weights.pt")
-        if getattr(self, "prior_", None) is not None:
+        if self.prior_ is not None:
             torch.save(self.prior_, path / PRIOR_FILE)
         meta = {
             "format_version": FORMAT_VERSION,
@@ -475,7 +481,7 @@ class Detector:
                 raise ModelFormatError(f"{path}: not a saved detector (missing {name})")
         meta = json.loads((path / "detector.json").read_text())
         version = meta.get("format_version")
-        if version not in READABLE_VERSIONS:
+        if version not in range(1, FORMAT_VERSION + 1):
             raise ModelFormatError(
                 f"{path}: format version {version} is not supported "
                 f"(this library reads 1 to {FORMAT_VERSION})"
@@ -494,7 +500,6 @@ class Detector:
             state = legacy_state_dict(state)
         det.network_.load_state_dict(state)
         det.network_.eval()
-        det.prior_ = None
         if (path / PRIOR_FILE).is_file():
             det.prior_ = torch.load(path / PRIOR_FILE, map_location="cpu", weights_only=True)
         det.feature_scale_ = np.asarray(meta["feature_scale"], dtype=np.float64)

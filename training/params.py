@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from training.errors import ConfigError
 from training.networks import ACTIVATIONS
@@ -51,6 +51,9 @@ class DetectorParams:
     n_models: int | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Defaults that depend on the (dense) kind; subclasses for other data override them.
+    default_primary: ClassVar[dict[str, str]] = DEFAULT_PRIMARY
+    default_models: ClassVar[dict[str, int]] = DEFAULT_MODELS
 
     def __post_init__(self) -> None:
         if self.extra:
@@ -74,7 +77,7 @@ class DetectorParams:
         _check_positive_int("patience", self.patience)
         _check_positive_int("mc_samples", self.mc_samples)
         if self.n_models is None:
-            self.n_models = DEFAULT_MODELS.get(self.kind, 1)
+            self.n_models = self.default_models[self.kind]
         _check_positive_int("n_models", self.n_models)
         _check_range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         _check_range("noise_std", self.noise_std, 0.0, math.inf)
@@ -86,7 +89,7 @@ class DetectorParams:
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
         if self.primary_score is None:
-            self.primary_score = DEFAULT_PRIMARY[self.kind]
+            self.primary_score = self.default_primary[self.kind]
         if self.primary_score not in SCORE_KINDS[self.kind]:
             raise ConfigError(
                 f"primary_score: a {self.kind} model has scores {list(SCORE_KINDS[self.kind])}, "
