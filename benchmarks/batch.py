@@ -30,8 +30,8 @@ log = logging.getLogger("benchmarks.batch")
 _FORWARD = """
 import json, resource, sys, time
 import numpy as np, pyarrow.parquet as pq, torch
-from pipelines.batch_model import load_batch_model
-from pipelines.tracking import use_tracking_uri
+from pipelines.batch.model import load_batch_model
+from pipelines.registry.tracking import use_tracking_uri
 from pathlib import Path
 import tempfile
 use_tracking_uri(sys.argv[1])
@@ -81,8 +81,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in both children")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from pipelines.cli import format_table
-    from pipelines.demo import load_demo_frame, write_demo_data
+    from pipelines.cli.main import format_table
+    from pipelines.demo.run import load_demo_frame, write_demo_data
 
     env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
            "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}

@@ -42,7 +42,7 @@ def load_mnist(data_dir: Path, names: Iterable[str] | None = None) -> list[q.Dat
     ``X`` is (10000, 1, 28, 28) float32 in [0, 1], shared by all ten; ``y`` is 1 where the
     digit is not the dataset's normal digit.
     """
-    from training.images import load_images
+    from training.data.images import load_images
 
     folder = data_dir / "mnist" if (data_dir / "mnist").is_dir() else data_dir
     data, _ = load_images(folder / "t10k-images-idx3-ubyte.gz")
@@ -58,12 +58,12 @@ def load_mnist(data_dir: Path, names: Iterable[str] | None = None) -> list[q.Dat
 
 def image_method(kind: str) -> q.Method:
     """An ImageDetector of ``kind`` with default parameters; one column per score kind."""
-    from training.image_params import ImageDetectorParams
+    from training.detector.image_params import ImageDetectorParams
 
     kinds = ImageDetectorParams(kind=kind).score_kinds
 
     def run(train_raw, train_std, test_raw, test_std, seed):
-        from training.image_detector import ImageDetector
+        from training.detector.image import ImageDetector
 
         det = ImageDetector(kind=kind, seed=seed)
         t0 = time.perf_counter()

@@ -166,9 +166,9 @@ def check_same_scores(ours: Server, theirs: Server, df: pd.DataFrame) -> float:
 
 def train_model(workdir: Path, kind: str) -> tuple[str, str]:
     """Train a small model on the demo table into a SQLite store; (tracking URI, model URI)."""
-    from pipelines.config import TrainConfig
-    from pipelines.demo import write_demo_data
-    from pipelines.train import run_training
+    from pipelines.demo.run import write_demo_data
+    from pipelines.train.config import TrainConfig
+    from pipelines.train.run import run_training
 
     data = write_demo_data(workdir)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from pipelines.cli import format_table
-    from pipelines.demo import load_demo_frame
+    from pipelines.cli.main import format_table
+    from pipelines.demo.run import load_demo_frame
 
     features = load_demo_frame().drop(columns=["id", "malignant"])
     rows: list[dict] = []

@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service import errors
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics
-from service.routes import probes, v1
+from service.routes.v1 import probes, v1
 from service.settings import Settings, load_settings
 from service.store import ModelStore
 

@@ -13,8 +13,8 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 from pydantic import SecretStr
 
-from service.errors import AuthError, ForbiddenError
 from service.settings import Settings
+from training.errors import AuthError, ForbiddenError
 
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="a key from ANOMALY_API_KEYS (or an admin key)")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from service.inputs import Batch
-from training.detector import Detector
-from training.preprocessing import NUMERIC, TabularPreprocessor
+from service.scoring.inputs import Batch
+from training.detector.base import Detector
+from training.preprocessing.tabular import NUMERIC, TabularPreprocessor
 
 
 class FastEncoder:
-    """Encodes a :class:`~service.inputs.Batch` like ``preprocessor.transform``.
+    """Encodes a :class:`~service.scoring.inputs.Batch` like ``preprocessor.transform``.
 
     Args:
         pre: the detector's fitted preprocessing.

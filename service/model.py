@@ -13,10 +13,10 @@ import pandas as pd
 import torch
 
 from service.encoding import FastEncoder, probe_records, score_matrix
-from service.inputs import Batch, ModelInputs
-from training.detector import Detector
-from training.image_detector import ImageDetector
-from training.loading import load_detector
+from service.scoring.inputs import Batch, ModelInputs
+from training.detector.base import Detector
+from training.detector.image import ImageDetector
+from training.detector.persistence import load_detector
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Typed request and response bodies, as documented in the OpenAPI schema at /docs.
 
-Requests are checked against each model's own schema (see :mod:`service.inputs`);
+Requests are checked against each model's own schema (see :mod:`service.scoring.inputs`);
 :class:`ScoreRequest` is their model-independent shape. Every answer carries the model's
 metadata (name, version, alias, kind, primary score, threshold) beside the data.
 """

@@ -15,11 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import ModelNotReadyError, ReloadError, UnknownModelError
 from service.model import ServedModel
 from service.registry import ModelCache, RegistryUnavailable, parse_model_uri
 from service.settings import Settings
-from training.errors import ConfigError
+from training.errors import ConfigError, ModelNotReadyError, ReloadError, UnknownModelError
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.cli import main
-from pipelines.demo import write_demo_data
+from pipelines.cli.main import main
+from pipelines.demo.run import write_demo_data
 
 NAME = "batch-bc"
 _STORES: dict[Path, Store] = {}

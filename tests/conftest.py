@@ -18,7 +18,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 @pytest.fixture(scope="session")
 def breast_cancer() -> pd.DataFrame:
     """569 rows: ``id``, 30 numeric features, ``malignant`` (1 = anomaly)."""
-    from pipelines.demo import load_demo_frame
+    from pipelines.demo.run import load_demo_frame
 
     return load_demo_frame()
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from training.errors import ConfigError
-from training.networks import ACTIVATIONS
+from training.nn.dense import ACTIVATIONS
 
 KINDS = ("ae", "vae")
 SCORE_KINDS = {"ae": ("recon",), "vae": ("agg_elbo", "elbo", "recon")}

@@ -35,8 +35,8 @@ def svc_registry(tmp_path_factory, breast_cancer_csv) -> Registry:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from pipelines.config import TrainConfig
-    from pipelines.train import run_training
+    from pipelines.train.config import TrainConfig
+    from pipelines.train.run import run_training
 
     server = MlflowServer(tmp_path_factory.mktemp("svc-mlflow")).start()
     try:

@@ -12,7 +12,7 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
-from pipelines.cli import main
+from pipelines.cli.main import main
 from tests.batch_support import anomaly, trained_store
 
 BIG_ROWS = 400_000

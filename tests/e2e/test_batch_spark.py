@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.batch import run_batch
-from pipelines.batch_options import ScoreOptions
+from pipelines.batch.job import run_batch
+from pipelines.batch.options import ScoreOptions
 from tests.batch_support import NAME, trained_store
 from training.errors import DataError
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="Spark need
 
 @pytest.fixture(scope="module")
 def spark():
-    from pipelines.spark_batch import spark_session
+    from pipelines.batch.engines.spark import spark_session
 
     session = spark_session()
     yield session

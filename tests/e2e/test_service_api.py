@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.schemas import ModelList, ScoreResponse
-from training.detector import Detector
+from training.detector.base import Detector
 
 MODELS = ["models:/bc@champion", "models:/bc-vae@champion", "models:/bc-reload@champion"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.config import TrainConfig
-from pipelines.train import run_training
+from pipelines.train.config import TrainConfig
+from pipelines.train.run import run_training
 from service.schemas import ImageScoreResponse
 from tests.training.image_data import DEFECT, normal_images, paint_defect, write_mvtec
 

@@ -12,9 +12,10 @@ import pyarrow as pa
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.batch import EXPERIMENT, ScoreSample, output_for
-from pipelines.batch_io import _record_numbers
-from pipelines.cli import main
+from pipelines.batch.io import _record_numbers
+from pipelines.batch.plan import output_for
+from pipelines.batch.results import EXPERIMENT, ScoreSample
+from pipelines.cli.main import main
 from tests.batch_support import NAME, trained_store
 
 SCORE_COLUMNS = ["score", "p_value", "is_anomaly", "score_recon", "p_value_recon",

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from pipelines.schedule import (
+from pipelines.batch.schedule import (
     JobSpec,
     StatusFile,
     cron_trigger,

@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.config import TrainConfig
+from pipelines.train.config import TrainConfig
 from training.errors import ConfigError
 
 

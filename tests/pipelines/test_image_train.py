@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.cli import main
-from pipelines.image_demo import write_digits
+from pipelines.cli.main import main
+from pipelines.demo.images import write_digits
 from tests.training.image_data import normal_images, write_mvtec, write_png
 
 EXPERIMENT = "image-tests"
@@ -127,7 +127,7 @@ def test_batch_glob_and_bad_images(store, tmp_path, capsys):
 
 
 def test_config_checks_image_options():
-    from pipelines.config import TrainConfig
+    from pipelines.train.config import TrainConfig
     from training.errors import ConfigError
 
     with pytest.raises(ConfigError, match="label_column"):
@@ -141,8 +141,8 @@ def test_config_checks_image_options():
 
 
 def test_separate_eval_data_and_splits(tmp_path):
-    from pipelines.config import TrainConfig
-    from pipelines.image_train import prepare
+    from pipelines.train.config import TrainConfig
+    from pipelines.train.images import prepare
 
     root = write_mvtec(tmp_path / "m", n_train=40, n_test_good=4, n_defect=5)
     for eval_data in (root / "test", root):  # a labelled folder, or an MVTec root's test/

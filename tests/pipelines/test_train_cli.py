@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.cli import main
-from training.detector import Detector
+from pipelines.cli.main import main
+from training.detector.base import Detector
 
 NAME = "bc"
 

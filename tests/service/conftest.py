@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from service.model import ModelSource, ServedModel
-from training.detector import Detector
+from training.detector.base import Detector
 
 
 @pytest.fixture(scope="package")

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.errors import InputError, TooLargeError
-from service.inputs import Batch
+from service.scoring.inputs import Batch
+from training.errors import DataError, TooLargeError
 
 
 def _parse(served, body, strict=False) -> Batch:
@@ -35,14 +35,14 @@ def test_records_and_columns_layouts_agree(served, records):
 ])
 def test_bad_values_name_record_and_column(served, records, change, record, column, words):
     change(records)
-    with pytest.raises(InputError) as e:
+    with pytest.raises(DataError) as e:
         _parse(served, {"records": records})
     assert (e.value.record, e.value.column) == (record, column)
     assert f"record {record}, column '{column}'" in str(e.value) and words in str(e.value)
 
 
 def test_non_finite_numbers_are_rejected(served):
-    with pytest.raises(InputError) as e:
+    with pytest.raises(DataError) as e:
         _parse(served, b'{"columns": {"a": [1.0, NaN]}}')
     assert (e.value.record, e.value.column) == (1, "a") and "finite" in str(e.value)
 
@@ -59,7 +59,7 @@ def test_extra_columns_ignored_or_rejected_when_strict(served, records):
     for r in records:
         r["note"] = "hello"
     assert _parse(served, {"records": records}).ignored == ["note"]
-    with pytest.raises(InputError) as e:
+    with pytest.raises(DataError) as e:
         _parse(served, {"records": records}, strict=True)
     assert (e.value.record, e.value.column) == (0, "note") and "strict" in str(e.value)
 
@@ -73,18 +73,18 @@ def test_extra_columns_ignored_or_rejected_when_strict(served, records):
     ({"rows": []}, "unknown field"),
 ])
 def test_layout_errors_say_what_is_accepted(served, body, words):
-    with pytest.raises(InputError, match=words):
+    with pytest.raises(DataError, match=words):
         _parse(served, body)
 
 
 def test_unequal_columns_and_both_layouts(served, records):
     cols = {c: [r[c] for r in records] for c in records[0]}
     cols["b"] = cols["b"][:-1]
-    with pytest.raises(InputError) as e:
+    with pytest.raises(DataError) as e:
         _parse(served, {"columns": cols})
     assert e.value.column == "b" and "one value per record" in str(e.value)
     full = {c: [r[c] for r in records] for c in records[0]}
-    with pytest.raises(InputError, match="either"):
+    with pytest.raises(DataError, match="either"):
         _parse(served, {"records": records, "columns": full})
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service import scoring
-from service.errors import InputError
 from service.metrics import Metrics, ScoreHistograms, score_buckets
 from service.schemas import EncodeResponse, ModelInfo, ReconstructResponse, ScoreResponse
+from service.scoring import records as scoring
+from training.errors import DataError
 
 
 def _batch(served, records):
@@ -60,7 +60,7 @@ def test_explain_lists_largest_errors_first(served, records):
 
 def test_overflowing_record_is_named(served, records):
     records[3]["b"] = 1e300
-    with pytest.raises(InputError) as e:
+    with pytest.raises(DataError) as e:
         scoring.score_batch(served, _batch(served, records))
     assert (e.value.record, e.value.column) == (3, "b")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from service.auth import check_key
-from service.errors import AuthError, ForbiddenError, describe_loc, validation_body
+from service.errors import describe_loc, validation_body
 from service.registry import parse_model_uri
 from service.settings import load_settings
-from training.errors import ConfigError
+from training.errors import AuthError, ConfigError, ForbiddenError
 
 
 def test_sources_file_then_environment_then_flags(tmp_path, monkeypatch):

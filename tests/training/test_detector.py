@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from training import ConfigError, DataError, Detector, ModelFormatError, NotFittedError
-from training.detector import MIN_FIT_ROWS
+from training.detector.base import MIN_FIT_ROWS
 
 FAST = {"max_epochs": 15}
 
@@ -58,25 +58,17 @@ def test_save_load_round_trip_gives_identical_scores(fitted, splits, tmp_path):
     assert again.thresholds_ == fitted.thresholds_
 
 
-def test_a_model_saved_before_agg_elbo_loads_without_it(splits, tmp_path):
-    det = Detector(kind="vae", id_column="id", label_column="malignant", primary_score="elbo",
-                   **FAST).fit(splits["fit"]).calibrate(splits["cal"])
-    det.save(tmp_path / "m")
-    # What format 2 wrote: no aggregate prior, no agg_elbo calibration.
+def test_old_formats_and_missing_files_are_refused_with_the_reason(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "detector.json").read_text())
     meta["format_version"] = 2
-    del meta["calibration"]["agg_elbo"]
     (tmp_path / "m" / "detector.json").write_text(json.dumps(meta))
-    (tmp_path / "m" / "aggregate_prior.pt").unlink()
-    old = Detector.load(tmp_path / "m")
-    assert old.score_kinds == ("elbo", "recon") and old.primary_score == "elbo"
-    out = old.score(splits["test"])
-    assert "score_agg_elbo" not in out.columns
-    np.testing.assert_array_equal(out["score"], det.score(splits["test"])["score"])
-    # A current model that lost its prior file is refused with the reason.
-    det.save(tmp_path / "n")
-    (tmp_path / "n" / "aggregate_prior.pt").unlink()
-    with pytest.raises(ModelFormatError, match="aggregate_prior.pt"):
+    with pytest.raises(ModelFormatError, match="format 2"):
+        Detector.load(tmp_path / "m")
+    fitted.save(tmp_path / "n")
+    missing = "aggregate_prior.pt" if fitted.params.kind == "vae" else "weights.pt"
+    (tmp_path / "n" / missing).unlink()
+    with pytest.raises(ModelFormatError, match=missing):
         Detector.load(tmp_path / "n")
 
 
@@ -146,7 +138,7 @@ def test_numpy_input_is_accepted():
 
 
 def test_default_ensemble_size_by_kind():
-    from training.image_params import ImageDetectorParams
+    from training.detector.image_params import ImageDetectorParams
     from training.params import DetectorParams
 
     assert DetectorParams(kind="vae").n_models == 3

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 
 from tests.training.image_data import DEFECT, normal_images, paint_defect, write_mvtec, write_png
-from training.conv_networks import ConvAE, ConvEnsemble, ConvVAE
+from training.data.images import load_images
+from training.detector.image import ImageDetector, gaussian_blur, score_image_files
+from training.detector.image_params import ImageDetectorParams, resolve_image
+from training.detector.persistence import load_detector
 from training.errors import ConfigError, DataError, NotFittedError
-from training.image_detector import ImageDetector, gaussian_blur, score_image_files
-from training.image_params import ImageDetectorParams, resolve_image
-from training.images import load_images
-from training.loading import load_detector
+from training.nn.conv import ConvAE, ConvEnsemble, ConvVAE
 
 FAST = {"max_epochs": 40, "patience": 40, "seed": 0}
 
@@ -118,7 +118,7 @@ def test_save_load_round_trip_is_identical(fitted, tmp_path):
 
 
 def test_load_detector_opens_tables_too(tmp_path):
-    from training.detector import Detector
+    from training.detector.base import Detector
 
     X = np.random.default_rng(0).normal(size=(60, 3))
     det = Detector(kind="ae", max_epochs=2).fit(X[:40]).calibrate(X[40:])

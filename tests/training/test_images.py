@@ -10,13 +10,12 @@ import pytest
 from PIL import Image
 
 from tests.training.image_data import normal_images, write_mvtec, write_png
+from training.data.images import load_images, read_idx
 from training.errors import DataError
-from training.images import (
+from training.preprocessing.images import (
     ImagePreprocessor,
     decode_base64,
     images_from_frame,
-    load_images,
-    read_idx,
     to_png,
 )
 

@@ -3,13 +3,8 @@ import math
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal, kl_divergence
 
-from training.networks import (
-    DenseAE,
-    DenseVAE,
-    gaussian_nll,
-    kl_to_mixture_bound,
-    kl_to_standard_normal,
-)
+from training.nn.dense import EnsembleAE, EnsembleVAE
+from training.nn.losses import gaussian_nll, kl_to_mixture_bound, kl_to_standard_normal
 
 
 def test_kl_matches_torch_distributions():
@@ -85,9 +80,9 @@ def test_kl_to_mixture_bound_keeps_far_components_finite():
 
 def test_shapes():
     x = torch.randn(7, 12)
-    ae = DenseAE(12, [16, 8], 3)
-    assert ae(x).shape == (7, 12) and ae.encode(x).shape == (7, 3)
-    vae = DenseVAE(12, [16, 8], 3)
+    ae = EnsembleAE(12, [16, 8], 3, n_members=2)
+    assert ae(x).shape == (2, 7, 12) and ae.encode(x).shape == (2, 7, 3)
+    vae = EnsembleVAE(12, [16, 8], 3, n_members=2)
     x_hat, mu, logvar = vae(x)
-    assert x_hat.shape == (7, 12) and mu.shape == logvar.shape == (7, 3)
-    assert vae.decoder_logvar.shape == (12,)
+    assert x_hat.shape == (2, 7, 12) and mu.shape == logvar.shape == (2, 7, 3)
+    assert vae.decoder_logvar.shape == (2, 12)

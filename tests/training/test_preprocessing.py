@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from training.errors import DataError
-from training.preprocessing import TabularPreprocessor
+from training.preprocessing.tabular import TabularPreprocessor
 
 
 def test_schema_kinds_and_exclusions(mixed_table):

@@ -1,0 +1,150 @@
+"""Batch scoring of image files: a folder or glob of images -> one table row per image.
+
+The job is one input (the folder or glob) and one output table (.parquet or .csv): ``path``,
+every score, p-value and ``is_anomaly``, model name and version. With ``--maps-dir`` each
+image's anomaly map is also written as an 8-bit PNG (white = :data:`MAP_WHITE` times the average
+error of a normal pixel), mirroring the input's sub-folders.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.batch.io import AtomicTableWriter, Reject, RejectsWriter
+from pipelines.batch.model import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, BatchModel, result_arrays
+from pipelines.batch.options import ScoreOptions
+from training.data.images import image_files
+from training.errors import DataError
+from training.preprocessing.images import IMAGE_SUFFIXES, to_png
+
+log = logging.getLogger(__name__)
+
+IMAGE_CHUNK = 256  # images decoded and scored at a time
+MAP_WHITE = 8.0  # map value drawn white in map PNGs (1 = a normal pixel's average error)
+
+
+def is_image_input(pattern: str) -> bool:
+    """A folder, or a glob / file naming image files (by suffix)."""
+    p = Path(pattern)
+    return p.is_dir() or pattern.lower().endswith(IMAGE_SUFFIXES)
+
+
+@dataclass
+class ImageJob:
+    """One image job: its files, where they are relative to, and its output."""
+
+    src: Path
+    out: Path
+    files: list[Path]
+    root: Path
+    maps_dir: Path | None
+    schema: pa.Schema
+
+
+def prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> ImageJob:
+    """List the images ``src`` names and check the output; nothing is decoded yet."""
+    from pipelines.batch.plan import _prepare_output
+
+    if not is_image_input(str(src)):
+        raise DataError(f"{src}: model {model.name} scores images; give a folder of images or "
+                        "a glob of image files ('shots/*.png')")
+    pattern = str(src)
+    if src.is_dir():
+        files, root = image_files(src), src
+    else:
+        files = sorted(Path(f) for f in glob.glob(pattern, recursive=True) if Path(f).is_file())
+        root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else src.parent
+    if not files:
+        raise DataError(f"{pattern}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    _prepare_output(out)
+    maps_dir = Path(opts.maps_dir) if opts.maps_dir else None
+    if maps_dir is not None:
+        maps_dir.mkdir(parents=True, exist_ok=True)
+    pre = model.detector.preprocessor_
+    probe = model.detector.score(np.zeros((1, *pre.shape), dtype=np.float32), source="probe")
+    fields = [pa.field("path", pa.string())]
+    fields += list(pa.Table.from_pandas(probe, preserve_index=False).schema)
+    fields += [pa.field(MODEL_NAME_COLUMN, pa.string()), pa.field(MODEL_VERSION_COLUMN,
+                                                                    pa.string())]
+    return ImageJob(src, out, files, root, maps_dir, pa.schema(fields))
+
+
+def score_images(model: BatchModel, job: ImageJob, on_error: str, sample):
+    """Score every image of the job into its output; all or nothing.
+
+    A file that cannot be decoded (or has the wrong channel count) fails the job naming it,
+    or with ``on_error="skip"`` is counted, logged and listed in ``<output>.rejects.csv``.
+    """
+    from pipelines.batch.results import InputResult
+
+    res = InputResult(str(job.src), str(job.out))
+    start = time.perf_counter()
+    rejects = RejectsWriter(job.out)
+    pre = model.detector.preprocessor_
+    try:
+        with AtomicTableWriter(job.out, job.schema) as writer:
+            for i in range(0, len(job.files), IMAGE_CHUNK):
+                chunk = job.files[i : i + IMAGE_CHUNK]
+                good, bad = [], []
+                for k, f in enumerate(chunk):
+                    try:
+                        good.append((str(f), pre.image(f, str(f))))
+                    except DataError as e:
+                        if on_error == "fail":
+                            raise DataError(f"{e}; fix or remove the file, or rerun with "
+                                            "--on-error skip") from None
+                        bad.append(Reject(record=i + k, reason=str(e), row=str(f)))
+                if bad:
+                    rejects.write(bad)
+                    log.warning("%s: skipped %d unreadable image(s), first: %s", job.src,
+                                len(bad), bad[0].reason)
+                if good:
+                    writer.write(_scored(model, job, good, sample, res))
+            rejects.commit()
+    except BaseException:
+        rejects.abort()
+        raise
+    res.rejected = rejects.count
+    res.rejects_file = str(rejects.path) if rejects.count else None
+    res.seconds = time.perf_counter() - start
+    log.info("%s -> %s: %d images in %.1fs, %d anomalies", job.src, job.out, res.rows,
+             res.seconds, res.anomalies)
+    return res
+
+
+def _scored(model: BatchModel, job: ImageJob, named: list[tuple[str, np.ndarray]], sample,
+            res) -> pa.RecordBatch:
+    batch = np.stack([image for _, image in named])  # decoded and checked by score_images
+    frame = model.detector.score(batch, source=str(job.src))
+    maps = model.detector.anomaly_maps(batch) if job.maps_dir is not None else None
+    n = len(frame)
+    arrays = [pa.array([name for name, _ in named], type=pa.string())]
+    arrays += result_arrays(model, list(job.schema)[1:], frame)
+    if maps is not None:
+        for (name, _), m in zip(named, maps):
+            _write_map(job, Path(name), m)
+    res.rows += n
+    res.anomalies += int(frame["is_anomaly"].sum())
+    sample.add(frame["score"].to_numpy())
+    return pa.RecordBatch.from_arrays(arrays, schema=job.schema)
+
+
+def _write_map(job: ImageJob, path: Path, anomaly_map: np.ndarray) -> None:
+    """``<maps_dir>/<path relative to the input>.map.png``, written under a temporary name."""
+    try:
+        rel = path.relative_to(job.root)
+    except ValueError:
+        rel = Path(path.name)
+    target = job.maps_dir / rel.with_suffix(".map.png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.partial")
+    tmp.write_bytes(to_png(np.clip(anomaly_map / MAP_WHITE, 0.0, 1.0)))
+    os.replace(tmp, target)

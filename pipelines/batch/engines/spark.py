@@ -1,0 +1,215 @@
+"""Batch scoring on Spark: ``mlflow.pyfunc.spark_udf`` over a DataFrame, written as Parquet.
+
+The input (a Parquet/CSV file, folder or glob) is read into one DataFrame and scored by the
+registered pyfunc on the executors, so a cluster needs nothing but the model; the output is one
+Parquet dataset (a folder), written to a temporary path and renamed through the Hadoop file
+system at the end. Local mode (``local[2]``) by default; ``--spark-master`` for a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+
+from pipelines.batch.model import (
+    MODEL_NAME_COLUMN,
+    MODEL_VERSION_COLUMN,
+    BatchModel,
+    load_batch_model,
+)
+from pipelines.batch.options import ScoreOptions
+from pipelines.batch.results import EXPERIMENT, QUANTILES, BatchResult, InputResult, log_metrics
+from pipelines.registry.tracking import ensure_experiment, use_tracking_uri
+from training.data.tables import table_format
+from training.errors import DataError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MASTER = "local[2]"
+_SCORES = "_scores"
+
+
+def spark_session(master: str | None = None):
+    """A light Spark session: no UI, few shuffle partitions, driver on the loopback address
+    in local mode."""
+    from pyspark.sql import SparkSession
+
+    master = master or DEFAULT_MASTER
+    builder = (SparkSession.builder.master(master).appName("anomaly-score")
+               .config("spark.ui.enabled", "false")
+               .config("spark.sql.shuffle.partitions", "4")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
+    if master.startswith("local"):
+        # Workers run this interpreter, so they import the same packages (torch, this one);
+        # pyspark reads PYSPARK_PYTHON when the context starts.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = (builder.config("spark.driver.host", "127.0.0.1")
+                   .config("spark.driver.bindAddress", "127.0.0.1")
+                   .config("spark.pyspark.python", sys.executable)
+                   .config("spark.pyspark.driver.python", sys.executable))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _spark_type(dtype: str):
+    from pyspark.sql import types as T
+
+    if dtype == "bool":
+        return T.BooleanType()
+    if dtype.startswith("int"):
+        return T.LongType()
+    if dtype.startswith("float"):
+        return T.DoubleType()
+    return T.StringType()
+
+
+def result_type(model: BatchModel):
+    """The struct the pyfunc returns per row, from the detector's own output columns."""
+    from pyspark.sql import types as T
+
+    probe = model.output_probe()
+    return T.StructType([T.StructField(str(c), _spark_type(str(probe[c].dtype)))
+                         for c in probe.columns])
+
+
+def _read(spark, opts: ScoreOptions):
+    path = opts.input
+    fmt = table_format(path.rstrip("*/") if not path.endswith(("*", "/")) else "x.parquet")
+    local = "://" not in path
+    if local and not any(ch in path for ch in "*?[") and not Path(path).exists():
+        raise DataError(f"{path}: file not found")
+    from pyspark.errors import AnalysisException
+
+    try:
+        if fmt == "parquet":
+            return spark.read.parquet(path)
+        mode = "FAILFAST" if opts.on_error == "fail" else "DROPMALFORMED"
+        return (spark.read.option("header", True).option("inferSchema", True)
+                .option("mode", mode).csv(path))
+    except AnalysisException as e:
+        raise DataError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+
+
+def _hadoop_path(spark, path: str):
+    jvm = spark.sparkContext._jvm
+    p = jvm.org.apache.hadoop.fs.Path(path)
+    return p, p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+
+
+def score_dataframe(spark, df, model: BatchModel, keep: list[str] | None):
+    """``df``'s kept columns + every score column + model name and version."""
+    from pyspark.sql import functions as F
+
+    missing = [c for c in model.input_columns if c not in df.columns]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; the model expects {model.input_columns}; "
+                        f"the input has {df.columns}")
+    keep = df.columns if keep is None else keep
+    unknown = [c for c in keep if c not in df.columns]
+    if unknown:
+        raise DataError(f"--keep column(s) {unknown} not in the input; its columns are "
+                        f"{df.columns}")
+    udf = mlflow.pyfunc.spark_udf(spark, str(model.path), result_type=result_type(model),
+                                  env_manager="local")
+    scored = df.withColumn(_SCORES, udf(F.struct(*[F.col(c) for c in model.input_columns])))
+    return scored.select(*[F.col(c) for c in keep], f"{_SCORES}.*",
+                         F.lit(model.name).alias(MODEL_NAME_COLUMN),
+                         F.lit(model.version).alias(MODEL_VERSION_COLUMN))
+
+
+def _drop_non_finite(df, model: BatchModel):
+    """Rows with an infinite feature are malformed; the detector would refuse the batch."""
+    from pyspark.sql import functions as F
+
+    cond = None
+    for c in model.numeric_columns:
+        ok = F.col(c).isNull() | ~F.abs(F.col(c).cast("double")).eqNullSafe(float("inf"))
+        cond = ok if cond is None else cond & ok
+    return df if cond is None else df.filter(cond)
+
+
+def run_spark(opts: ScoreOptions) -> BatchResult:
+    """Score ``opts.input`` with Spark into the Parquet dataset ``opts.output``."""
+    use_tracking_uri(opts.tracking_uri)
+    out = opts.output
+    with tempfile.TemporaryDirectory(prefix="anomaly-spark-") as tmp:
+        model = load_batch_model(opts.model, Path(tmp))
+        spark = spark_session(opts.spark_master)
+        out_path, fs = _hadoop_path(spark, out)
+        if opts.resume and fs.exists(out_path):
+            log.info("%s exists, skipping (--resume)", out)
+            return BatchResult(None, model.name, model.version,
+                               inputs=[InputResult(opts.input, out, skipped=True)])
+        df = _read(spark, opts)
+        total = None
+        if opts.on_error == "skip":
+            total = df.count()
+            df = _drop_non_finite(df, model)
+        scored = score_dataframe(spark, df, model, opts.keep)
+        ensure_experiment(EXPERIMENT)
+        with mlflow.start_run(run_name=f"score-spark-{model.name.rsplit('/', 1)[-1]}") as run:
+            mlflow.set_tags({"model_name": model.name, "model_version": model.version,
+                             "engine": "spark"})
+            mlflow.log_params({"model_uri": opts.model, "input": opts.input[:500],
+                               "output": out[:500], "engine": "spark",
+                               "spark_master": opts.spark_master or DEFAULT_MASTER,
+                               "on_error": opts.on_error})
+            start = time.perf_counter()
+            tmp_out = f"{out.rstrip('/')}._partial"
+            tmp_path, _ = _hadoop_path(spark, tmp_out)
+            try:
+                scored.write.mode("overwrite").parquet(tmp_out)
+                if fs.exists(out_path):
+                    fs.delete(out_path, True)
+                if not fs.rename(tmp_path, out_path):
+                    raise OSError(f"could not rename {tmp_out} to {out}")
+            except BaseException as e:
+                fs.delete(tmp_path, True)
+                mlflow.set_tag("error", str(e).splitlines()[0][:500] if str(e) else repr(e))
+                raise _as_data_error(e) from None
+            res = _summarise(spark, out, opts, total)
+            result = BatchResult(run.info.run_id, model.name, model.version, inputs=[res],
+                                 seconds=time.perf_counter() - start)
+            result.quantiles = _quantiles(spark, out)
+            log_metrics(result)
+    log.info("%s -> %s: %d rows in %.1fs with Spark, %d anomalies", opts.input, out, res.rows,
+             result.seconds, res.anomalies)
+    return result
+
+
+def _summarise(spark, out: str, opts: ScoreOptions, total: int | None) -> InputResult:
+    from pyspark.sql import functions as F
+
+    row = spark.read.parquet(out).agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.col("is_anomaly").cast("long")).alias("anomalies")).collect()[0]
+    rows = int(row["rows"])
+    return InputResult(opts.input, out, rows=rows, anomalies=int(row["anomalies"] or 0),
+                       rejected=(total - rows) if total is not None else 0)
+
+
+def _quantiles(spark, out: str) -> dict[str, float]:
+    df = spark.read.parquet(out)
+    values = df.approxQuantile("score", [*QUANTILES, 1.0], 0.001)
+    if not values:
+        return {}
+    keys = [f"score_p{round(q * 100)}" for q in QUANTILES] + ["score_max"]
+    return dict(zip(keys, values, strict=True))
+
+
+def _as_data_error(e: BaseException) -> BaseException:
+    """A failure caused by the input (a malformed row, a bad value) as a one-line DataError."""
+    text = str(e)
+    for marker in ("DataError: ", "Malformed records are detected", "CSV parse error"):
+        if marker in text:
+            line = next(x for x in text.splitlines() if marker in x)
+            return DataError(f"{line.split(marker, 1)[-1].strip() or line.strip()}; fix the "
+                             "row or rerun with --on-error skip")
+    return e

@@ -1,0 +1,124 @@
+"""The local engine for tables: stream a CSV/Parquet file through the detector in chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipelines.batch.io import AtomicTableWriter, RejectsWriter, TableReader
+from pipelines.batch.model import BatchModel, result_arrays
+from pipelines.batch.options import ScoreOptions
+from pipelines.batch.plan import _prepare_output
+from pipelines.batch.results import InputResult, ScoreSample
+from training.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+_LOG_EVERY_S = 10.0
+
+
+# -- scoring -----------------------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    src: Path
+    out: Path
+    reader: TableReader
+    keep: list[str]
+    schema: pa.Schema
+
+
+def _prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> _Prepared:
+    """Open ``src``, check its columns against the model and ``--keep``, check ``out``."""
+    reader = TableReader(src, opts.chunk_rows, model.numeric_columns)
+    missing = [c for c in model.input_columns if c not in reader.columns]
+    if missing:
+        raise DataError(f"{src}: missing column(s) {missing}; the model expects "
+                        f"{model.input_columns}; the file has {reader.columns}")
+    keep = reader.columns if opts.keep is None else list(opts.keep)
+    unknown = [c for c in keep if c not in reader.columns]
+    if unknown:
+        raise DataError(f"{src}: --keep column(s) {unknown} not in the file; "
+                        f"its columns are {reader.columns}")
+    scores = model.output_schema()
+    clash = [c for c in keep if c in scores.names]
+    if clash:
+        raise DataError(f"{src}: column(s) {clash} clash with the score columns; choose the "
+                        "columns to carry with --keep")
+    _prepare_output(out)
+    schema = pa.schema([reader.schema.field(c) for c in keep] + list(scores))
+    return _Prepared(src, out, reader, keep, schema)
+
+
+def _progress(total: int | None, desc: str):
+    """A tqdm bar with rows/s on an interactive terminal, nothing otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, leave=False)
+
+
+def score_file(model: BatchModel, job: _Prepared, on_error: str, sample: ScoreSample
+               ) -> InputResult:
+    """Score one prepared input into its output; all or nothing."""
+    res = InputResult(str(job.src), str(job.out))
+    read_cols = list(dict.fromkeys(job.keep + model.input_columns))
+    n_keep = len(job.keep)
+    start = last_log = time.perf_counter()
+    rejects = RejectsWriter(job.out)
+    bar = _progress(job.reader.num_rows, job.src.name)
+    try:
+        with AtomicTableWriter(job.out, job.schema) as writer:
+            for chunk in job.reader.chunks(read_cols):
+                if chunk.rejects:
+                    if on_error == "fail":
+                        raise chunk.rejects[0].error(
+                            str(job.src), "; fix the row or rerun with --on-error skip")
+                    rejects.write(chunk.rejects)
+                    log.warning("%s: skipped %d malformed row(s), first: record %d: %s",
+                                job.src, len(chunk.rejects), chunk.rejects[0].record,
+                                chunk.rejects[0].message)
+                if chunk.batch.num_rows:
+                    writer.write(_scored_batch(model, chunk.batch, job, n_keep, sample, res))
+                if bar is not None:
+                    bar.update(chunk.batch.num_rows + len(chunk.rejects))
+                elif time.perf_counter() - last_log > _LOG_EVERY_S:
+                    last_log = time.perf_counter()
+                    log.info("%s: %d rows scored (%.0f rows/s)", job.src, res.rows,
+                             res.rows / (last_log - start))
+            rejects.commit()
+    except BaseException:
+        rejects.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    res.rejected = rejects.count
+    res.rejects_file = str(rejects.path) if rejects.count else None
+    res.seconds = time.perf_counter() - start
+    log.info("%s -> %s: %d rows in %.1fs (%.0f rows/s), %d anomalies%s", job.src, job.out,
+             res.rows, res.seconds, res.rows / max(res.seconds, 1e-9), res.anomalies,
+             f", {res.rejected} malformed rows in {res.rejects_file}" if res.rejected else "")
+    return res
+
+
+def _scored_batch(model: BatchModel, batch: pa.RecordBatch, job: _Prepared, n_keep: int,
+                  sample: ScoreSample, res: InputResult) -> pa.RecordBatch:
+    """Input columns to keep + the detector's scores + model name and version."""
+    frame = batch.select(model.input_columns).to_pandas()
+    scores = model.detector.score(frame, source=str(job.src))
+    n = batch.num_rows
+    arrays = [batch.column(batch.schema.get_field_index(c)) for c in job.keep]
+    arrays += result_arrays(model, list(job.schema)[n_keep:], scores)
+    res.rows += n
+    res.anomalies += int(scores["is_anomaly"].sum())
+    sample.add(scores["score"].to_numpy())
+    return pa.RecordBatch.from_arrays(arrays, schema=job.schema)
+

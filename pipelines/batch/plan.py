@@ -1,0 +1,91 @@
+"""Planning a batch job: the inputs a path or glob names, and where each one's scores go.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from pipelines.batch.engines.images import is_image_input
+from pipelines.batch.options import ScoreOptions
+from training.data.tables import table_format
+from training.errors import ConfigError, DataError, OutputError
+
+
+# -- planning ----------------------------------------------------------------------------------
+def _is_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
+def expand_inputs(pattern: str) -> list[Path]:
+    """The files a path or glob names, sorted; :class:`DataError` when there are none."""
+    if not _is_glob(pattern):
+        return [Path(pattern)]
+    paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    if not paths:
+        raise DataError(f"{pattern}: no files match")
+    return paths
+
+
+def output_for(template: str, source: Path, when: datetime, many: bool) -> Path:
+    """Where the scores of ``source`` go.
+
+    ``template`` may hold ``{stem}`` (input name without suffix), ``{name}``, ``{date}``
+    (YYYY-MM-DD), ``{time}`` (HHMMSS) and ``{datetime}``. Without ``{stem}``/``{name}``, several
+    inputs (or a template ending in ``/`` or naming a folder) write ``FOLDER/<stem>.parquet``.
+    """
+    fields = {"stem": source.stem, "name": source.name, "date": when.strftime("%Y-%m-%d"),
+              "time": when.strftime("%H%M%S"), "datetime": when.strftime("%Y-%m-%dT%H%M%S")}
+    try:
+        text = template.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"output {template!r}: unknown placeholder {e}; use {{stem}}, "
+                          "{name}, {date}, {time} or {datetime}") from None
+    per_input = "{stem}" in template or "{name}" in template
+    if not per_input and (many or template.endswith(("/", "\\")) or Path(text).is_dir()):
+        return Path(text) / f"{source.stem}.parquet"
+    return Path(text)
+
+
+def plan(opts: ScoreOptions) -> list[tuple[Path, Path]]:
+    """Pairs (input, output) of a job; two inputs never share an output."""
+    when = opts.run_time or datetime.now()
+    if is_image_input(opts.input):  # images: the folder or glob is one input, one output table
+        src = Path(opts.input)
+        out = output_for(opts.output, src, when, False)
+        table_format(out)
+        return [(src, out)]
+    inputs = expand_inputs(opts.input)
+    many = _is_glob(opts.input)
+    pairs = [(src, output_for(opts.output, src, when, many)) for src in inputs]
+    seen: dict[Path, Path] = {}
+    for src, out in pairs:
+        table_format(out)
+        if out.resolve() in seen:
+            raise ConfigError(f"output {opts.output!r}: {seen[out.resolve()]} and {src} would "
+                              f"both write {out}; give each input its own output with "
+                              "{stem} or {name}")
+        if out.resolve() == src.resolve():
+            raise ConfigError(f"{out}: the output would overwrite its own input")
+        seen[out.resolve()] = src
+    return pairs
+
+
+def _prepare_output(out: Path) -> None:
+    """Create the output's folder and check it is writable, before anything is scored."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.probe-"):
+            pass
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+            raise  # the environment's fault, not the caller's
+        raise OutputError(f"{out}: cannot write to {out.parent} "
+                          f"({e.strerror or type(e).__name__}); choose a writable --output"
+                          ) from None
+    if out.is_dir():
+        raise OutputError(f"{out}: is a folder; give a file name ending .parquet or .csv")
+

@@ -1,0 +1,129 @@
+"""Training configuration: a YAML file and/or CLI flags, validated once into a typed object.
+
+File format (every key optional except ``data`` and ``name``; CLI flags override the file)::
+
+    data: normal.csv            # CSV or Parquet of normal records (may hold labelled anomalies),
+                                # or images: a folder (MVTec layout too), an .npz or IDX file
+    name: my-model              # registered model name
+    kind: vae                   # ae | vae (tables), conv_ae | conv_vae (images)
+    label_column: null          # 1/true = anomaly; such rows are kept for evaluation only
+    id_column: null             # excluded from features
+    eval_data: null             # a separate labelled file for evaluation (needs label_column)
+    target_fpr: 0.01            # false-positive rate the thresholds aim at
+    alias: challenger           # registry alias set on the new version
+    experiment: anomaly-detection
+    calibration_fraction: 0.2   # share of normal rows held out for thresholds and p-values
+    eval_fraction: 0.2          # share of normal rows held out for evaluation (labelled data only)
+    seed: 0
+    register: true              # false: log the run but do not register a version
+    normal_class: null          # images labelled by class (IDX, .npz): the normal class
+    model:                      # detector hyperparameters (training.params.DetectorParams)
+      hidden_sizes: null        # e.g. [64, 32]; null = chosen from the data's width
+      latent_dim: null
+      ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.detector.image_params import IMAGE_KINDS, ImageDetectorParams
+from training.errors import ConfigError
+from training.params import DetectorParams
+
+DEFAULT_EXPERIMENT = "anomaly-detection"
+
+
+@dataclass
+class TrainConfig:
+    """One training job, fully validated."""
+
+    data: str
+    name: str
+    kind: str = "vae"
+    label_column: str | None = None
+    id_column: str | None = None
+    eval_data: str | None = None
+    target_fpr: float = 0.01
+    alias: str = "challenger"
+    experiment: str = DEFAULT_EXPERIMENT
+    calibration_fraction: float = 0.2
+    eval_fraction: float = 0.2
+    seed: int = 0
+    register: bool = True
+    normal_class: int | str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in ("data", "name"):
+            if not getattr(self, key):
+                raise ConfigError(f"{key}: required (give --{key} or '{key}:' in the config file)")
+        for key in ("calibration_fraction", "eval_fraction"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 0.9:
+                raise ConfigError(f"{key}: expected a number in (0, 0.9), got {v!r}")
+        if self.kind in IMAGE_KINDS and (self.label_column or self.id_column):
+            raise ConfigError("label_column and id_column apply to tables; images are labelled "
+                              "by folder (good/, <defect>/), by .npz labels or normal_class")
+        if self.kind not in IMAGE_KINDS and self.normal_class is not None:
+            raise ConfigError("normal_class applies to images; tables use label_column")
+        if self.eval_data and not self.label_column and self.kind not in IMAGE_KINDS:
+            raise ConfigError("eval_data needs label_column: name the column holding the labels")
+        if not isinstance(self.model, dict):
+            raise ConfigError(f"model: expected a mapping of hyperparameters, got {self.model!r}")
+        # Validate the hyperparameters now, so a typo fails before any data is read.
+        self.detector_params()
+
+    def detector_params(self) -> DetectorParams | ImageDetectorParams:
+        """The detector's hyperparameters, with kind, target FPR and seed from the top level."""
+        merged = {**self.model, "kind": self.kind, "target_fpr": self.target_fpr}
+        merged.setdefault("seed", self.seed)
+        try:
+            cls = ImageDetectorParams if self.kind in IMAGE_KINDS else DetectorParams
+            return cls.from_dict(merged)
+        except ConfigError as e:
+            raise ConfigError(f"model.{e}") from None
+
+    @classmethod
+    def from_sources(cls, config_file: str | None, overrides: dict[str, Any]) -> TrainConfig:
+        """Merge a YAML file (if any) with overrides (CLI flags; ``None`` means not given)."""
+        data: dict[str, Any] = {}
+        if config_file:
+            data = load_yaml(config_file)
+        model = dict(data.pop("model", None) or {})
+        for k, v in overrides.pop("model", {}).items():
+            if v is not None:
+                model[k] = v
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            where = f"{config_file}: " if config_file else ""
+            raise ConfigError(
+                f"{where}unknown config key(s) {unknown}; known keys: {sorted(names)}"
+            )
+        data["model"] = model
+        data.setdefault("data", None)
+        data.setdefault("name", None)
+        return cls(**data)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for missing or malformed files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return data

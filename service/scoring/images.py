@@ -1,0 +1,70 @@
+"""Scoring uploaded images: plain functions from a served image model and named files to the
+answer. Routes call these; tests call them directly."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+
+from service.model import ServedModel
+from service.scoring.records import Scored, results
+from training.detector.image import ImageDetector, score_image_files
+from training.errors import DataError, TooLargeError
+from training.preprocessing.images import to_png
+
+
+def is_image_model(model: ServedModel) -> bool:
+    """Whether the model scores images (else records)."""
+    return isinstance(model.detector, ImageDetector)
+
+
+def require_records(model: ServedModel) -> None:
+    """Refuse a record route for an image model, naming the route to use."""
+    if is_image_model(model):
+        raise DataError(f"model '{model.name}' scores images: send them as multipart files to "
+                         f"POST /v1/models/{model.name}/score-images")
+
+
+def map_png(anomaly_map: np.ndarray) -> tuple[str, float]:
+    """An (H, W) map as a base64 8-bit grayscale PNG scaled to its maximum, and that maximum."""
+    top = float(anomaly_map.max()) if anomaly_map.size else 0.0
+    scaled = anomaly_map / top if top > 0 else np.zeros_like(anomaly_map)
+    return base64.b64encode(to_png(scaled)).decode("ascii"), top
+
+
+def score_images(model: ServedModel, files: list[tuple[str, bytes]], maps: bool = False,
+                 max_images: int = 10_000) -> Scored:
+    """Score uploaded image files with an image model.
+
+    Args:
+        files: ``(file name, bytes)`` per upload, in order.
+        maps: add each image's anomaly map (``anomaly_map_png``, base64 PNG, white = the map's
+            maximum ``anomaly_map_max``; 1 is the average error of a normal pixel).
+
+    Returns:
+        the answer (see ``schemas.ImageScoreResponse``). An undecodable file, a wrong format or
+        a wrong channel count raises a 422 naming the file.
+    """
+    if not is_image_model(model):
+        raise DataError(f"model '{model.name}' scores records, not images: POST "
+                         f"/v1/models/{model.name}/score")
+    if not files:
+        raise DataError("no images: send one or more files in the multipart field 'files'")
+    if len(files) > max_images:
+        raise TooLargeError(f"{len(files)} images in one request; at most {max_images}")
+    frame, anomaly_maps = score_image_files(model.detector, files, maps)
+    cols = {c: frame[c].to_numpy() for c in frame.columns if c != "name"}
+    cols["unknown_categories"] = np.zeros(len(frame), dtype=np.int64)
+    out: list[dict[str, Any]] = []
+    for i, r in enumerate(results(cols)):
+        del r["unknown_categories"]
+        r = {"file": files[i][0], **r}
+        if anomaly_maps is not None:
+            r["anomaly_map_png"], r["anomaly_map_max"] = map_png(anomaly_maps[i])
+        out.append(r)
+    flagged = int(cols["is_anomaly"].sum())
+    body = {"model": model.metadata(), "n_images": len(files), "n_anomalies": flagged,
+            "image_shape": list(model.detector.preprocessor_.shape), "results": out}
+    return Scored(body=body, primary=cols["score"], flagged=flagged)

@@ -1,0 +1,266 @@
+"""Tabular preprocessing fitted on normal data only, saved as JSON beside the model.
+
+Numeric columns are imputed with the training median and standardised; categorical columns
+(strings, booleans, pandas categoricals) are one-hot encoded with the categories seen in training.
+A category never seen in training encodes as all zeros and is counted per record: unknown
+categories are themselves a sign of abnormality. Constant columns are dropped (they carry no
+information and would divide by zero). An ID column and a label column are never features.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.errors import DataError, shown
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+_STD_FLOOR = 1e-6
+
+
+@dataclass
+class ColumnSpec:
+    """What the model learned about one input column."""
+
+    name: str
+    kind: str  # "numeric" | "categorical"
+    dtype: str  # pandas dtype seen in training, for humans and for signatures
+    median: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    categories: list[str] = field(default_factory=list)
+    dropped: bool = False  # constant in training: accepted as input, not a feature
+
+    @property
+    def width(self) -> int:
+        """Number of feature columns this input column expands to."""
+        if self.dropped:
+            return 0
+        return 1 if self.kind == NUMERIC else len(self.categories)
+
+
+def _is_categorical(series: pd.Series) -> bool:
+    return not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+
+
+def _as_category_strings(series: pd.Series) -> pd.Series:
+    """Categories compared as strings so 'True', True and 1.0 in CSV/JSON agree."""
+    out = series.astype("object").where(series.notna(), None)
+    return out.map(lambda v: None if v is None else str(v))
+
+
+def _reject_numbers_with_text(col: pd.Series, name: str, source: str) -> None:
+    """A text column that is almost all numbers is a numeric column with a typo in it."""
+    if pd.api.types.is_bool_dtype(col):
+        return
+    present = col.dropna()
+    if present.empty:
+        return
+    as_num = pd.to_numeric(present, errors="coerce")
+    if as_num.notna().mean() >= 0.9 and as_num.isna().any():
+        pos = int(np.flatnonzero(col.notna().to_numpy())[int(np.flatnonzero(as_num.isna())[0])])
+        raise DataError(f"expected a number, got {shown(col.iloc[pos])}", source=source,
+                        record=pos, column=name)
+
+
+class TabularPreprocessor:
+    """Turns a DataFrame into a float32 matrix the network reads.
+
+    Args:
+        id_column: column identifying records; kept out of the features.
+        label_column: column holding ground-truth labels; kept out of the features.
+    """
+
+    def __init__(self, id_column: str | None = None, label_column: str | None = None):
+        self.id_column = id_column
+        self.label_column = label_column
+
+    # -- fitting -----------------------------------------------------------------------------
+    def fit(self, df: pd.DataFrame, source: str = "data") -> TabularPreprocessor:
+        """Learn the schema, imputation values, scales and categories from normal rows."""
+        excluded = {c for c in (self.id_column, self.label_column) if c}
+        feature_cols = [c for c in df.columns if c not in excluded]
+        if not feature_cols:
+            raise DataError(f"{source}: no feature columns left after excluding {sorted(excluded)}")
+        if len(df) == 0:
+            raise DataError(f"{source}: no rows")
+        specs: list[ColumnSpec] = []
+        for name in feature_cols:
+            col = df[name]
+            if col.isna().all():
+                raise DataError(
+                    f"{source}: column '{name}' is entirely missing; drop it or fill it in"
+                )
+            if _is_categorical(col):
+                _reject_numbers_with_text(col, name, source)
+                values = _as_category_strings(col).dropna()
+                cats = sorted(values.unique().tolist())
+                specs.append(
+                    ColumnSpec(
+                        name=str(name),
+                        kind=CATEGORICAL,
+                        dtype=str(col.dtype),
+                        categories=cats,
+                        dropped=len(cats) <= 1 and not col.isna().any(),
+                    )
+                )
+            else:
+                x = col.astype("float64")
+                if not np.isfinite(x.dropna()).all():
+                    row = int(np.flatnonzero(~np.isfinite(x.fillna(0.0).to_numpy()))[0])
+                    raise DataError("infinite value", source=source, record=row, column=name)
+                median = float(x.median())
+                filled = x.fillna(median)
+                std = float(filled.std(ddof=0))
+                specs.append(
+                    ColumnSpec(
+                        name=str(name),
+                        kind=NUMERIC,
+                        dtype=str(col.dtype),
+                        median=median,
+                        mean=float(filled.mean()),
+                        std=max(std, _STD_FLOOR),
+                        dropped=std < _STD_FLOOR,
+                    )
+                )
+        if all(s.dropped for s in specs):
+            raise DataError(f"{source}: every feature column is constant; nothing to learn from")
+        self.columns_ = specs
+        return self
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def n_features_(self) -> int:
+        """Width of the matrix :meth:`transform` returns."""
+        return sum(s.width for s in self.columns_)
+
+    @property
+    def feature_names_(self) -> list[str]:
+        """One name per matrix column: the column, or ``column=category`` for one-hots."""
+        names: list[str] = []
+        for s in self.columns_:
+            if s.dropped:
+                continue
+            if s.kind == NUMERIC:
+                names.append(s.name)
+            else:
+                names.extend(f"{s.name}={c}" for c in s.categories)
+        return names
+
+    @property
+    def input_columns_(self) -> list[str]:
+        """Columns a record must carry (constant ones included: they are part of the schema)."""
+        return [s.name for s in self.columns_]
+
+    # -- transforming ------------------------------------------------------------------------
+    def validate(self, df: pd.DataFrame, source: str = "data") -> None:
+        """Raise :class:`DataError` naming the record and column of the first bad value."""
+        missing = [c for c in self.input_columns_ if c not in df.columns]
+        if missing:
+            raise DataError(
+                f"{source}: missing column(s) {missing}; the model expects {self.input_columns_}"
+            )
+        for s in self.columns_:
+            if s.kind != NUMERIC:
+                continue
+            col = df[s.name]
+            if pd.api.types.is_bool_dtype(col):
+                continue
+            if pd.api.types.is_numeric_dtype(col):
+                values = col.to_numpy(dtype="float64", na_value=np.nan)
+            else:
+                values = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64")
+                bad = np.flatnonzero(np.isnan(values) & col.notna().to_numpy())
+                if bad.size:
+                    i = int(bad[0])
+                    raise DataError(f"expected a number, got {shown(col.iloc[i])}",
+                                    source=source, record=i, column=s.name)
+            inf = np.flatnonzero(np.isinf(values))
+            if inf.size:
+                raise DataError("non-finite number", source=source, record=int(inf[0]),
+                                column=s.name)
+
+    def transform(self, df: pd.DataFrame, source: str = "data") -> tuple[np.ndarray, np.ndarray]:
+        """Encode records.
+
+        Args:
+            df: records with at least the input columns; others are ignored.
+            source: name used in error messages (a file name, "request"...).
+
+        Returns:
+            ``(X, unknown)``: ``X`` of shape (n_records, n_features) float32, and ``unknown``
+            of shape (n_records,) counting categorical values never seen in training.
+        """
+        self.validate(df, source)
+        n = len(df)
+        blocks: list[np.ndarray] = []
+        unknown = np.zeros(n, dtype=np.int64)
+        for s in self.columns_:
+            col = df[s.name]
+            if s.kind == NUMERIC:
+                if s.dropped:
+                    continue
+                x = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+                x = np.where(np.isnan(x), s.median, x)
+                blocks.append(((x - s.mean) / s.std)[:, None])
+            else:
+                values = _as_category_strings(col)
+                known = values.isin(s.categories).to_numpy()
+                unknown += (~known & values.notna().to_numpy()).astype(np.int64)
+                if s.dropped:
+                    continue
+                codes = pd.Categorical(values, categories=s.categories).codes
+                onehot = np.zeros((n, len(s.categories)), dtype=np.float64)
+                rows = np.flatnonzero(codes >= 0)
+                onehot[rows, codes[rows]] = 1.0
+                blocks.append(onehot)
+        X = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
+        return X.astype(np.float32), unknown
+
+    def inverse_transform(self, X: np.ndarray) -> pd.DataFrame:
+        """Map matrix rows back to the input's own columns (argmax for one-hot blocks)."""
+        out: dict[str, Any] = {}
+        j = 0
+        n = X.shape[0]
+        for s in self.columns_:
+            if s.dropped:
+                out[s.name] = (
+                    np.full(n, s.median) if s.kind == NUMERIC
+                    else np.array([s.categories[0] if s.categories else None] * n, dtype=object)
+                )
+                continue
+            if s.kind == NUMERIC:
+                out[s.name] = X[:, j].astype(np.float64) * s.std + s.mean
+                j += 1
+            else:
+                k = len(s.categories)
+                idx = np.argmax(X[:, j : j + k], axis=1)
+                out[s.name] = np.array(s.categories, dtype=object)[idx]
+                j += k
+        return pd.DataFrame(out)
+
+    # -- persistence -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description of the fitted preprocessing (the model's input schema)."""
+        return {
+            "id_column": self.id_column,
+            "label_column": self.label_column,
+            "columns": [asdict(s) for s in self.columns_],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TabularPreprocessor:
+        """Rebuild a fitted preprocessor from :meth:`to_dict` output."""
+        obj = cls(id_column=data.get("id_column"), label_column=data.get("label_column"))
+        obj.columns_ = [ColumnSpec(**c) for c in data["columns"]]
+        for c in obj.columns_:
+            for key in ("median", "mean", "std"):
+                v = getattr(c, key)
+                if v is not None and not math.isfinite(v):
+                    raise ValueError(f"preprocessing: column '{c.name}' has non-finite {key}")
+        return obj
