@@ -17,10 +17,8 @@ from training.nn.dense import ACTIVATIONS
 KINDS = ("ae", "vae")
 SCORE_KINDS = {"ae": ("recon",), "vae": ("agg_elbo", "elbo", "recon")}
 DEFAULT_PRIMARY = {"ae": "recon", "vae": "agg_elbo"}
-# Ensemble size by kind. Three VAEs trained side by side raised the benchmark tables' mean
-# AUROC from 0.878 to 0.884 and cut its spread across seeds by half, for ~35% more fit time and
-# ~3x the bulk scoring time (single records cost the same); the AE is unmeasured at 3 under the
-# current schedule and stays at 1 (README, "Detection quality").
+# Ensemble size by kind: three table VAEs trained side by side detect more and vary less across
+# seeds, for more fit and bulk scoring time; the AE stays at 1 (docs/benchmarks/experiments.md).
 DEFAULT_MODELS = {"ae": 1, "vae": 3}
 # Gradient steps the epoch cap allows for; early stopping on the validation rows decides when
 # to stop before that.
@@ -140,8 +138,7 @@ def resolve(params: DetectorParams, n_rows: int, n_features: int) -> dict[str, A
     (2 to 32); two hidden layers, the first about twice the input width (32 to 256), the second
     half of it; batches of roughly n/32 rows (16 to 256); an epoch cap that allows ~10,000
     gradient steps (20 to 1,000 epochs), early stopping on the validation rows deciding the
-    rest. (With a cap of ~3,000 steps, VAEs stopped before converging on several tables, which
-    cost detection quality: see the README's "Detection quality".)
+    rest. (A lower cap stopped VAEs before they converged: see docs/benchmarks/experiments.md.)
     """
     latent = params.latent_dim or int(min(32, max(2, math.ceil(n_features / 4))))
     if params.hidden_sizes is not None:

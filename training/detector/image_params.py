@@ -33,8 +33,9 @@ class ImageDetectorParams(DetectorParams):
     mc_samples: int = 4
     image_size: list[int] | None = None
     channels: int | None = None
-    # By dense twin. One network: three cost 2.5x the fit time for +0.001 MNIST AUROC. ``elbo``
-    # primary: ``agg_elbo`` (computed too) scored lower on one-class MNIST (README, "Images").
+    # By dense twin. One network and ``elbo`` primary (``agg_elbo`` is computed too): on MNIST,
+    # more members cost fit time for no real gain and ``agg_elbo`` scored lower
+    # (docs/benchmarks/experiments.md).
     default_primary: ClassVar[dict[str, str]] = {"ae": "recon", "vae": "elbo"}
     default_models: ClassVar[dict[str, int]] = {"ae": 1, "vae": 1}
 
