@@ -3,7 +3,7 @@
 Knows nothing of HTTP, schedules or registries.
 """
 
-from training.detector.base import Detector
+from training.detector import Detector
 from training.errors import AnomalyError, ConfigError, DataError, ModelFormatError, NotFittedError
 from training.params import DetectorParams
 

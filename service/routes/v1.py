@@ -31,10 +31,10 @@ from service.schemas import (
 from service.scoring import images
 from service.scoring import records as scoring
 from service.scoring.files import MEDIA_TYPES, file_format, score_file
-from service.scoring.inputs import Batch
 from service.settings import Settings
 from service.store import ModelStore
 from training.errors import ReloadError
+from training.preprocessing.tabular import Records
 
 # Requests this small are scored on the event loop (fastest); larger ones in a worker thread
 # so that health checks and small requests are not held up behind them.
@@ -134,7 +134,7 @@ async def score(name: str, request: Request, store: StoreDep, settings: Settings
 
 
 async def _parsed(name: str, request: Request, store: ModelStore, settings: Settings,
-                  strict: bool | None) -> tuple[ServedModel, Batch]:
+                  strict: bool | None) -> tuple[ServedModel, Records]:
     """The named model and the request's records, checked against its schema."""
     model = store.get(name)
     images.require_records(model)
@@ -202,7 +202,7 @@ async def score_images(name: str, store: StoreDep, settings: SettingsDep, metric
     scored = await run_in_threadpool(images.score_images, model, named, maps,
                                      settings.max_records)
     metrics.observe_scores(model, scored.primary, scored.flagged)
-    return JSONBytes(scored.body)
+    return Response(scored.to_json(), media_type="application/json")
 
 
 @v1.post("/models/{name}/reload", response_model=ReloadResponse, dependencies=[AdminAccess],

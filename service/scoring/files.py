@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from service.model import ServedModel
-from service.scoring.inputs import check_frame
 from training.errors import DataError, UnsupportedMediaError
 
 QUANTILE_NAMES = ["min", "p50", "p90", "p99", "max"]
@@ -143,12 +142,14 @@ def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_r
     writer = None if summary else _Writer(fmt, out_dir)
     result = FileResult(path=writer.path if writer else None)
     columns = model.inputs.columns
-    validate = model.detector.preprocessor_.validate
     try:
         for chunk in chunks:
             chunk.columns = [str(c) for c in chunk.columns]
-            ignored = check_frame(columns, validate, chunk, result.n_records, filename)
-            scores = model.detector.score(chunk[columns], source=filename)
+            ignored = sorted(set(chunk.columns) - set(columns))
+            try:
+                scores = model.detector.score(chunk, source=filename)
+            except DataError as e:  # records counted over the whole file, not the chunk
+                raise e.located(offset=result.n_records) from None
             clash = sorted(set(chunk.columns) & set(scores.columns))
             if clash and writer:
                 raise DataError("has the name of an output column; rename it",

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from service.model import ServedModel
-from service.scoring.records import Scored, results
+from service.scoring.records import Scored
+from service.scoring.render import render_results
 from training.detector.image import ImageDetector, score_image_files
 from training.errors import DataError, TooLargeError
 from training.preprocessing.images import to_png
@@ -55,16 +56,14 @@ def score_images(model: ServedModel, files: list[tuple[str, bytes]], maps: bool 
     if len(files) > max_images:
         raise TooLargeError(f"{len(files)} images in one request; at most {max_images}")
     frame, anomaly_maps = score_image_files(model.detector, files, maps)
-    cols = {c: frame[c].to_numpy() for c in frame.columns if c != "name"}
-    cols["unknown_categories"] = np.zeros(len(frame), dtype=np.int64)
-    out: list[dict[str, Any]] = []
-    for i, r in enumerate(results(cols)):
-        del r["unknown_categories"]
-        r = {"file": files[i][0], **r}
-        if anomaly_maps is not None:
-            r["anomaly_map_png"], r["anomaly_map_max"] = map_png(anomaly_maps[i])
-        out.append(r)
+    cols: dict[str, Any] = {"file": [name for name, _ in files]}
+    cols.update({c: frame[c].to_numpy() for c in frame.columns if c != "name"})
+    if anomaly_maps is not None:
+        pngs = [map_png(m) for m in anomaly_maps]
+        cols["anomaly_map_png"] = [png for png, _ in pngs]
+        cols["anomaly_map_max"] = np.asarray([top for _, top in pngs])
     flagged = int(cols["is_anomaly"].sum())
     body = {"model": model.metadata(), "n_images": len(files), "n_anomalies": flagged,
-            "image_shape": list(model.detector.preprocessor_.shape), "results": out}
-    return Scored(body=body, primary=cols["score"], flagged=flagged)
+            "image_shape": list(model.detector.preprocessor_.shape)}
+    return Scored(body=body, primary=cols["score"], flagged=flagged,
+                  rendered_results=render_results(cols))

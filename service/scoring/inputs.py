@@ -12,62 +12,20 @@ Two layouts are accepted:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Annotated, Any
 
-import numpy as np
-import pandas as pd
 from pydantic import AllowInfNan, ConfigDict, Field, Strict, StrictBool, StrictStr, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 from typing_extensions import TypedDict
 
 from service.errors import data_error
 from training.errors import DataError, TooLargeError
-from training.preprocessing.tabular import NUMERIC, ColumnSpec
+from training.preprocessing.tabular import NUMERIC, ColumnSpec, Records
 
 NumberValue = Annotated[float, Strict(), AllowInfNan(False)] | None
 CategoryValue = StrictStr | StrictBool | None
 _LAYOUT_HINT = ("send either 'records' (a list of objects, column -> value) or 'columns' "
                 "(an object, column -> list of values)")
-
-
-@dataclass
-class Batch:
-    """Validated records of one request, in one of the two layouts.
-
-    Attributes:
-        n: number of records.
-        records: list of n dicts (records layout), else None.
-        columns: column -> list of n values (columns layout), else None.
-        ignored: columns sent that the model does not read.
-    """
-
-    n: int
-    records: list[dict[str, Any]] | None = None
-    columns: dict[str, list[Any]] | None = None
-    ignored: list[str] = field(default_factory=list)
-
-    def numeric(self, names: list[str]) -> np.ndarray:
-        """(n, len(names)) float64 matrix of numeric columns; null becomes NaN."""
-        if self.columns is not None:
-            return np.array([self.columns[c] for c in names], dtype=np.float64).T.copy()
-        rows = list(map(itemgetter(*names), self.records))
-        if len(names) == 1:
-            rows = [(v,) for v in rows]
-        return np.array(rows, dtype=np.float64).reshape(self.n, len(names))
-
-    def values(self, name: str) -> list[Any]:
-        """The n values of one column."""
-        if self.columns is not None:
-            return self.columns[name]
-        return [r[name] for r in self.records]
-
-    def frame(self, names: list[str]) -> pd.DataFrame:
-        """The records as a DataFrame of the given columns (for the library's public API)."""
-        if self.columns is not None:
-            return pd.DataFrame({c: self.columns[c] for c in names})
-        return pd.DataFrame.from_records(self.records, columns=names)
 
 
 def _value_type(spec: ColumnSpec) -> Any:
@@ -102,7 +60,7 @@ class ModelInputs:
         body.__pydantic_config__ = ConfigDict(extra="forbid")
         return TypeAdapter(body)
 
-    def parse(self, raw: bytes, strict: bool = False) -> Batch:
+    def parse(self, raw: bytes, strict: bool = False) -> Records:
         """Validate a JSON body and return its records.
 
         Raises:
@@ -119,7 +77,7 @@ class ModelInputs:
         if "records" in body:
             records = body["records"]
             ignored = set().union(*records) - self._expected
-            return Batch(n=len(records), records=records, ignored=sorted(ignored))
+            return Records(n=len(records), records=records, ignored=sorted(ignored))
         cols = body["columns"]
         lengths = {c: len(cols[c]) for c in self.columns}
         n = lengths[self.columns[0]]
@@ -127,7 +85,7 @@ class ModelInputs:
             if length != n:
                 raise DataError(f"{length} values, but column '{self.columns[0]}' has {n}; "
                                 "every column needs one value per record", column=c)
-        return Batch(n=n, columns=cols, ignored=sorted(set(cols) - self._expected))
+        return Records(n=n, columns=cols, ignored=sorted(set(cols) - self._expected))
 
     def _error(self, errors: list[dict[str, Any]]) -> Exception:
         for err in errors:
@@ -141,24 +99,3 @@ class ModelInputs:
                 len(errors[0]["loc"]) == 0:
             return DataError("the body must be a JSON object; " + _LAYOUT_HINT)
         return data_error(errors)
-
-
-def check_frame(model_columns: list[str], validate: Any, df: pd.DataFrame, offset: int,
-                source: str) -> list[str]:
-    """Check a chunk of an uploaded table; returns the columns the model ignores.
-
-    Args:
-        model_columns: input columns of the model.
-        validate: the preprocessing's ``validate(df, source)``.
-        df: rows ``offset`` .. ``offset + len(df) - 1`` of the upload.
-        offset: index of the chunk's first row in the whole file.
-        source: the upload's file name, for messages.
-
-    Raises:
-        DataError: naming the record (counted over the whole file) and column.
-    """
-    try:
-        validate(df, source)
-    except DataError as e:
-        raise e.located(source=source, offset=offset) from None
-    return sorted(set(map(str, df.columns)) - set(model_columns))

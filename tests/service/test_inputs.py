@@ -1,4 +1,4 @@
-"""Request parsing against a model's schema, and the fast encoder's exactness."""
+"""Request parsing against a model's schema."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.scoring.inputs import Batch
 from training.errors import DataError, TooLargeError
+from training.preprocessing.tabular import Records
 
 
-def _parse(served, body, strict=False) -> Batch:
+def _parse(served, body, strict=False) -> Records:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return served.inputs.parse(raw, strict)
 
@@ -22,8 +22,10 @@ def test_records_and_columns_layouts_agree(served, records):
     columns = {c: [r[c] for r in records] for c in records[0]}
     by_cols = _parse(served, {"columns": columns})
     assert by_rows.n == by_cols.n == 6 and by_rows.ignored == by_cols.ignored == []
-    for a, b in zip(served.encoder.encode(by_rows), served.encoder.encode(by_cols), strict=True):
-        assert np.array_equal(a, b)
+    pre = served.detector.preprocessor_
+    (Xa, ea), (Xb, eb) = pre.transform(by_rows), pre.transform(by_cols)
+    assert np.array_equal(Xa, Xb)
+    assert np.array_equal(ea["unknown_categories"], eb["unknown_categories"])
 
 
 @pytest.mark.parametrize("change,record,column,words", [
@@ -50,9 +52,9 @@ def test_non_finite_numbers_are_rejected(served):
 def test_nulls_are_missing_values_imputed_like_training(served, records):
     records[0]["c"] = None
     records[0]["color"] = None
-    X, unknown = served.encoder.encode(_parse(served, {"records": records}))
+    X, extras = served.detector.preprocessor_.transform(_parse(served, {"records": records}))
     expected, _ = served.detector.preprocessor_.transform(pd.DataFrame(records))
-    assert np.array_equal(X, expected) and unknown[0] == 0
+    assert np.array_equal(X, expected) and extras["unknown_categories"][0] == 0
 
 
 def test_extra_columns_ignored_or_rejected_when_strict(served, records):
@@ -93,7 +95,7 @@ def test_too_many_records(served, records):
         _parse(served, {"records": records * 20})
 
 
-def test_fast_encoder_is_bit_identical_to_the_preprocessor(served, table):
+def test_parsed_records_encode_like_the_frame_path(served, table):
     rng = np.random.default_rng(7)
     df = table.sample(60, random_state=3).reset_index(drop=True).astype(object)
     df.loc[rng.random(60) < 0.2, "a"] = None
@@ -101,8 +103,10 @@ def test_fast_encoder_is_bit_identical_to_the_preprocessor(served, table):
     df.loc[rng.random(60) < 0.1, "flag"] = None
     df = df.where(pd.notna(df), None)
     recs = df.to_dict(orient="records")
-    X, unknown = served.encoder.encode(_parse(served, {"records": recs}))
-    X_ref, unknown_ref = served.detector.preprocessor_.transform(pd.DataFrame(recs))
+    pre = served.detector.preprocessor_
+    X, extras = pre.transform(_parse(served, {"records": recs}))
+    X_ref, extras_ref = pre.transform(pd.DataFrame(recs))
     assert X.dtype == X_ref.dtype == np.float32
-    assert np.array_equal(X, X_ref) and np.array_equal(unknown, unknown_ref)
-    assert unknown.sum() > 0
+    assert np.array_equal(X, X_ref)
+    assert np.array_equal(extras["unknown_categories"], extras_ref["unknown_categories"])
+    assert extras["unknown_categories"].sum() > 0

@@ -11,6 +11,7 @@ import pytest
 from service.metrics import Metrics, ScoreHistograms, score_buckets
 from service.schemas import EncodeResponse, ModelInfo, ReconstructResponse, ScoreResponse
 from service.scoring import records as scoring
+from service.scoring.render import render_results
 from training.errors import DataError
 
 
@@ -33,26 +34,35 @@ def test_scores_match_the_detector_exactly(served, table):
     for kind in served.detector.calibrations_:
         assert np.array_equal([r.scores[kind] for r in body.results], expected[f"score_{kind}"])
     assert scored.flagged == int(expected["is_anomaly"].sum())
-    assert served.encoder is not None  # the load-time check kept the fast path
 
 
-def test_library_path_gives_the_same_answer(served, records):
-    batch = _batch(served, records)
-    fast = scoring.score_batch(served, batch).answer()
-    slow_model = type(served)(**{**served.__dict__, "encoder": None})
-    assert scoring.score_batch(slow_model, batch).answer() == fast
+def test_records_and_frames_take_the_same_path(served, records):
+    parsed = _batch(served, records)
+    from_records = served.detector.score_columns(parsed, explain=True)
+    from_frame = served.detector.score_columns(pd.DataFrame(records), explain=True)
+    assert list(from_records) == list(from_frame)
+    for c in from_records:
+        assert np.array_equal(from_records[c], from_frame[c]), c
 
 
-def test_rendered_results_equal_the_plain_ones(served, records):
+def test_rendered_results_equal_the_columns(served, records):
     cols = served.score(_batch(served, records))
-    assert json.loads(scoring.results_json(cols)) == scoring.results(cols)
+    kinds = [c[len("score_"):] for c in cols if c.startswith("score_")]
+    expected = [{"score": cols["score"][i], "p_value": cols["p_value"][i],
+                 "is_anomaly": bool(cols["is_anomaly"][i]),
+                 "scores": {k: cols[f"score_{k}"][i] for k in kinds},
+                 "p_values": {k: cols[f"p_value_{k}"][i] for k in kinds},
+                 "unknown_categories": int(cols["unknown_categories"][i])}
+                for i in range(len(records))]
+    assert json.loads(render_results(cols)) == expected
     one = {k: v[:1] for k, v in cols.items()}
-    assert json.loads(scoring.results_json(one)) == scoring.results(one)
+    assert json.loads(render_results(one)) == expected[:1]
+    assert json.loads(render_results({k: v[:0] for k, v in cols.items()})) == []
 
 
 def test_explain_lists_largest_errors_first(served, records):
     body = scoring.score_batch(served, _batch(served, records), explain=True, top_k=3).answer()
-    full = served.detector.explain(pd.DataFrame(records))
+    full = served.detector.explain_frame(pd.DataFrame(records))
     for i, r in enumerate(body["results"]):
         cols = [c["column"] for c in r["explanation"]]
         assert cols == list(full.iloc[i].sort_values(ascending=False, kind="stable").index[:3])

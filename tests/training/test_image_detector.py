@@ -118,7 +118,7 @@ def test_save_load_round_trip_is_identical(fitted, tmp_path):
 
 
 def test_load_detector_opens_tables_too(tmp_path):
-    from training.detector.base import Detector
+    from training.detector import Detector
 
     X = np.random.default_rng(0).normal(size=(60, 3))
     det = Detector(kind="ae", max_epochs=2).fit(X[:40]).calibrate(X[40:])

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from training.errors import DataError
-from training.preprocessing.tabular import TabularPreprocessor
+from training.preprocessing.tabular import Records, TabularPreprocessor
 
 
 def test_schema_kinds_and_exclusions(mixed_table):
@@ -21,7 +21,8 @@ def test_schema_kinds_and_exclusions(mixed_table):
 
 def test_missing_values_are_imputed_with_training_median(mixed_table):
     pre = TabularPreprocessor(id_column="id").fit(mixed_table)
-    X, unknown = pre.transform(mixed_table)
+    X, extras = pre.transform(mixed_table)
+    unknown = extras["unknown_categories"]
     assert np.isfinite(X).all() and X.dtype == np.float32
     c = next(s for s in pre.columns_ if s.name == "c")
     col = pre.feature_names_.index("c")
@@ -34,7 +35,8 @@ def test_unseen_categories_are_counted_and_encode_as_zeros(mixed_table):
     pre = TabularPreprocessor(id_column="id").fit(mixed_table)
     new = mixed_table.head(3).copy()
     new["color"] = ["purple", "red", None]
-    X, unknown = pre.transform(new)
+    X, extras = pre.transform(new)
+    unknown = extras["unknown_categories"]
     assert unknown.tolist() == [1, 0, 0]
     cols = [pre.feature_names_.index(f"color={c}") for c in ("blue", "green", "red")]
     assert X[0, cols].sum() == 0 and X[1, cols].sum() == 1 and X[2, cols].sum() == 0
@@ -81,3 +83,41 @@ def test_round_trip_through_dict_and_inverse(mixed_table):
     back = again.inverse_transform(X1)
     np.testing.assert_allclose(back["a"], mixed_table["a"], rtol=1e-5, atol=1e-5)
     assert (back["color"] == mixed_table["color"]).all()
+
+
+def test_records_encode_bit_for_bit_like_frames_for_every_column_kind():
+    """The encoding of parsed JSON records (Records) equals the DataFrame path exactly:
+    numeric (float, int, with missing values), categorical (text, bool, with missing and
+    unseen values), and constant columns of both kinds (in the schema, not features)."""
+    rng = np.random.default_rng(3)
+    n = 200
+    train = pd.DataFrame({
+        "f": rng.normal(size=n) * 1e3 + 0.1,
+        "i": rng.integers(-5, 50, size=n),
+        "miss": np.where(rng.random(n) < 0.3, np.nan, rng.normal(size=n)),
+        "text": rng.choice(["a", "b", "c"], size=n),
+        "flag": rng.random(n) < 0.5,
+        "const_num": 7.0,
+        "const_cat": "same",
+    })
+    pre = TabularPreprocessor().fit(train)
+    assert {s.name for s in pre.columns_ if s.dropped} == {"const_num", "const_cat"}
+    records = []
+    for k in range(40):
+        r = {"f": float(rng.normal() * 1e3), "i": int(rng.integers(-100, 100)),
+             "miss": None if k % 3 == 0 else float(rng.normal()),
+             "text": [None, "a", "zzz", "c"][k % 4], "flag": [True, False, None][k % 3],
+             "const_num": None if k % 5 == 0 else 7.0,
+             "const_cat": ["same", "other", None][k % 3]}
+        records.append(r)
+    frame = pd.DataFrame.from_records(records, columns=pre.input_columns_)
+    X_frame, e_frame = pre.transform(frame)
+    by_rows = Records(n=len(records), records=records)
+    by_cols = Records(n=len(records), columns={c: [r[c] for r in records]
+                                                for c in pre.input_columns_})
+    for parsed in (by_rows, by_cols):
+        X, extras = pre.transform(parsed)
+        assert X.dtype == np.float32 and X.tobytes() == X_frame.tobytes()
+        assert np.array_equal(extras["unknown_categories"], e_frame["unknown_categories"])
+    # unseen 'zzz' and 'other' are counted; missing values are not
+    assert e_frame["unknown_categories"].tolist()[:4] == [0, 1, 1, 0]

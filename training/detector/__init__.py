@@ -1,7 +1,12 @@
-"""Detectors: one template (:mod:`training.detector.base`) and a class per data kind."""
+"""Detectors: one template (:mod:`training.detector.base`) and a class per data kind.
 
-from training.detector.base import Detector
+Importing this package registers every data kind's detector for
+:func:`~training.detector.persistence.load_detector`.
+"""
+
+from training.detector.base import BaseDetector
 from training.detector.image import ImageDetector
-from training.detector.persistence import load_detector
+from training.detector.persistence import load_detector, save_detector
+from training.detector.tabular import Detector
 
-__all__ = ["Detector", "ImageDetector", "load_detector"]
+__all__ = ["BaseDetector", "Detector", "ImageDetector", "load_detector", "save_detector"]

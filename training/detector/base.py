@@ -1,114 +1,128 @@
-"""The Detector: fit on normal records, calibrate on held-out normals, score anything.
+"""The Detector template: fit on normal data, calibrate on held-out normals, score anything.
 
-Sign convention: a higher score is more abnormal, for every score kind.
+Sign convention: a higher score is more abnormal, for every score kind and every data kind.
+
+The template is written once here; a data kind (tables, images, ...) supplies only what is its
+own, as a subclass: its hyperparameters (``params_class``), its preprocessing
+(``_new_preprocessor``), the sizes it derives from the data (``_resolve``), its networks
+(``_build``) and how per-feature errors become explanations (``_explain``). Networks receive
+flat float32 rows (n, n_features) whatever the data kind, so training, scores, calibration,
+p-values and persistence are shared.
 
 Score kinds:
 - ``recon``: mean over features of the squared reconstruction error, each feature's error
-  divided by that feature's mean error on the validation normals (so a feature that is always
-  hard to reconstruct does not drown the others). For a VAE the reconstruction decodes the
-  posterior mean.
-- ``elbo`` (VAE only): the negative evidence lower bound, −E_q[log p(x|z)] + KL(q(z|x) || N(0, I)),
+  divided by a scale from the validation normals (per feature for tables, one for all pixels
+  for images). For a VAE the reconstruction decodes the posterior mean.
+- ``elbo`` (VAEs): the negative evidence lower bound, −E_q[log p(x|z)] + KL(q(z|x) || N(0, I)),
   with a Gaussian decoder whose per-feature variances are learned. The expectation uses a fixed
   set of Monte-Carlo draws, so the same record always gets the same score.
-- ``agg_elbo`` (VAE only, the default): the same bound with the aggregate posterior of the
-  training records as the prior, −E_q[log p(x|z)] + KL(q(z|x) || q_agg), where q_agg is the
-  equal-weight mixture of the posteriors q(z|x_r) of up to ``AGGREGATE_PRIOR_ROWS`` training
-  records (kept with the model). N(0, I) spreads mass between the clusters the encoder forms;
-  q_agg is where normal codes really lie, so a record whose code falls between clusters, or far
-  from all of them, scores high even when the decoder reconstructs it well. The KL to the
-  mixture has no closed form; the score uses the closed-form upper bound
-  −log (1/R) Σ_r exp(−KL(q(z|x) || q(z|x_r))), so ``agg_elbo`` stays an upper bound on −log p(x)
-  under that prior, deterministic, and cheap (one matrix product per record batch).
+- ``agg_elbo`` (VAEs): the same bound with the aggregate posterior of the training records as
+  the prior, −E_q[log p(x|z)] + KL(q(z|x) || q_agg), where q_agg is the equal-weight mixture of
+  the posteriors q(z|x_r) of up to ``AGGREGATE_PRIOR_ROWS`` training records (kept with the
+  model). N(0, I) spreads mass between the clusters the encoder forms; q_agg is where normal
+  codes lie, so a record whose code falls between clusters, or far from all of them, scores high
+  even when the decoder reconstructs it well. The KL to the mixture has no closed form; the
+  score uses the closed-form upper bound −log (1/R) Σ_r exp(−KL(q(z|x) || q(z|x_r))).
 
 With ``n_models`` > 1 the detector is an ensemble of independently initialised networks trained
 side by side; every score is the mean of the members' scores (reconstruction errors are
-averaged per feature first). A VAE defaults to three members (each with its own aggregate
-prior), an AE to one (see :data:`training.params.DEFAULT_MODELS`).
+averaged per feature first).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
 from training.calibration import ScoreCalibration
-from training.errors import DataError, ModelFormatError, NotFittedError
-from training.nn.dense import EnsembleAE, EnsembleVAE
+from training.errors import DataError, NotFittedError
 from training.nn.losses import gaussian_nll, kl_to_mixture_bound, kl_to_standard_normal
-from training.params import DetectorParams, resolve
-from training.preprocessing.tabular import TabularPreprocessor
+from training.params import DetectorParams
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # bumped whenever what save() writes changes meaning
-PRIOR_FILE = "aggregate_prior.pt"
-# Training records whose posteriors make up the aggregate prior of the ``agg_elbo`` score: its
-# cost per scored record grows with this; 1,024 and every training record (up to 8,500) gave
-# the same AUROC on the benchmark tables, 256 slightly less (README, "Detection quality").
+# Training records whose posteriors make up the aggregate prior of the ``agg_elbo`` score; its
+# cost per scored record grows with this (docs/benchmarks/experiments.md).
 AGGREGATE_PRIOR_ROWS = 1024
 _SCORE_CHUNK = 8192  # most records scored in one pass
 # Largest intermediate tensor a scoring pass may build, in elements: the decoder's output over
 # every member and draw (M × K × rows × d) and the aggregate-prior pairs (M × rows × R). Wide
-# tables and ensembles get smaller chunks instead of gigabytes of intermediates; chunks that
-# stay in cache also score faster (a 3-member VAE on 30 features: 2.5x the rows/s of fixed
-# 8,192-record chunks, at 40% of the peak memory).
+# inputs and ensembles get smaller chunks instead of gigabytes of intermediates.
 _SCORE_BUDGET = 2**20
 MIN_FIT_ROWS = 10
 
 
-def _as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
-    if isinstance(data, pd.DataFrame):
-        return data
-    arr = np.asarray(data)
-    if arr.ndim != 2:
-        raise DataError(f"expected a 2-D table, got an array of shape {arr.shape}")
-    return pd.DataFrame(arr, columns=[f"x{i}" for i in range(arr.shape[1])])
-
-
-class Detector:
-    """Autoencoder anomaly detector for tables.
+class BaseDetector:
+    """What every detector does, whatever its data: see the module docstring.
 
     Args:
-        id_column: column identifying records, excluded from features.
-        label_column: column of ground-truth labels, excluded from features.
-        **params: hyperparameters, see :class:`training.params.DetectorParams`.
-
-    Example:
-        >>> det = Detector(kind="vae").fit(normal_df).calibrate(held_out_df)
-        >>> det.score(new_df)[["score", "p_value", "is_anomaly"]]
+        id_column: column identifying records, excluded from features (tables).
+        label_column: column of ground-truth labels, excluded from features (tables).
+        **params: hyperparameters, see the subclass's ``params_class``.
     """
 
-    preprocessor_class = TabularPreprocessor  # what load() restores preprocessing.json with
-    # The ``agg_elbo`` score's prior (see _aggregate_posterior); None for an AE or a model saved
-    # before that score existed.
+    params_class: ClassVar[type[DetectorParams]] = DetectorParams
+    preprocessor_class: ClassVar[type]  # restores preprocessing.json when a model is loaded
+    kinds: ClassVar[tuple[str, ...]] = ()  # model kinds this class trains ("ae", "vae", ...)
+    registry: ClassVar[dict[str, type[BaseDetector]]] = {}  # model kind -> detector class
+    # The ``agg_elbo`` score's prior (see _aggregate_posterior); None for an autoencoder.
     prior_: dict[str, torch.Tensor] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for kind in cls.__dict__.get("kinds", ()):
+            BaseDetector.registry[kind] = cls
 
     def __init__(self, id_column: str | None = None, label_column: str | None = None,
                  **params: Any):
         self.id_column = id_column
         self.label_column = label_column
-        self.params = DetectorParams.from_dict(params)
+        self.params = self.params_class.from_dict(params)
+
+    # -- what a data kind supplies -----------------------------------------------------------
+    def _new_preprocessor(self) -> Any:
+        """An unfitted preprocessor with ``fit``, ``transform``, ``inverse_transform``,
+        ``to_dict``/``from_dict``, ``n_features_`` and ``input_columns_``."""
+        raise NotImplementedError
+
+    def _resolve(self, n_train: int, n_features: int) -> dict[str, Any]:
+        """The hyperparameters left to the data (sizes, batch, epochs), filled in."""
+        raise NotImplementedError
+
+    def _build(self, n_features: int) -> torch.nn.Module:
+        """The network: an ensemble with ``encode``/``decode`` on (M, ..., features) tensors."""
+        raise NotImplementedError
+
+    def _feature_scale(self, val_errors: torch.Tensor) -> np.ndarray:
+        """(n_features,) divisors of the squared errors, from the validation rows' errors."""
+        err = val_errors.mean(dim=0)
+        # Floor relative to the typical feature so a perfectly reconstructed one cannot explode.
+        floor = max(float(err.mean()) * 1e-3, 1e-8)
+        return err.clamp(min=floor).numpy().astype(np.float64)
+
+    def _explain(self, errors: np.ndarray) -> np.ndarray:
+        """Scaled squared errors (n, n_features) as the kind's explanation array."""
+        return errors
 
     # -- fitting -----------------------------------------------------------------------------
-    def fit(self, data: pd.DataFrame | np.ndarray, source: str = "data",
-            on_epoch: Callable[[int, float, float], None] | None = None) -> Detector:
-        """Learn preprocessing and network from normal records only.
+    def fit(self, data: Any, source: str = "data",
+            on_epoch: Callable[[int, float, float], None] | None = None) -> BaseDetector:
+        """Learn preprocessing and network from normal data only.
 
-        A random ``validation_fraction`` of the rows is held out for early stopping and for
-        the per-feature error scales of the ``recon`` score.
+        A random ``validation_fraction`` of the records is held out for early stopping and for
+        the error scales of the ``recon`` score.
 
         Args:
-            data: (n_records, n_columns) normal records.
+            data: normal records (the kind's input: a table, images...).
             source: name for error messages.
             on_epoch: called with (epoch, train_loss, val_loss) after every epoch.
 
@@ -116,38 +130,30 @@ class Detector:
             self
         """
         p = self.params
-        df = _as_frame(data)
-        if len(df) < MIN_FIT_ROWS:
-            raise DataError(f"{source}: {len(df)} rows; at least {MIN_FIT_ROWS} are needed to fit")
-        self.preprocessor_ = TabularPreprocessor(self.id_column, self.label_column).fit(df, source)
-        X, _ = self.preprocessor_.transform(df, source)
-        rng = np.random.default_rng(p.seed)
-        order = rng.permutation(len(X))
+        self.preprocessor_ = self._new_preprocessor().fit(data, source)
+        X, _ = self.preprocessor_.transform(data, source)
+        if len(X) < MIN_FIT_ROWS:
+            raise DataError(f"{len(X)} records; at least {MIN_FIT_ROWS} are needed to fit",
+                            source=source)
+        order = np.random.default_rng(p.seed).permutation(len(X))
         n_val = max(2, int(round(p.validation_fraction * len(X))))
         X_val, X_train = X[order[:n_val]], X[order[n_val:]]
-        self.resolved_ = resolve(p, len(X_train), X.shape[1])
+        self.resolved_ = self._resolve(len(X_train), X.shape[1])
         torch.manual_seed(p.seed)
         self.network_ = self._build(X.shape[1])
         self.history_ = self._train(torch.from_numpy(X_train), torch.from_numpy(X_val), on_epoch)
         self.prior_ = self._aggregate_posterior(X_train)
         with torch.no_grad():
-            err = self._squared_errors(torch.from_numpy(X_val)).mean(dim=0)
-        # Floor relative to the typical feature so a perfectly reconstructed one cannot explode.
-        floor = max(float(err.mean()) * 1e-3, 1e-8)
-        self.feature_scale_ = err.clamp(min=floor).numpy().astype(np.float64)
+            errors = self._squared_errors(torch.from_numpy(X_val))
+        self.feature_scale_ = self._feature_scale(errors)
         self.calibrations_: dict[str, ScoreCalibration] = {}
         return self
-
-    def _build(self, n_features: int) -> torch.nn.Module:
-        cls = EnsembleVAE if self.params.kind == "vae" else EnsembleAE
-        return cls(n_features, self.resolved_["hidden_sizes"], self.resolved_["latent_dim"],
-                   self.params.activation, self.params.dropout, self.params.n_models)
 
     def _aggregate_posterior(self, X_train: np.ndarray) -> dict[str, torch.Tensor] | None:
         """Posterior means and log-variances, each (M, R, k), of up to
         ``AGGREGATE_PRIOR_ROWS`` random training records: the ``agg_elbo`` score's prior.
-        None for an autoencoder."""
-        if not self._variational:
+        None for an autoencoder or a kind without ``agg_elbo``."""
+        if "agg_elbo" not in self.score_kinds:
             return None
         rng = np.random.default_rng(self.params.seed + 1)
         rows = np.sort(rng.permutation(len(X_train))[:AGGREGATE_PRIOR_ROWS])
@@ -183,8 +189,9 @@ class Detector:
 
     def _train(self, X_train: torch.Tensor, X_val: torch.Tensor,
                on_epoch: Callable[[int, float, float], None] | None) -> list[dict[str, float]]:
+        """The training loop: seeded shuffles, Adam, early stopping on the validation loss."""
         p, r = self.params, self.resolved_
-        # fused: one kernel per step instead of one per tensor (~30% faster on these small
+        # fused: one kernel per step instead of one per tensor (faster on these small
         # networks, where per-step overhead dominates).
         opt = torch.optim.Adam(self.network_.parameters(), lr=p.learning_rate,
                                weight_decay=p.weight_decay, fused=True)
@@ -242,7 +249,8 @@ class Detector:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "network_"):
-            raise NotFittedError("this Detector is not fitted yet: call fit(normal_data) first")
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call "
+                                 "fit(normal_data) first")
 
     def _check_calibrated(self) -> None:
         self._check_fitted()
@@ -280,15 +288,16 @@ class Detector:
             out["agg_elbo"] = (nll.double() + kl).mean(dim=0)
         return out
 
-    def _matrix(self, data: pd.DataFrame | np.ndarray, source: str
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def _matrix(self, data: Any, source: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The preprocessing's one way in: (n, n_features) float32 and the kind's extras."""
         self._check_fitted()
-        return self.preprocessor_.transform(_as_frame(data), source)
+        return self.preprocessor_.transform(data, source)
 
     def _raw_from_matrix(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Every score kind of encoded rows X, chunk by chunk (memory bounded)."""
         out: dict[str, list[np.ndarray]] = {k: [] for k in self.score_kinds}
         scale = torch.from_numpy(self.feature_scale_.astype(np.float32))
-        with torch.no_grad():
+        with torch.inference_mode():
             step = self._score_chunk(X.shape[1])
             for i in range(0, len(X), step):
                 x = torch.from_numpy(X[i : i + step])
@@ -309,8 +318,7 @@ class Detector:
             per_record = max(per_record, 2 * self.prior_["mu"].shape[:2].numel())
         return int(min(_SCORE_CHUNK, max(64, _SCORE_BUDGET // per_record)))
 
-    def raw_scores(self, data: pd.DataFrame | np.ndarray, source: str = "data"
-                   ) -> dict[str, np.ndarray]:
+    def raw_scores(self, data: Any, source: str = "data") -> dict[str, np.ndarray]:
         """Every score kind for every record, before calibration.
 
         Returns:
@@ -320,8 +328,8 @@ class Detector:
         return self._raw_from_matrix(X)
 
     # -- calibration -------------------------------------------------------------------------
-    def calibrate(self, data: pd.DataFrame | np.ndarray, target_fpr: float | None = None,
-                  source: str = "calibration data") -> Detector:
+    def calibrate(self, data: Any, target_fpr: float | None = None,
+                  source: str = "calibration data") -> BaseDetector:
         """Set a threshold per score kind at ``target_fpr`` from held-out normal records.
 
         The records must not have been used by :meth:`fit`. Their scores are kept, so any
@@ -348,19 +356,25 @@ class Detector:
         return str(self.params.primary_score)
 
     # -- scoring -----------------------------------------------------------------------------
-    def score(self, data: pd.DataFrame | np.ndarray, source: str = "data") -> pd.DataFrame:
-        """Score records.
+    def score_columns(self, data: Any, source: str = "data", explain: bool = False
+                      ) -> dict[str, np.ndarray]:
+        """Score records: the one scoring path (the service, the pyfunc, batch and Spark).
+
+        Args:
+            data: records in any form the kind's preprocessing reads.
+            source: name for error messages.
+            explain: also return ``explanation``, the :meth:`explain` array, from the same
+                encoded records (no second pass through the preprocessing).
 
         Returns:
-            DataFrame with one row per record, in order: ``score``, ``p_value``, ``is_anomaly``
-            (for the primary score), ``score_<kind>`` and ``p_value_<kind>`` for every score
-            kind, and ``unknown_categories`` (categorical values never seen in training).
+            columns, each (n_records,), in order: ``score``, ``p_value``, ``is_anomaly`` (the
+            primary score), ``score_<kind>`` and ``p_value_<kind>`` for every score kind, then
+            the kind's extras (tables: ``unknown_categories``); with ``explain``, also
+            ``explanation`` (n_records, ...).
         """
         self._check_calibrated()
-        X, unknown = self._matrix(data, source)
-        return self._frame(self._raw_from_matrix(X), unknown)
-
-    def _frame(self, raw: dict[str, np.ndarray], unknown: np.ndarray) -> pd.DataFrame:
+        X, extras = self._matrix(data, source)
+        raw = self._raw_from_matrix(X)
         primary = self.primary_score
         cal = self.calibrations_[primary]
         cols: dict[str, np.ndarray] = {
@@ -371,61 +385,73 @@ class Detector:
         for k, v in raw.items():
             cols[f"score_{k}"] = v
             cols[f"p_value_{k}"] = self.calibrations_[k].p_values(v)
-        cols["unknown_categories"] = unknown
-        return pd.DataFrame(cols)
+        cols.update(extras)
+        if explain:
+            cols["explanation"] = self._explanation_of(X)
+        return cols
 
-    def predict(self, data: pd.DataFrame | np.ndarray, source: str = "data") -> np.ndarray:
+    def score(self, data: Any, source: str = "data") -> pd.DataFrame:
+        """:meth:`score_columns` as a DataFrame, one row per record."""
+        return pd.DataFrame(self.score_columns(data, source))
+
+    def predict(self, data: Any, source: str = "data") -> np.ndarray:
         """(n_records,) booleans: is each record an anomaly by the primary score."""
-        return self.score(data, source)["is_anomaly"].to_numpy()
+        return self.score_columns(data, source)["is_anomaly"]
 
-    def explain(self, data: pd.DataFrame | np.ndarray, source: str = "data") -> pd.DataFrame:
-        """Per-column contributions to the ``recon`` score.
+    def explain(self, data: Any, source: str = "data") -> np.ndarray:
+        """Where each record departs from normal: the terms of its ``recon`` score.
 
         Returns:
-            DataFrame (n_records, n_input_columns): each column's scaled squared error (one-hot
-            blocks summed into their column); a row's mean over features is its ``recon`` score
-            times n_features / n_columns.
+            tables: (n_records, n_input_columns), each column's scaled squared error (one-hot
+            blocks summed into their column; the order of ``preprocessor_.input_columns_``);
+            images: (n_images, H, W), per pixel, averaged over channels.
         """
         X, _ = self._matrix(data, source)
-        with torch.no_grad():
-            err = (self._squared_errors(torch.from_numpy(X)).double().numpy()
-                   / self.feature_scale_)
-        out: dict[str, np.ndarray] = {}
-        j = 0
-        for s in self.preprocessor_.columns_:
-            out[s.name] = err[:, j : j + s.width].sum(axis=1) if s.width else np.zeros(len(X))
-            j += s.width
-        return pd.DataFrame(out)
+        return self._explanation_of(X)
+
+    def _explanation_of(self, X: np.ndarray) -> np.ndarray:
+        step = self._score_chunk(X.shape[1])
+        with torch.inference_mode():
+            err = [self._squared_errors(torch.from_numpy(X[i : i + step])).double().numpy()
+                   for i in range(0, len(X), step)]
+        errors = np.concatenate(err) if err else np.zeros((0, X.shape[1]))
+        return self._explain(errors / self.feature_scale_)
 
     # -- latent-space tools ------------------------------------------------------------------
-    def encode(self, data: pd.DataFrame | np.ndarray, source: str = "data") -> np.ndarray:
+    def encode(self, data: Any, source: str = "data") -> np.ndarray:
         """(n_records, latent_dim) latent codes (posterior means for a VAE); in an ensemble,
         the first member's."""
         X, _ = self._matrix(data, source)
-        with torch.no_grad():
-            z = self.network_.encode(torch.from_numpy(X))
-        return (z[0] if isinstance(z, tuple) else z)[0].double().numpy()
+        step = self._score_chunk(X.shape[1])
+        parts = []
+        with torch.inference_mode():
+            for i in range(0, len(X), step):
+                z = self.network_.encode(torch.from_numpy(X[i : i + step]))
+                parts.append((z[0] if isinstance(z, tuple) else z)[0])
+        if not parts:
+            return np.zeros((0, self.resolved_["latent_dim"]))
+        return torch.cat(parts).double().numpy()
 
-    def decode(self, z: np.ndarray) -> pd.DataFrame:
-        """Latent codes (n, latent_dim) to records in the input's own columns (in an ensemble,
-        by the first member, whose codes :meth:`encode` returns)."""
+    def decode(self, z: np.ndarray) -> Any:
+        """Latent codes (n, latent_dim) to data in the input's own form (a table's columns,
+        images (n, C, H, W)), by the first member of an ensemble."""
         self._check_fitted()
         z_t = torch.as_tensor(np.asarray(z), dtype=torch.float32)
-        with torch.no_grad():
+        with torch.inference_mode():
             x = self.network_.decode(z_t.expand(self.params.n_models, *z_t.shape))[0]
         return self.preprocessor_.inverse_transform(x.numpy())
 
-    def reconstruct(self, data: pd.DataFrame | np.ndarray, source: str = "data") -> pd.DataFrame:
-        """Reconstructions of the records, in the input's own columns."""
+    def reconstruct(self, data: Any, source: str = "data") -> Any:
+        """Reconstructions of the records, in the input's own form."""
         return self.decode(self.encode(data, source))
 
-    def sample(self, n: int, seed: int = 0) -> pd.DataFrame:
+    def sample(self, n: int, seed: int = 0) -> Any:
         """VAE only: ``n`` records generated from the prior N(0, I)."""
         self._require_vae("sample")
         g = torch.Generator().manual_seed(seed)
         return self.decode(torch.randn(n, self.resolved_["latent_dim"], generator=g).numpy())
 
-    def interpolate(self, a: pd.DataFrame, b: pd.DataFrame, steps: int = 8) -> pd.DataFrame:
+    def interpolate(self, a: Any, b: Any, steps: int = 8) -> Any:
         """VAE only: ``steps`` records decoded along the line between two records' codes."""
         self._require_vae("interpolate")
         za, zb = self.encode(a)[0], self.encode(b)[0]
@@ -439,65 +465,21 @@ class Detector:
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``weights.pt`` (state dict), ``detector.json`` and ``preprocessing.json``."""
+        """Write ``weights.pt`` (state dict), ``detector.json`` and ``preprocessing.json``
+        (and ``aggregate_prior.pt`` for a VAE); see :mod:`training.detector.persistence`."""
+        from training.detector.persistence import save_detector
+
         self._check_calibrated()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        torch.save(self.network_.state_dict(), path / "weights.pt")
-        if self.prior_ is not None:
-            torch.save(self.prior_, path / PRIOR_FILE)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "id_column": self.id_column,
-            "label_column": self.label_column,
-            "params": self.params.to_dict(),
-            "resolved": self.resolved_,
-            "n_features": int(self.preprocessor_.n_features_),
-            "feature_names": self.preprocessor_.feature_names_,
-            "feature_scale": self.feature_scale_.tolist(),
-            "history": self.history_,
-            "calibration": {k: c.to_dict() for k, c in self.calibrations_.items()},
-        }
-        (path / "detector.json").write_text(json.dumps(meta))
-        (path / "preprocessing.json").write_text(json.dumps(self.preprocessor_.to_dict(), indent=1))
-        return path
+        return save_detector(self, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> Detector:
-        """Load a detector written by :meth:`save` (weights are read with ``weights_only``)."""
-        path = Path(path)
-        for name in ("weights.pt", "detector.json", "preprocessing.json"):
-            if not (path / name).is_file():
-                raise ModelFormatError(f"{path}: not a saved detector (missing {name})")
-        meta = json.loads((path / "detector.json").read_text())
-        version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ModelFormatError(
-                f"{path}: saved in detector format {version}; this library reads format "
-                f"{FORMAT_VERSION} only: retrain the model with `anomaly train`")
-        det = cls(id_column=meta["id_column"], label_column=meta["label_column"],
-                  **meta["params"])
-        det.preprocessor_ = cls.preprocessor_class.from_dict(
-            json.loads((path / "preprocessing.json").read_text())
-        )
-        det.resolved_ = meta["resolved"]
-        det.network_ = det._build(meta["n_features"])
-        state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
-        det.network_.load_state_dict(state)
-        det.network_.eval()
-        if det._variational:
-            if not (path / PRIOR_FILE).is_file():
-                raise ModelFormatError(f"{path}: not a saved detector (missing {PRIOR_FILE})")
-            det.prior_ = torch.load(path / PRIOR_FILE, map_location="cpu", weights_only=True)
-        det.feature_scale_ = np.asarray(meta["feature_scale"], dtype=np.float64)
-        det.history_ = meta["history"]
-        det.calibrations_ = {
-            k: ScoreCalibration.from_dict(v) for k, v in meta["calibration"].items()
-        }
-        if set(det.calibrations_) != set(det.score_kinds):
-            raise ModelFormatError(
-                f"{path}: calibrated scores {sorted(det.calibrations_)} do not match the "
-                f"model's {sorted(det.score_kinds)}")
+    def load(cls, path: str | Path) -> BaseDetector:
+        """Load a detector written by :meth:`save` (tensors are read with ``weights_only``)."""
+        from training.detector.persistence import load_detector
+
+        det = load_detector(path)
+        if not isinstance(det, cls):
+            raise DataError(f"{path}: holds a {type(det).__name__}, not a {cls.__name__}")
         return det
 
 

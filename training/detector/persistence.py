@@ -1,23 +1,104 @@
-"""Open a saved detector of any kind: the folder's ``detector.json`` says which class reads it."""
+"""Saving and loading detectors: a state dict, JSON configuration, nothing pickled.
+
+A saved detector is a folder::
+
+    weights.pt            the network's state dict (read back with ``weights_only``)
+    aggregate_prior.pt    VAEs: the ``agg_elbo`` prior's posterior means and log-variances
+    detector.json         format version, parameters, resolved sizes, error scales, history,
+                          thresholds and calibration scores
+    preprocessing.json    the fitted preprocessing (the model's input schema)
+
+``detector.json`` names the model kind; the detector class registered for that kind reads it,
+so a new data kind needs no change here.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from training.detector.base import Detector
-from training.detector.image import ImageDetector
-from training.detector.image_params import IMAGE_KINDS
+import numpy as np
+import torch
+
+from training.calibration import ScoreCalibration
 from training.errors import ModelFormatError
 
+if TYPE_CHECKING:
+    from training.detector.base import BaseDetector
 
-def load_detector(path: str | Path) -> Detector:
-    """A :class:`Detector` (tables) or :class:`ImageDetector` (images) saved at ``path``."""
-    meta_path = Path(path) / "detector.json"
-    kind = None
-    if meta_path.is_file():
-        try:
-            kind = json.loads(meta_path.read_text()).get("params", {}).get("kind")
-        except (ValueError, AttributeError):
-            raise ModelFormatError(f"{path}: detector.json is not valid JSON") from None
-    return (ImageDetector if kind in IMAGE_KINDS else Detector).load(path)
+FORMAT_VERSION = 3  # bumped whenever what save_detector writes changes meaning
+PRIOR_FILE = "aggregate_prior.pt"
+_REQUIRED = ("weights.pt", "detector.json", "preprocessing.json")
+
+
+def save_detector(det: BaseDetector, path: str | Path) -> Path:
+    """Write a fitted, calibrated detector into the folder ``path``; returns it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(det.network_.state_dict(), path / "weights.pt")
+    if det.prior_ is not None:
+        torch.save(det.prior_, path / PRIOR_FILE)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "id_column": det.id_column,
+        "label_column": det.label_column,
+        "params": det.params.to_dict(),
+        "resolved": det.resolved_,
+        "n_features": int(det.preprocessor_.n_features_),
+        "feature_names": det.preprocessor_.feature_names_,
+        "feature_scale": det.feature_scale_.tolist(),
+        "history": det.history_,
+        "calibration": {k: c.to_dict() for k, c in det.calibrations_.items()},
+    }
+    (path / "detector.json").write_text(json.dumps(meta))
+    (path / "preprocessing.json").write_text(json.dumps(det.preprocessor_.to_dict(), indent=1))
+    return path
+
+
+def load_detector(path: str | Path) -> BaseDetector:
+    """The detector saved at ``path``, of whatever data kind its ``detector.json`` names.
+
+    Raises:
+        ModelFormatError: a missing file, invalid JSON, an unknown kind or another format.
+    """
+    from training.detector.base import BaseDetector
+
+    path = Path(path)
+    for name in _REQUIRED:
+        if not (path / name).is_file():
+            raise ModelFormatError(f"{path}: not a saved detector (missing {name})")
+    try:
+        meta = json.loads((path / "detector.json").read_text())
+        preprocessing = json.loads((path / "preprocessing.json").read_text())
+    except ValueError:
+        raise ModelFormatError(f"{path}: detector.json or preprocessing.json is not valid "
+                               "JSON") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(f"{path}: saved in detector format {version}; this library "
+                               f"reads format {FORMAT_VERSION} only: retrain the model with "
+                               "`anomaly train`")
+    kind = meta.get("params", {}).get("kind")
+    cls = BaseDetector.registry.get(kind)
+    if cls is None:
+        raise ModelFormatError(f"{path}: unknown model kind {kind!r}; this library reads "
+                               f"{sorted(BaseDetector.registry)}")
+    det = cls(id_column=meta["id_column"], label_column=meta["label_column"], **meta["params"])
+    det.preprocessor_ = cls.preprocessor_class.from_dict(preprocessing)
+    det.resolved_ = meta["resolved"]
+    det.network_ = det._build(meta["n_features"])
+    det.network_.load_state_dict(torch.load(path / "weights.pt", map_location="cpu",
+                                            weights_only=True))
+    det.network_.eval()
+    if "agg_elbo" in det.score_kinds:
+        if not (path / PRIOR_FILE).is_file():
+            raise ModelFormatError(f"{path}: not a saved detector (missing {PRIOR_FILE})")
+        det.prior_ = torch.load(path / PRIOR_FILE, map_location="cpu", weights_only=True)
+    det.feature_scale_ = np.asarray(meta["feature_scale"], dtype=np.float64)
+    det.history_ = meta["history"]
+    det.calibrations_ = {k: ScoreCalibration.from_dict(v) for k, v in meta["calibration"].items()}
+    if set(det.calibrations_) != set(det.score_kinds):
+        raise ModelFormatError(f"{path}: calibrated scores {sorted(det.calibrations_)} do not "
+                               f"match the model's {sorted(det.score_kinds)}")
+    return det

@@ -247,10 +247,11 @@ class ImagePreprocessor:
             out[i] = self.image(item, _name_of(item, source, i))
         return out
 
-    def transform(self, data: Any, source: str = "data") -> tuple[np.ndarray, np.ndarray]:
-        """(n, C*H*W) float32 rows, and (n,) zeros (images have no unknown categories)."""
+    def transform(self, data: Any, source: str = "data") -> tuple[np.ndarray, dict]:
+        """(n, C*H*W) float32 rows, and no extras (a table's unknown categories have no image
+        counterpart)."""
         arr = self.batch(data, source)
-        return arr.reshape(len(arr), -1), np.zeros(len(arr), dtype=np.int64)
+        return arr.reshape(len(arr), -1), {}
 
     def inverse_transform(self, X: np.ndarray) -> np.ndarray:
         """Flat rows (n, C*H*W) back to images (n, C, H, W), clipped to [0, 1]."""

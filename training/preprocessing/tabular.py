@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,7 @@ class TabularPreprocessor:
         if all(s.dropped for s in specs):
             raise DataError(f"{source}: every feature column is constant; nothing to learn from")
         self.columns_ = specs
+        self.__dict__.pop("_plan_cache", None)
         return self
 
     # -- properties --------------------------------------------------------------------------
@@ -185,42 +187,55 @@ class TabularPreprocessor:
                 raise DataError("non-finite number", source=source, record=int(inf[0]),
                                 column=s.name)
 
-    def transform(self, df: pd.DataFrame, source: str = "data") -> tuple[np.ndarray, np.ndarray]:
-        """Encode records.
+    def transform(self, data: pd.DataFrame | Records, source: str = "data"
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Encode records: the one way from input to the network's matrix.
 
         Args:
-            df: records with at least the input columns; others are ignored.
+            data: a DataFrame with at least the input columns (others are ignored; it is
+                checked with :meth:`validate` first), or :class:`Records` already checked
+                against the schema (JSON requests).
             source: name used in error messages (a file name, "request"...).
 
         Returns:
-            ``(X, unknown)``: ``X`` of shape (n_records, n_features) float32, and ``unknown``
-            of shape (n_records,) counting categorical values never seen in training.
+            ``(X, extras)``: ``X`` of shape (n_records, n_features) float32, and
+            ``extras["unknown_categories"]`` of shape (n_records,) counting categorical values
+            never seen in training.
         """
-        self.validate(df, source)
-        n = len(df)
-        blocks: list[np.ndarray] = []
+        if not isinstance(data, Records):
+            self.validate(data, source)
+            data = _FrameRecords(data)
+        return self._encode(data)
+
+    def _encode(self, records: Records | _FrameRecords) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Numeric columns as one (n, k) block, one-hot blocks column by column, in float64,
+        then one cast to float32."""
+        plan = self._plan()
+        n = records.n
+        X = np.zeros((n, self.n_features_), dtype=np.float64)
         unknown = np.zeros(n, dtype=np.int64)
-        for s in self.columns_:
-            col = df[s.name]
-            if s.kind == NUMERIC:
-                if s.dropped:
-                    continue
-                x = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-                x = np.where(np.isnan(x), s.median, x)
-                blocks.append(((x - s.mean) / s.std)[:, None])
-            else:
-                values = _as_category_strings(col)
-                known = values.isin(s.categories).to_numpy()
-                unknown += (~known & values.notna().to_numpy()).astype(np.int64)
-                if s.dropped:
-                    continue
-                codes = pd.Categorical(values, categories=s.categories).codes
-                onehot = np.zeros((n, len(s.categories)), dtype=np.float64)
+        if plan.numeric:
+            M = records.numeric(plan.numeric)  # (n, k)
+            M = np.where(np.isnan(M), plan.medians, M)
+            X[:, plan.positions] = (M - plan.means) / plan.stds
+        for name, start, categories, dropped in plan.categorical:
+            values = records.categories(name)
+            codes = pd.Categorical(values, categories=categories).codes
+            present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
+            unknown += ((codes < 0) & present).astype(np.int64)
+            if not dropped:
                 rows = np.flatnonzero(codes >= 0)
-                onehot[rows, codes[rows]] = 1.0
-                blocks.append(onehot)
-        X = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
-        return X.astype(np.float32), unknown
+                X[rows, start + codes[rows]] = 1.0
+        with np.errstate(over="ignore"):  # overflow: caught as a non-finite score
+            return X.astype(np.float32), {"unknown_categories": unknown}
+
+    def _plan(self) -> _EncodingPlan:
+        """Positions and statistics of every feature, computed once per fitted schema."""
+        plan = self.__dict__.get("_plan_cache")
+        if plan is None:
+            plan = _EncodingPlan.of(self.columns_)
+            self.__dict__["_plan_cache"] = plan
+        return plan
 
     def inverse_transform(self, X: np.ndarray) -> pd.DataFrame:
         """Map matrix rows back to the input's own columns (argmax for one-hot blocks)."""
@@ -264,3 +279,96 @@ class TabularPreprocessor:
                 if v is not None and not math.isfinite(v):
                     raise ValueError(f"preprocessing: column '{c.name}' has non-finite {key}")
         return obj
+
+
+@dataclass
+class _EncodingPlan:
+    """Where each input column lands in the matrix, and the numeric statistics as arrays."""
+
+    numeric: list[str]
+    positions: np.ndarray
+    medians: np.ndarray
+    means: np.ndarray
+    stds: np.ndarray
+    categorical: list[tuple[str, int, list[str], bool]]  # name, first position, categories, dropped
+
+    @classmethod
+    def of(cls, specs: list[ColumnSpec]) -> _EncodingPlan:
+        numeric, positions, medians, means, stds, categorical = [], [], [], [], [], []
+        j = 0
+        for s in specs:
+            if s.kind == NUMERIC and not s.dropped:
+                numeric.append(s.name)
+                positions.append(j)
+                medians.append(s.median)
+                means.append(s.mean)
+                stds.append(s.std)
+            elif s.kind != NUMERIC:
+                categorical.append((s.name, j, list(s.categories), s.dropped))
+            j += s.width
+        f64 = np.float64
+        return cls(numeric, np.asarray(positions, dtype=np.intp), np.asarray(medians, dtype=f64),
+                   np.asarray(means, dtype=f64), np.asarray(stds, dtype=f64), categorical)
+
+
+@dataclass
+class Records:
+    """Records already checked against the schema (a JSON request), in one of two layouts.
+
+    Attributes:
+        n: number of records.
+        records: list of n dicts (column -> value), else None.
+        columns: column -> list of n values, else None.
+        ignored: columns sent that the model does not read.
+
+    Numeric values are finite floats/ints or None (missing); categorical values are strings,
+    booleans or None.
+    """
+
+    n: int
+    records: list[dict[str, Any]] | None = None
+    columns: dict[str, list[Any]] | None = None
+    ignored: list[str] = field(default_factory=list)
+
+    def numeric(self, names: list[str]) -> np.ndarray:
+        """(n, len(names)) float64 matrix of numeric columns; None becomes NaN."""
+        if self.columns is not None:
+            return np.array([self.columns[c] for c in names], dtype=np.float64).T.copy()
+        rows = list(map(itemgetter(*names), self.records))
+        if len(names) == 1:
+            rows = [(v,) for v in rows]
+        return np.array(rows, dtype=np.float64).reshape(self.n, len(names))
+
+    def values(self, name: str) -> list[Any]:
+        """The n values of one column, as sent."""
+        if self.columns is not None:
+            return self.columns[name]
+        return [r[name] for r in self.records]
+
+    def categories(self, name: str) -> list[str | None]:
+        """The n values of a categorical column as category strings (None = missing)."""
+        return [None if v is None else str(v) for v in self.values(name)]
+
+    def frame(self, names: list[str]) -> pd.DataFrame:
+        """The records as a DataFrame of the given columns."""
+        if self.columns is not None:
+            return pd.DataFrame({c: self.columns[c] for c in names})
+        return pd.DataFrame.from_records(self.records, columns=names)
+
+
+class _FrameRecords:
+    """A validated DataFrame seen through the :class:`Records` interface."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.df, self.n = df, len(df)
+
+    def numeric(self, names: list[str]) -> np.ndarray:
+        cols = [pd.to_numeric(self.df[c], errors="coerce").to_numpy(dtype="float64",
+                                                                   na_value=np.nan)
+                for c in names]
+        return np.column_stack(cols) if cols else np.zeros((self.n, 0))
+
+    def categories(self, name: str) -> list[str | None]:
+        values = _as_category_strings(self.df[name])
+        present = values.notna().to_numpy()
+        return [v if ok else None for v, ok in zip(values.tolist(), present, strict=True)]
