@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from training.detector.image_params import IMAGE_KINDS, ImageDetectorParams
+from training.detector import BaseDetector
+from training.detector.image_params import IMAGE_KINDS
 from training.errors import ConfigError
 from training.params import DetectorParams
 
@@ -63,6 +64,7 @@ class TrainConfig:
         for key in ("data", "name"):
             if not getattr(self, key):
                 raise ConfigError(f"{key}: required (give --{key} or '{key}:' in the config file)")
+        check_model_name(self.name)
         for key in ("calibration_fraction", "eval_fraction"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 0.9:
@@ -79,13 +81,16 @@ class TrainConfig:
         # Validate the hyperparameters now, so a typo fails before any data is read.
         self.detector_params()
 
-    def detector_params(self) -> DetectorParams | ImageDetectorParams:
+    def detector_params(self) -> DetectorParams:
         """The detector's hyperparameters, with kind, target FPR and seed from the top level."""
         merged = {**self.model, "kind": self.kind, "target_fpr": self.target_fpr}
         merged.setdefault("seed", self.seed)
         try:
-            cls = ImageDetectorParams if self.kind in IMAGE_KINDS else DetectorParams
-            return cls.from_dict(merged)
+            detector = BaseDetector.registry.get(self.kind)
+            if detector is None:
+                raise ConfigError(f"kind: expected one of {sorted(BaseDetector.registry)}, got "
+                                  f"{self.kind!r}")
+            return detector.params_class.from_dict(merged)
         except ConfigError as e:
             raise ConfigError(f"model.{e}") from None
 
@@ -111,6 +116,20 @@ class TrainConfig:
         data.setdefault("data", None)
         data.setdefault("name", None)
         return cls(**data)
+
+
+def check_model_name(name: Any) -> None:
+    """Raise :class:`ConfigError` unless MLflow accepts ``name`` as a registered model name
+    (text, not blank, no '/' or ':', not '.' or starting with '..')."""
+    if not isinstance(name, str):
+        raise ConfigError(f"name: expected text, got {name!r} (quote it in the config file)")
+    if not name.strip():
+        raise ConfigError("name: required, and not blank")
+    bad = [c for c in ("/", ":") if c in name]
+    if bad or name == "." or name.startswith(".."):
+        why = f"contains {bad[0]!r}" if bad else "reads as a folder"
+        raise ConfigError(f"name: {name!r} is not a valid registered model name ({why}); "
+                          "use letters, digits, '-', '_' and '.', without '/' or ':'")
 
 
 def load_yaml(path: str) -> dict[str, Any]:

@@ -7,42 +7,25 @@ is created last, after every artifact is logged.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
 
-from pipelines.registry.pyfunc import log_pyfunc
 from pipelines.registry.tracking import ensure_experiment, use_tracking_uri
 from pipelines.registry.versions import register
 from pipelines.train import plots
 from pipelines.train.config import TrainConfig
-from training.data.tables import labels_of, read_table
-from training.detector.base import Detector
-from training.detector.image_params import IMAGE_KINDS
-from training.errors import DataError
+from pipelines.train.kinds import kind_for
+from pipelines.train.splits import Splits
+from training.detector import BaseDetector
 from training.metrics import detection_metrics
-from training.preprocessing.tabular import TabularPreprocessor
 
 log = logging.getLogger(__name__)
 
-MIN_NORMAL_ROWS = 30
-
-
-@dataclass
-class Splits:
-    """Normal rows for fitting and calibrating, and optional labelled rows for evaluation."""
-
-    fit: pd.DataFrame
-    calibration: pd.DataFrame
-    eval_X: pd.DataFrame | None = None
-    eval_y: np.ndarray | None = None
 
 
 @dataclass
@@ -59,68 +42,13 @@ class TrainResult:
     primary_score: str = ""
 
 
-def split_data(cfg: TrainConfig, df: pd.DataFrame) -> Splits:
-    """Separate normals from labelled anomalies and cut the normals into fit/calibration/eval."""
-    rng = np.random.default_rng(cfg.seed)
-    eval_X = eval_y = None
-    if cfg.id_column and cfg.id_column not in df.columns:
-        raise DataError(f"{cfg.data}: id column '{cfg.id_column}' not found; "
-                        f"columns are {list(df.columns)}")
-    # Check every value in file order first, so errors name the record as it is in the file.
-    TabularPreprocessor(cfg.id_column, cfg.label_column).fit(df, cfg.data)
-    normal = df
-    anomalies = None
-    if cfg.label_column and (cfg.label_column in df.columns or not cfg.eval_data):
-        y = labels_of(df, cfg.label_column, cfg.data).to_numpy()
-        normal, anomalies = df[y == 0], df[y == 1]
-    normal = normal.iloc[rng.permutation(len(normal))].reset_index(drop=True)
-    n = len(normal)
-    if n < MIN_NORMAL_ROWS:
-        raise DataError(f"{cfg.data}: {n} normal rows; at least {MIN_NORMAL_ROWS} are needed to "
-                        "split into training, validation and calibration sets")
-    n_eval = 0
-    if anomalies is not None and len(anomalies) and not cfg.eval_data:
-        n_eval = int(round(cfg.eval_fraction * n))
-        eval_X = pd.concat([normal.iloc[:n_eval], anomalies], ignore_index=True)
-        eval_y = np.r_[np.zeros(n_eval, dtype=int), np.ones(len(anomalies), dtype=int)]
-    n_cal = max(10, int(round(cfg.calibration_fraction * n)))
-    calibration = normal.iloc[n_eval : n_eval + n_cal]
-    fit = normal.iloc[n_eval + n_cal :]
-    if cfg.eval_data:
-        edf = read_table(cfg.eval_data)
-        eval_y = labels_of(edf, cfg.label_column, cfg.eval_data).to_numpy()
-        eval_X = edf
-    return Splits(fit=fit, calibration=calibration, eval_X=eval_X, eval_y=eval_y)
-
-
-def fingerprint(path: str) -> str:
-    """sha256 of the data file's bytes: the same file gives the same fingerprint."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResult:
     """Run one training job end to end and return what it registered."""
     params = cfg.detector_params()
-    images = params.kind in IMAGE_KINDS
+    kind = kind_for(params.kind)
     # Every input check happens before a run is opened: bad input logs and registers nothing.
-    if images:  # a folder, .npz or IDX file of images
-        from pipelines.train import images as image_train
-
-        splits, detector, data_params = image_train.prepare(cfg, params)
-        data_params["data_sha256"] = image_train.fingerprint(cfg.data)
-    else:
-        df = read_table(cfg.data)
-        splits = split_data(cfg, df)
-        detector = Detector(id_column=cfg.id_column, label_column=cfg.label_column,
-                            **params.to_dict())
-        schema = TabularPreprocessor(cfg.id_column, cfg.label_column).fit(splits.fit, cfg.data)
-        if splits.eval_X is not None:
-            schema.validate(splits.eval_X, cfg.eval_data or cfg.data)
-        data_params = {"data_sha256": fingerprint(cfg.data)}
+    prepared = kind.prepare(cfg, params)
+    splits, detector = prepared.splits, prepared.detector
 
     use_tracking_uri(tracking_uri)
     ensure_experiment(cfg.experiment)
@@ -140,11 +68,9 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
                          "n_fit_rows": len(splits.fit),
                          "n_calibration_rows": len(splits.calibration),
                          "n_input_columns": len(detector.preprocessor_.input_columns_),
-                         "n_features": detector.preprocessor_.n_features_, **data_params}
+                         "n_features": detector.preprocessor_.n_features_, **prepared.params}
         mlflow.log_params({k: ("" if v is None else v) for k, v in logged_params.items()})
-        dataset = (image_train.dataset(splits, cfg) if images else
-                   mlflow.data.from_pandas(splits.fit, source=cfg.data, name=Path(cfg.data).name))
-        mlflow.log_input(dataset, context="training")
+        mlflow.log_input(kind.dataset(prepared, cfg), context="training")
 
         metrics = _calibration_metrics(detector, splits.calibration, cfg.data)
         metrics.update({"fit_seconds": fit_seconds, "epochs_trained": len(detector.history_),
@@ -155,11 +81,8 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
             metrics.update(_evaluation_metrics(detector, splits.eval_y, eval_scores))
         mlflow.log_metrics(metrics)
         _log_figures(detector, splits, eval_scores, cfg)
-        if images:
-            image_train.log_pictures(detector, splits, cfg)
-            model_info = image_train.log_model(detector, splits.fit)
-        else:
-            model_info = _log_model(detector, splits.fit)
+        kind.log_pictures(detector, splits, cfg)
+        model_info = kind.log_model(detector, splits)
 
         version = None
         if cfg.register:
@@ -173,7 +96,7 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
                        thresholds=detector.thresholds_, primary_score=detector.primary_score)
 
 
-def _calibration_metrics(detector: Detector, calibration: pd.DataFrame, source: str
+def _calibration_metrics(detector: BaseDetector, calibration: pd.DataFrame, source: str
                          ) -> dict[str, float]:
     out: dict[str, float] = {"calibration_n": float(len(calibration))}
     primary = detector.primary_score
@@ -187,7 +110,7 @@ def _calibration_metrics(detector: Detector, calibration: pd.DataFrame, source: 
     return out
 
 
-def _evaluation_metrics(detector: Detector, labels: np.ndarray, scores: dict[str, np.ndarray]
+def _evaluation_metrics(detector: BaseDetector, labels: np.ndarray, scores: dict[str, np.ndarray]
                         ) -> dict[str, float]:
     out: dict[str, float] = {"eval_n_normal": float(np.sum(labels == 0)),
                              "eval_n_anomalous": float(np.sum(labels == 1))}
@@ -199,7 +122,7 @@ def _evaluation_metrics(detector: Detector, labels: np.ndarray, scores: dict[str
     return {k: v for k, v in out.items() if v == v}  # MLflow rejects NaN
 
 
-def _log_figures(detector: Detector, splits: Splits, eval_scores: dict[str, np.ndarray] | None,
+def _log_figures(detector: BaseDetector, splits: Splits, eval_scores: dict[str, np.ndarray] | None,
                  cfg: TrainConfig) -> None:
     fig = plots.loss_curves(detector.history_, f"{cfg.name} ({cfg.kind})")
     mlflow.log_figure(fig, "plots/loss_curves.png")
@@ -215,11 +138,3 @@ def _log_figures(detector: Detector, splits: Splits, eval_scores: dict[str, np.n
         fig = plots.roc_pr_curves(splits.eval_y, eval_scores)
         mlflow.log_figure(fig, "plots/roc_pr.png")
         plots.close(fig)
-
-
-def _log_model(detector: Detector, fit_rows: pd.DataFrame):
-    """Log the detector as a pyfunc with a signature and an input example."""
-    columns = detector.preprocessor_.input_columns_
-    example = fit_rows[columns].head(5).reset_index(drop=True)
-    signature = infer_signature(example, detector.score(example))
-    return log_pyfunc(detector, example, signature, ("pyarrow",))

@@ -142,13 +142,14 @@ def test_config_checks_image_options():
 
 def test_separate_eval_data_and_splits(tmp_path):
     from pipelines.train.config import TrainConfig
-    from pipelines.train.images import prepare
+    from pipelines.train.kinds import kind_for
 
     root = write_mvtec(tmp_path / "m", n_train=40, n_test_good=4, n_defect=5)
     for eval_data in (root / "test", root):  # a labelled folder, or an MVTec root's test/
         cfg = TrainConfig(data=str(root / "train" / "good"), name="n", kind="conv_ae",
                           eval_data=str(eval_data))
-        splits, det, extra = prepare(cfg, cfg.detector_params())
+        prepared = kind_for("conv_ae").prepare(cfg, cfg.detector_params())
+        splits, det, extra = prepared.splits, prepared.detector, prepared.params
         assert splits.eval_y.tolist() == [0] * 4 + [1] * 5
         assert len(splits.fit) + len(splits.calibration) == 40
         assert extra["image_shape"] == "1x16x16" and det.params.image_size == [16, 16]
