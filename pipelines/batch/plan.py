@@ -9,13 +9,19 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from pipelines.batch.engines.images import is_image_input
 from pipelines.batch.options import ScoreOptions
 from training.data.tables import table_format
 from training.errors import ConfigError, DataError, OutputError
+from training.preprocessing.images import IMAGE_SUFFIXES
 
 
 # -- planning ----------------------------------------------------------------------------------
+def is_image_input(pattern: str) -> bool:
+    """A folder, or a glob / file naming image files (by suffix)."""
+    p = Path(pattern)
+    return p.is_dir() or pattern.lower().endswith(IMAGE_SUFFIXES)
+
+
 def _is_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[")
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import yaml
 
-from training.detector import BaseDetector
 from training.detector.image_params import IMAGE_KINDS
+from training.detector.registry import DETECTORS, detector_class
 from training.errors import ConfigError
 from training.params import DetectorParams
 
@@ -86,9 +86,9 @@ class TrainConfig:
         merged = {**self.model, "kind": self.kind, "target_fpr": self.target_fpr}
         merged.setdefault("seed", self.seed)
         try:
-            detector = BaseDetector.registry.get(self.kind)
+            detector = detector_class(self.kind)
             if detector is None:
-                raise ConfigError(f"kind: expected one of {sorted(BaseDetector.registry)}, got "
+                raise ConfigError(f"kind: expected one of {sorted(DETECTORS)}, got "
                                   f"{self.kind!r}")
             return detector.params_class.from_dict(merged)
         except ConfigError as e:

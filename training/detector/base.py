@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 
 from training.calibration import ScoreCalibration
+from training.detector.registry import DETECTORS
 from training.errors import DataError, NotFittedError
 from training.nn.losses import gaussian_nll, kl_to_mixture_bound, kl_to_standard_normal
 from training.params import DetectorParams
@@ -73,14 +74,13 @@ class BaseDetector:
     params_class: ClassVar[type[DetectorParams]] = DetectorParams
     preprocessor_class: ClassVar[type]  # restores preprocessing.json when a model is loaded
     kinds: ClassVar[tuple[str, ...]] = ()  # model kinds this class trains ("ae", "vae", ...)
-    registry: ClassVar[dict[str, type[BaseDetector]]] = {}  # model kind -> detector class
     # The ``agg_elbo`` score's prior (see _aggregate_posterior); None for an autoencoder.
     prior_: dict[str, torch.Tensor] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for kind in cls.__dict__.get("kinds", ()):
-            BaseDetector.registry[kind] = cls
+            DETECTORS[kind] = cls
 
     def __init__(self, id_column: str | None = None, label_column: str | None = None,
                  **params: Any):

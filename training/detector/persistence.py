@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from training.calibration import ScoreCalibration
+from training.detector.registry import DETECTORS, detector_class
 from training.errors import ModelFormatError
 
 if TYPE_CHECKING:
@@ -62,8 +63,6 @@ def load_detector(path: str | Path) -> BaseDetector:
     Raises:
         ModelFormatError: a missing file, invalid JSON, an unknown kind or another format.
     """
-    from training.detector.base import BaseDetector
-
     path = Path(path)
     for name in _REQUIRED:
         if not (path / name).is_file():
@@ -80,10 +79,10 @@ def load_detector(path: str | Path) -> BaseDetector:
                                f"reads format {FORMAT_VERSION} only: retrain the model with "
                                "`anomaly train`")
     kind = meta.get("params", {}).get("kind")
-    cls = BaseDetector.registry.get(kind)
+    cls = detector_class(kind)
     if cls is None:
         raise ModelFormatError(f"{path}: unknown model kind {kind!r}; this library reads "
-                               f"{sorted(BaseDetector.registry)}")
+                               f"{sorted(DETECTORS)}")
     det = cls(id_column=meta["id_column"], label_column=meta["label_column"], **meta["params"])
     det.preprocessor_ = cls.preprocessor_class.from_dict(preprocessing)
     det.resolved_ = meta["resolved"]

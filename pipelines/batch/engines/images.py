@@ -21,6 +21,8 @@ import pyarrow as pa
 from pipelines.batch.io import AtomicTableWriter, Reject, RejectsWriter
 from pipelines.batch.model import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, BatchModel, result_arrays
 from pipelines.batch.options import ScoreOptions
+from pipelines.batch.plan import _prepare_output, is_image_input
+from pipelines.batch.results import InputResult, ScoreSample
 from training.data.images import image_files
 from training.errors import DataError
 from training.preprocessing.images import IMAGE_SUFFIXES, to_png
@@ -29,12 +31,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_CHUNK = 256  # images decoded and scored at a time
 MAP_WHITE = 8.0  # map value drawn white in map PNGs (1 = a normal pixel's average error)
-
-
-def is_image_input(pattern: str) -> bool:
-    """A folder, or a glob / file naming image files (by suffix)."""
-    p = Path(pattern)
-    return p.is_dir() or pattern.lower().endswith(IMAGE_SUFFIXES)
 
 
 @dataclass
@@ -51,8 +47,6 @@ class ImageJob:
 
 def prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> ImageJob:
     """List the images ``src`` names and check the output; nothing is decoded yet."""
-    from pipelines.batch.plan import _prepare_output
-
     if not is_image_input(str(src)):
         raise DataError(f"{src}: model {model.name} scores images; give a folder of images or "
                         "a glob of image files ('shots/*.png')")
@@ -77,14 +71,13 @@ def prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> Imag
     return ImageJob(src, out, files, root, maps_dir, pa.schema(fields))
 
 
-def score_images(model: BatchModel, job: ImageJob, on_error: str, sample):
+def score_images(model: BatchModel, job: ImageJob, on_error: str, sample: ScoreSample
+                 ) -> InputResult:
     """Score every image of the job into its output; all or nothing.
 
     A file that cannot be decoded (or has the wrong channel count) fails the job naming it,
     or with ``on_error="skip"`` is counted, logged and listed in ``<output>.rejects.csv``.
     """
-    from pipelines.batch.results import InputResult
-
     res = InputResult(str(job.src), str(job.out))
     start = time.perf_counter()
     rejects = RejectsWriter(job.out)
