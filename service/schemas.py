@@ -57,12 +57,17 @@ class RecordResult(BaseModel):
         None, description="with ?explain=true: the columns contributing most, largest first")
 
 
-class ScoreResponse(BaseModel):
-    """One result per record, in the order sent."""
+class _Scored(BaseModel):
+    """What every score answer starts with: the model that gave it, and the count flagged."""
 
     model: ModelMeta
-    n_records: int
     n_anomalies: int
+
+
+class ScoreResponse(_Scored):
+    """One result per record, in the order sent."""
+
+    n_records: int
     ignored_columns: list[str] = Field(description="columns sent that the model does not read")
     results: list[RecordResult]
 
@@ -169,12 +174,10 @@ class ImageResult(BaseModel):
         None, description="the map value drawn white (1 = a normal pixel's average error)")
 
 
-class ImageScoreResponse(BaseModel):
+class ImageScoreResponse(_Scored):
     """Scores for uploaded images, with the model that gave them."""
 
-    model: ModelMeta
     n_images: int
-    n_anomalies: int
     image_shape: list[int] = Field(description="(channels, height, width) images are resized to")
     results: list[ImageResult]
 

@@ -22,6 +22,13 @@ class AnomalyError(Exception):
     status = 400
     type = "bad_request"
 
+    def __init_subclass__(cls, status: int | None = None, type: str | None = None,
+                          exit_code: int | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, value in (("status", status), ("type", type), ("exit_code", exit_code)):
+            if value is not None:
+                setattr(cls, name, value)
+
     def __init__(self, message: str = "", *, details: list[dict[str, Any]] | None = None):
         super().__init__(message)
         self.details = details
@@ -38,8 +45,7 @@ def shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-# -- the caller's input or configuration ------------------------------------------------------
-class DataError(AnomalyError, ValueError):
+class DataError(AnomalyError, ValueError, status=422, type="invalid_input"):
     """The data does not match what is expected (missing column, wrong type, too few rows...).
 
     Args:
@@ -48,8 +54,6 @@ class DataError(AnomalyError, ValueError):
         record: 0-based record number in that source, header excluded.
         column: the column at fault.
     """
-
-    status, type = 422, "invalid_input"
 
     def __init__(self, message: str, *, source: str | None = None, record: int | None = None,
                  column: str | None = None, details: list[dict[str, Any]] | None = None):
@@ -80,79 +84,55 @@ class DataError(AnomalyError, ValueError):
         return out
 
 
-class ConfigError(AnomalyError, ValueError):
-    """A configuration value or key is wrong (unknown key, value out of range...)."""
-
-    status, type = 422, "invalid_input"
-
-
-class NotFittedError(AnomalyError, RuntimeError):
-    """A method needing a fitted (or calibrated) detector was called too early."""
-
-    status, type = 503, "model_not_ready"
-
-
-class ModelFormatError(AnomalyError):
+# Each class says once what every entry point answers: HTTP ``status`` and ``type``, and the CLI's
+# ``exit_code`` where it is not 2 (1: the environment failed, not the caller).
+class ModelFormatError(AnomalyError, status=422, type="invalid_model"):
     """A saved detector (or a registered model) is missing files or holds another format."""
 
-    status, type = 422, "invalid_model"
 
-
-class ModelNotFoundError(AnomalyError):
+class ModelNotFoundError(AnomalyError, status=404, type="model_not_found"):
     """The registry has no such model, version or alias."""
 
-    status, type = 404, "model_not_found"
+
+class RegistryUnavailable(AnomalyError, exit_code=1, status=503, type="registry_unavailable"):
+    """The registry or its artifact store could not be reached: the environment's fault."""
+
+
+class TooLargeError(AnomalyError, status=413, type="too_large"):
+    """Too many records, bytes, columns or pixels in one request."""
+
+
+class UnsupportedMediaError(AnomalyError, status=415, type="unsupported_media_type"):
+    """An upload that is neither CSV nor Parquet."""
+
+
+class ConfigError(AnomalyError, ValueError, status=422, type="invalid_input"):
+    """A configuration value or key is wrong (unknown key, value out of range...)."""
+
+
+class UnknownModelError(AnomalyError, status=404, type="unknown_model"):
+    """No model of that name is served."""
+
+
+class AuthError(AnomalyError, status=401, type="unauthorized"):
+    """No API key, or a key that is not configured."""
 
 
 class OutputError(AnomalyError):
     """An output cannot be written where the caller asked (permissions, a folder...)."""
 
 
-# -- the environment ---------------------------------------------------------------------------
-class RegistryUnavailable(AnomalyError):
-    """The registry or its artifact store could not be reached: the environment's fault."""
-
-    exit_code, status, type = 1, 503, "registry_unavailable"
-
-
-# -- requests to the scoring service -----------------------------------------------------------
-class TooLargeError(AnomalyError):
-    """Too many records, bytes, columns or pixels in one request."""
-
-    status, type = 413, "too_large"
-
-
-class UnsupportedMediaError(AnomalyError):
-    """An upload that is neither CSV nor Parquet."""
-
-    status, type = 415, "unsupported_media_type"
-
-
-class UnknownModelError(AnomalyError):
-    """No model of that name is served."""
-
-    status, type = 404, "unknown_model"
-
-
-class ModelNotReadyError(AnomalyError):
+class ModelNotReadyError(AnomalyError, exit_code=1, status=503, type="model_not_ready"):
     """The model is configured but could not be loaded (registry down, nothing cached)."""
 
-    exit_code, status, type = 1, 503, "model_not_ready"
+
+class NotFittedError(AnomalyError, RuntimeError, status=503, type="model_not_ready"):
+    """A method needing a fitted (or calibrated) detector was called too early."""
 
 
-class AuthError(AnomalyError):
-    """No API key, or a key that is not configured."""
-
-    status, type = 401, "unauthorized"
-
-
-class ForbiddenError(AnomalyError):
-    """A valid key that may not do this (reload needs an admin key)."""
-
-    status, type = 403, "forbidden"
-
-
-class ReloadError(AnomalyError):
+class ReloadError(AnomalyError, exit_code=1, status=502, type="reload_failed"):
     """The registry could not give a new version; the current one keeps serving."""
 
-    exit_code, status, type = 1, 502, "reload_failed"
+
+class ForbiddenError(AnomalyError, status=403, type="forbidden"):
+    """A valid key that may not do this (reload needs an admin key)."""

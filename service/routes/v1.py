@@ -146,16 +146,21 @@ async def _parsed(name: str, request: Request, store: ModelStore, settings: Sett
          summary="latent codes of records (posterior means for a VAE)")
 async def encode(name: str, request: Request, store: StoreDep, settings: SettingsDep,
                  strict: Strict = None) -> JSONBytes:
-    model, batch = await _parsed(name, request, store, settings, strict)
-    return JSONBytes(await _run(model, batch.n, scoring.encode_batch, batch))
+    return await _answer(scoring.encode_batch, name, request, store, settings, strict)
 
 
 @v1.post("/models/{name}/reconstruct", response_model=ReconstructResponse, openapi_extra=_BODY,
          summary="reconstructions of records, in the input's own columns")
 async def reconstruct(name: str, request: Request, store: StoreDep, settings: SettingsDep,
                       strict: Strict = None) -> JSONBytes:
-    model, batch = await _parsed(name, request, store, settings, strict)
-    return JSONBytes(await _run(model, batch.n, scoring.reconstruct_batch, batch))
+    return await _answer(scoring.reconstruct_batch, name, request, store, settings, strict)
+
+
+async def _answer(fn, name: str, request: Request, store: ModelStore, settings: Settings,
+                  strict: bool | None) -> JSONBytes:
+    """``fn(model, records)`` on the request's records, as JSON."""
+    model, records = await _parsed(name, request, store, settings, strict)
+    return JSONBytes(await _run(model, records.n, fn, records))
 
 
 @v1.post("/models/{name}/score-file", summary="score a CSV or Parquet file",

@@ -101,15 +101,8 @@ class TabularPreprocessor:
                 _reject_numbers_with_text(col, name, source)
                 values = _as_category_strings(col).dropna()
                 cats = sorted(values.unique().tolist())
-                specs.append(
-                    ColumnSpec(
-                        name=str(name),
-                        kind=CATEGORICAL,
-                        dtype=str(col.dtype),
-                        categories=cats,
-                        dropped=len(cats) <= 1 and not col.isna().any(),
-                    )
-                )
+                learned = {"kind": CATEGORICAL, "categories": cats,
+                           "dropped": len(cats) <= 1 and not col.isna().any()}
             else:
                 x = col.astype("float64")
                 if not np.isfinite(x.dropna()).all():
@@ -118,17 +111,9 @@ class TabularPreprocessor:
                 median = float(x.median())
                 filled = x.fillna(median)
                 std = float(filled.std(ddof=0))
-                specs.append(
-                    ColumnSpec(
-                        name=str(name),
-                        kind=NUMERIC,
-                        dtype=str(col.dtype),
-                        median=median,
-                        mean=float(filled.mean()),
-                        std=max(std, _STD_FLOOR),
-                        dropped=std < _STD_FLOOR,
-                    )
-                )
+                learned = {"kind": NUMERIC, "median": median, "mean": float(filled.mean()),
+                           "std": max(std, _STD_FLOOR), "dropped": std < _STD_FLOOR}
+            specs.append(ColumnSpec(name=str(name), dtype=str(col.dtype), **learned))
         if all(s.dropped for s in specs):
             raise DataError(f"{source}: every feature column is constant; nothing to learn from")
         self.columns_ = specs
