@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from pipelines.cli.main import format_table
+    from pipelines.cli.text import format_table
     from pipelines.demo.run import load_demo_frame
 
     features = load_demo_frame().drop(columns=["id", "malignant"])

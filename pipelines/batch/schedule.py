@@ -312,7 +312,7 @@ def read_status(path: str | Path) -> dict[str, Any]:
 
 def format_status(data: dict[str, Any]) -> str:
     """One line per job: last run, result, next run."""
-    from pipelines.cli.main import format_table
+    from pipelines.cli.text import format_table
 
     rows = [{"job": name, "cron": e.get("cron", ""), "state": e.get("state", ""),
              "last run": e.get("last_start") or "never", "result": e.get("last_result", ""),

@@ -36,7 +36,7 @@ def write_demo_data(folder: Path) -> Path:
 
 def run_demo(workdir: str, max_epochs: int | None = None) -> int:
     """Train both kinds, promote the better one to ``champion``, print a comparison."""
-    from pipelines.cli.main import format_table
+    from pipelines.cli.text import format_table
 
     folder = Path(workdir).resolve()
     folder.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def show_service(tracking_uri: str, name: str, data: Path, workdir: Path,
     print(f"POST /v1/models/{name}/score?explain=true -> {meta['name']} version {meta['version']}"
           f" ({meta['kind']}, {meta['primary_score']} threshold {meta['threshold']:.4g});"
           f" ignored columns: {answer['ignored_columns']}")
-    from pipelines.cli.main import format_table
+    from pipelines.cli.text import format_table
 
     rows = [{id_column: rec.get(id_column), "truth": "anomaly" if truth else "normal",
              "score": f"{r['score']:.4g}", "p_value": f"{r['p_value']:.3g}",

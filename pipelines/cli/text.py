@@ -1,0 +1,63 @@
+"""Plain-text output of the ``anomaly`` command: tables and result summaries.
+
+Imports nothing from ``pipelines`` or ``service``, so the batch scheduler, the demo and the
+benchmarks print their tables with it without importing the command line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """Plain-text table with a header line, one line per row, columns padded to fit."""
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines.append("  ".join("-" * widths[c] for c in columns))
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def format_training(result: Any) -> str:
+    """What ``anomaly train`` prints: run, epochs, each score's threshold (and AUROC/AP when
+    evaluated), the registered version. ``result`` is a ``TrainResult``."""
+    m = result.metrics
+    lines = [f"run {result.run_id}: {result.kind} trained for {int(m['epochs_trained'])} epochs "
+             f"in {m['fit_seconds']:.1f}s"]
+    for kind, t in result.thresholds.items():
+        line = f"  {kind:6s} threshold {t:.6g}"
+        if f"auroc_{kind}" in m:
+            line += f"  AUROC {m[f'auroc_{kind}']:.4f}  AP {m[f'ap_{kind}']:.4f}"
+        lines.append(line)
+    if result.version:
+        lines.append(f"registered models:/{result.name}/{result.version} as "
+                     f"models:/{result.name}@{result.alias}")
+    return "\n".join(lines)
+
+
+def format_scoring(result: Any) -> str:
+    """What ``anomaly score`` prints: one line per input, then the job's totals.
+    ``result`` is a ``BatchResult``."""
+    lines = []
+    for r in result.inputs:
+        if r.skipped:
+            lines.append(f"{r.input}: skipped, {r.output} exists (--resume)")
+        else:
+            extra = f", {r.rejected} malformed rows -> {r.rejects_file}" if r.rejected else ""
+            lines.append(f"{r.input} -> {r.output}: {r.rows} rows, {r.anomalies} anomalies{extra}")
+    version = f" version {result.model_version}" if result.model_version else ""
+    rate = result.anomalies / result.rows if result.rows else 0.0
+    speed = result.rows / result.seconds if result.seconds > 0 else 0.0
+    lines.append(f"scored {result.rows} rows with {result.model_name}{version} in "
+                 f"{result.seconds:.1f}s ({speed:.0f} rows/s); anomaly rate {rate:.2%}; "
+                 f"MLflow run {result.run_id}")
+    return "\n".join(lines)
+
+
+MODEL_COLUMNS = ["name", "version", "aliases", "kind", "primary_score", "threshold", "auroc",
+                 "run_id"]
+
+
+def format_models(rows: list[dict]) -> str:
+    """What ``anomaly models list`` prints: one line per registered version."""
+    return format_table(rows, MODEL_COLUMNS) if rows else "no registered models"
