@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in both children")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from pipelines.cli.main import format_table
+    from pipelines.cli.text import format_table
     from pipelines.demo.run import load_demo_frame, write_demo_data
 
     env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
