@@ -3,7 +3,13 @@
     nice -n 10 .venv/bin/python -m benchmarks.quality --data-dir DATA \
         --seeds 0 1 2 --out bench-results
 
-Resumable: rows already in ``<out>/results.csv`` are skipped. Writes ``<out>/results.md``.
+Resumable: rows already in ``<out>/results.csv`` are skipped. Writes ``<out>/results.md``:
+overall means and ranks, the same per group (tables, embeddings) and size band (training
+normals under 500, 500-3,000, over 3,000), and per dataset.
+
+    --modality all          the 12 ADBench tables and the 8 ADBench embedding sets
+    --calibration           the thresholds benchmark instead (benchmarks/calibration_lib.py):
+                            --methods vae (or vae@tag, vae:elbo), writes calibration.csv/.md
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path,
                    default=Path(os.environ.get("BENCH_DATA_DIR", "datasets")),
-                   help="folder holding adbench/*.npz (default: $BENCH_DATA_DIR or ./datasets)")
+                   help="folder holding adbench/*.npz and adbench_embeddings/*.npz "
+                        "(default: $BENCH_DATA_DIR or ./datasets)")
     p.add_argument("--modality", default="tabular", choices=sorted(q.LOADERS),
                    help="which kind of datasets to load")
     p.add_argument("--datasets", nargs="*", default=None,
@@ -38,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--methods", nargs="*", default=list(q.METHODS),
                    help="ae, vae (every score kind) or ae:recon, vae:elbo...; knn, lof, "
-                        "iforest, ocsvm, pyod_ae, pyod_vae")
+                        "iforest, ocsvm, pyod_ae, pyod_vae, ecod")
     p.add_argument("--params", type=json.loads, default=None,
                    help='JSON Detector parameters for ae/vae, e.g. \'{"n_models": 3}\'')
     p.add_argument("--tag", default="",
@@ -47,7 +54,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder for results.csv and results.md")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite results.md from results.csv without running anything")
-    return p.parse_args(argv)
+    p.add_argument("--calibration", action="store_true",
+                   help="thresholds benchmark of our detector (--methods vae, vae@tag...): "
+                        "observed FPR on the test normals against the conformal interval")
+    p.add_argument("--target-fpr", type=float, default=0.01,
+                   help="target FPR of the thresholds benchmark (default 0.01)")
+    args = p.parse_args(argv)
+    if args.calibration and args.methods == list(q.METHODS):
+        args.methods = ["vae"]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,16 +72,54 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    if args.calibration:
+        return calibration_main(args)
     methods = q.all_methods(args.params, args.tag)
     wanted = q.select(methods, args.methods)
     csv_path = args.out / "results.csv"
+    datasets = load(args, required=not args.report_only)
+    groups = {d.name: d.group for d in datasets} if datasets is not None else None
     if args.report_only:
         results = q.read_results(csv_path)
     else:
-        datasets = q.LOADERS[args.modality](args.data_dir, args.datasets)
         results = q.run_benchmark(datasets, args.seeds, methods, wanted, csv_path)
-    table = q.write_report(results, wanted, args.seeds, args.out, args.datasets)
+    known = {k: m.columns for k, m in methods.items()}
+    table = q.write_report(results, wanted, args.seeds, args.out, args.datasets, groups, known)
     print(table)
+    return 0
+
+
+def load(args: argparse.Namespace, required: bool = True) -> list[q.Dataset] | None:
+    """The datasets of ``--modality``; None when they are not there and not ``required``
+    (a report from the CSV alone then has no per-group tables)."""
+    try:
+        return q.LOADERS[args.modality](args.data_dir, args.datasets)
+    except FileNotFoundError as e:
+        if required:
+            raise
+        log.warning("%s: no per-group or per-band tables", e)
+        return None
+
+
+def calibration_main(args: argparse.Namespace) -> int:
+    from benchmarks import calibration_lib as c
+
+    csv_path = args.out / "calibration.csv"
+    datasets = load(args, required=not args.report_only)
+    if args.report_only:
+        results = c.read_results(csv_path)
+    else:
+        for m in args.methods:
+            if m.split("@")[0].split(":")[0] in q.BASELINES:
+                raise SystemExit(f"--calibration runs our detectors only, not {m!r}")
+        results = c.run_calibration(datasets, args.seeds, args.methods, args.params, args.tag,
+                                    csv_path, args.target_fpr)
+    names = [d.name for d in datasets] if datasets is not None else None
+    if names is None and args.datasets:
+        names = list(args.datasets)
+    text = c.write_report(results, args.methods, args.seeds, args.out, names, args.params,
+                          args.tag, args.target_fpr)
+    print(text)
     return 0
 
 

@@ -48,7 +48,51 @@ class Dataset:
     name: str
     X: np.ndarray
     y: np.ndarray
-    modality: str = "tabular"
+    modality: str = "tabular"  # what methods accept: embeddings are tables too
+    group: str = "tables"  # report group: "tables" (ADBench) or "embeddings"
+
+
+def _npz_files(folder: Path) -> list[Path]:
+    """``.npz`` files of a folder, numeric prefixes first in numeric order, then by name."""
+    def key(p: Path) -> tuple[int, str]:
+        head = p.stem.split("_")[0]
+        return (int(head) if head.isdigit() else 10**9, p.stem)
+    return sorted(folder.glob("*.npz"), key=key)
+
+
+def _short_name(stem: str) -> str:
+    """``6_cardio`` -> ``cardio``; a stem without a numeric prefix stays as it is."""
+    head, _, rest = stem.partition("_")
+    return rest if head.isdigit() and rest else stem
+
+
+def _load_npz(files: list[Path], wanted: set[str] | None, group: str) -> list[Dataset]:
+    out = []
+    for f in files:
+        short = _short_name(f.stem)
+        if wanted is not None and short.lower() not in wanted and f.stem.lower() not in wanted:
+            continue
+        with np.load(f) as d:
+            out.append(Dataset(short, np.asarray(d["X"], dtype=np.float64),
+                               np.asarray(d["y"]).astype(int).ravel(), group=group))
+    return out
+
+
+def _check_found(wanted: set[str] | None, files: list[Path], where: str) -> None:
+    if wanted is None:
+        return
+    known = {_short_name(f.stem).lower() for f in files} | {f.stem.lower() for f in files}
+    missing = sorted(wanted - known)
+    if missing:
+        raise FileNotFoundError(f"dataset(s) not found under {where}: {missing}")
+
+
+def _wanted(names: Iterable[str] | None) -> set[str] | None:
+    return {n.lower() for n in names} if names else None
+
+
+def _tables_folder(data_dir: Path) -> Path:
+    return data_dir / "adbench" if (data_dir / "adbench").is_dir() else data_dir
 
 
 def load_adbench(data_dir: Path, names: Iterable[str] | None = None) -> list[Dataset]:
@@ -57,32 +101,43 @@ def load_adbench(data_dir: Path, names: Iterable[str] | None = None) -> list[Dat
     A short name drops the numeric prefix: ``6_cardio.npz`` is ``cardio``. ``names`` selects
     by short name or file stem, case-insensitively.
     """
-    folder = data_dir / "adbench" if (data_dir / "adbench").is_dir() else data_dir
-    files = sorted(folder.glob("*.npz"), key=lambda p: int(p.stem.split("_")[0])
-                   if p.stem.split("_")[0].isdigit() else 10**9)
+    folder = _tables_folder(data_dir)
+    files = _npz_files(folder)
     if not files:
         raise FileNotFoundError(f"no .npz tables under {folder}")
-    wanted = {n.lower() for n in names} if names else None
-    out = []
-    for f in files:
-        short = f.stem.split("_", 1)[1] if f.stem.split("_")[0].isdigit() else f.stem
-        if wanted is not None and short.lower() not in wanted and f.stem.lower() not in wanted:
-            continue
-        with np.load(f) as d:
-            out.append(Dataset(short, np.asarray(d["X"], dtype=np.float64),
-                               np.asarray(d["y"]).astype(int).ravel()))
-    if wanted is not None:
-        found = {d.name.lower() for d in out}
-        missing = sorted(w for w in wanted if w not in found
-                         and not any(f.stem.lower() == w for f in files))
-        if missing:
-            raise FileNotFoundError(f"dataset(s) not found under {folder}: {missing}")
-    return out
+    wanted = _wanted(names)
+    _check_found(wanted, files, str(folder))
+    return _load_npz(files, wanted, "tables")
+
+
+def load_embeddings(data_dir: Path, names: Iterable[str] | None = None) -> list[Dataset]:
+    """ADBench embedding sets ``<data_dir>/adbench_embeddings/*.npz``; short name = file stem."""
+    folder = data_dir / "adbench_embeddings"
+    files = _npz_files(folder)
+    if not files:
+        raise FileNotFoundError(f"no .npz embedding sets under {folder}")
+    wanted = _wanted(names)
+    _check_found(wanted, files, str(folder))
+    return _load_npz(files, wanted, "embeddings")
+
+
+def load_all(data_dir: Path, names: Iterable[str] | None = None) -> list[Dataset]:
+    """The ADBench tables, then the embedding sets; ``names`` may pick from either."""
+    t_files = _npz_files(_tables_folder(data_dir))
+    e_files = _npz_files(data_dir / "adbench_embeddings")
+    if not t_files or not e_files:
+        raise FileNotFoundError(f"--modality all needs {data_dir}/adbench/*.npz and "
+                                f"{data_dir}/adbench_embeddings/*.npz")
+    wanted = _wanted(names)
+    _check_found(wanted, t_files + e_files, str(data_dir))
+    return _load_npz(t_files, wanted, "tables") + _load_npz(e_files, wanted, "embeddings")
 
 
 # modality -> loader(data_dir, names); image loaders register here.
 LOADERS: dict[str, Callable[[Path, Iterable[str] | None], list[Dataset]]] = {
     "tabular": load_adbench,
+    "embeddings": load_embeddings,
+    "all": load_all,
 }
 
 
@@ -173,21 +228,60 @@ def _pyod_methods() -> dict[str, Method]:
         from pyod.models.vae import VAE
         return VAE(random_state=seed, verbose=0)
 
+    def ecod(seed):
+        from pyod.models.ecod import ECOD
+        return ECOD()
+
     facts = {"knn": knn, "lof": lof, "iforest": iforest, "ocsvm": ocsvm, "pyod_ae": pyod_ae,
-             "pyod_vae": pyod_vae}
+             "pyod_vae": pyod_vae, "ecod": ecod}
     return {k: Method(k, (k,), _pyod(f)) for k, f in facts.items()}
+
+
+def score_kinds_of(kind: str, params: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The score kinds a Detector of ``kind`` with ``params`` produces.
+
+    Asks the parameters first (kinds may come to depend on them), then
+    ``training.params.SCORE_KINDS``.
+    """
+    from training import params as tp
+
+    try:
+        kinds = tp.DetectorParams.from_dict({**(params or {}), "kind": kind}).score_kinds
+    except Exception:  # noqa: BLE001 - an unknown parameter is reported when the run fits
+        kinds = None
+    return tuple(kinds or tp.SCORE_KINDS[kind])
+
+
+def detector_scores(det: Any, data: np.ndarray, kinds: Iterable[str] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """Score kind -> (n,) float64 scores of a fitted Detector, before calibration.
+
+    ``raw_scores`` when the Detector has it; else ``score_columns`` (``score_<kind>`` columns,
+    which need a calibrated Detector). Kinds asked for and not produced are left out (logged).
+    """
+    if hasattr(det, "raw_scores"):
+        raw = dict(det.raw_scores(data))
+    else:
+        cols = det.score_columns(data)
+        raw = {k[len("score_"):]: v for k, v in cols.items() if k.startswith("score_")}
+    out = {str(k): np.asarray(v, dtype=np.float64).ravel() for k, v in raw.items()}
+    if kinds is not None:
+        missing = [k for k in kinds if k not in out]
+        if missing:
+            log.warning("the Detector gave no %s score(s); it gave %s", missing, sorted(out))
+    return out
 
 
 def detector_method(kind: str, params: dict[str, Any] | None = None, tag: str = "") -> Method:
     """Our Detector of ``kind`` with default (or given) parameters; one column per score kind.
 
     Columns are named ``<kind>:<score kind>`` (plus ``@<tag>`` for an experimental variant).
+    A run also returns the score kinds the fitted Detector reports beyond those (its
+    ``score_kinds``), and leaves out the ones it does not produce.
     """
-    from training.params import SCORE_KINDS
-
     params = dict(params or {})
     suffix = f"@{tag}" if tag else ""
-    kinds = SCORE_KINDS[kind]
+    kinds = score_kinds_of(kind, params)
 
     def run(train_raw, train_std, test_raw, test_std, seed):
         from training import Detector
@@ -196,8 +290,10 @@ def detector_method(kind: str, params: dict[str, Any] | None = None, tag: str = 
         t0 = time.perf_counter()
         det.fit(train_raw.reshape(len(train_raw), -1))
         t1 = time.perf_counter()
-        raw = det.raw_scores(test_raw.reshape(len(test_raw), -1))
-        return {f":{k}": raw[k] for k in kinds}, t1 - t0, time.perf_counter() - t1
+        if not hasattr(det, "raw_scores"):  # score_columns needs thresholds; none are used
+            det.calibrate(train_raw.reshape(len(train_raw), -1))
+        raw = detector_scores(det, test_raw.reshape(len(test_raw), -1), kinds)
+        return {f":{k}": v for k, v in raw.items()}, t1 - t0, time.perf_counter() - t1
 
     return Method(f"{kind}{suffix}", tuple(f"{kind}:{k}{suffix}" for k in kinds), run)
 
@@ -211,7 +307,7 @@ def all_methods(params: dict[str, Any] | None = None, tag: str = "") -> dict[str
     return methods
 
 
-BASELINES = ("knn", "lof", "iforest", "ocsvm", "pyod_ae", "pyod_vae")
+BASELINES = ("knn", "lof", "iforest", "ocsvm", "pyod_ae", "pyod_vae", "ecod")
 METHODS = ("ae", "vae", *BASELINES)
 
 
@@ -277,11 +373,25 @@ def run_benchmark(datasets: list[Dataset], seeds: Iterable[int], methods: dict[s
                     todo = [c for c in cols if (ds.name, seed, c) not in done]
                     if not todo:
                         continue
-                    scores, fit_s, score_s = m.run(train_raw, train_std, test_raw, test_std, seed)
-                    for col in m.columns:
+                    try:
+                        scores, fit_s, score_s = m.run(train_raw, train_std, test_raw, test_std,
+                                                       seed)
+                    except Exception:  # noqa: BLE001 - one failing method must not stop a run
+                        log.exception("%s seed %d: %s FAILED", ds.name, seed, m.name)
+                        continue
+                    base, _, tag = m.name.partition("@")
+                    extra = [f"{base}{k}" + (f"@{tag}" if tag else "") for k in scores
+                             if k and f"{base}{k}" + (f"@{tag}" if tag else "") not in m.columns]
+                    if set(cols) == set(m.columns):  # the whole method asked for: new kinds too
+                        todo += [c for c in extra if (ds.name, seed, c) not in done]
+                    for col in (*m.columns, *extra):
                         if col not in todo:
                             continue
                         key = col[len(m.name.split("@")[0]):].split("@")[0]
+                        if key not in scores:
+                            log.warning("%s seed %d: %s gave no %s column", ds.name, seed,
+                                        m.name, col)
+                            continue
                         auroc, ap = _metrics(y_test, scores[key])
                         writer.writerow({
                             "dataset": ds.name, "seed": seed, "method": col,
@@ -298,6 +408,21 @@ def run_benchmark(datasets: list[Dataset], seeds: Iterable[int], methods: dict[s
 
 
 # -- reporting -------------------------------------------------------------------------------
+# Size bands by the number of training normals of the protocol split: (label, low, high), a
+# dataset is in a band when low <= n_train < high.
+BANDS = (("under 500", 0, 500), ("500-3,000", 500, 3001), ("over 3,000", 3001, math.inf))
+
+
+def band_of(n_train: float) -> str:
+    """The size band of a dataset with ``n_train`` training normals."""
+    return next(label for label, lo, hi in BANDS if lo <= n_train < hi)
+
+
+def is_baseline(column: str) -> bool:
+    """Whether a result column is a PyOD baseline (not one of our detectors)."""
+    return column.split("@")[0] in BASELINES
+
+
 @dataclass
 class Summary:
     """Per-dataset means over seeds, per method, and the overall means and ranks."""
@@ -306,13 +431,17 @@ class Summary:
     ap: pd.DataFrame
     overall: pd.DataFrame  # methods x (auroc, ap, rank, fit_s, score_s)
     seeds: list[int] = field(default_factory=list)
+    n_train: pd.Series | None = None  # dataset -> training normals (mean over seeds)
+    groups: dict[str, str] | None = None  # dataset -> report group ("tables", "embeddings")
 
 
 def summarize(results: pd.DataFrame, methods: Iterable[str] | None = None,
-              datasets: Iterable[str] | None = None) -> Summary:
+              datasets: Iterable[str] | None = None,
+              groups: dict[str, str] | None = None) -> Summary:
     """Means over seeds; a method's rank is its AUROC rank per dataset (1 = best), averaged.
 
-    Only datasets every selected method has results on are compared.
+    Only datasets every selected method has results on are compared. ``groups`` (dataset ->
+    group, in report order) orders the datasets and enables the per-group and per-band tables.
     """
     r = results.copy()
     if methods is not None:
@@ -322,6 +451,9 @@ def summarize(results: pd.DataFrame, methods: Iterable[str] | None = None,
     auroc = r.pivot_table(index="dataset", columns="method", values="auroc", aggfunc="mean")
     ap = r.pivot_table(index="dataset", columns="method", values="ap", aggfunc="mean")
     complete = auroc.dropna().index
+    if groups:
+        complete = [d for d in groups if d in set(complete)] + sorted(
+            d for d in complete if d not in groups)
     auroc, ap = auroc.loc[complete], ap.loc[complete]
     order = list(methods) if methods is not None else list(auroc.columns)
     order = [m for m in order if m in auroc.columns]
@@ -335,14 +467,74 @@ def summarize(results: pd.DataFrame, methods: Iterable[str] | None = None,
         "fit_s": timing["fit_s"],
         "score_s": timing["score_s"],
     }).loc[order]
-    return Summary(auroc, ap, overall, sorted(int(s) for s in r.seed.unique()))
+    n_train = rc.groupby("dataset")["n_train"].mean().reindex(complete)
+    grp = None
+    if groups is not None:
+        grp = {d: groups.get(d, "other") for d in complete}
+    return Summary(auroc, ap, overall, sorted(int(s) for s in r.seed.unique()), n_train, grp)
+
+
+def subsets(s: Summary) -> list[tuple[str, list[str]]]:
+    """(label, datasets) of every non-empty group, band and group x band, after "all"."""
+    names = list(s.auroc.index)
+    groups = s.groups or {}
+    bands = {d: band_of(float(s.n_train[d])) for d in names} if s.n_train is not None else {}
+    group_names = list(dict.fromkeys(groups[d] for d in names)) if groups else []
+    out = [("all", names)]
+    out += [(g, [d for d in names if groups[d] == g]) for g in group_names]
+    if bands:
+        out += [(b, [d for d in names if bands[d] == b]) for b, _, _ in BANDS]
+    if len(group_names) > 1 and bands:
+        out += [(f"{g} · {b}", [d for d in names if groups[d] == g and bands[d] == b])
+                for g in group_names for b, _, _ in BANDS]
+    return [(label, ds) for label, ds in out if ds]
+
+
+def breakdown(s: Summary) -> dict[str, pd.DataFrame]:
+    """Mean AUROC, mean AP and average rank per subset (rows) and method (columns)."""
+    rank = s.auroc.rank(axis=1, ascending=False)
+    out = {}
+    for what, table in (("auroc", s.auroc), ("ap", s.ap), ("rank", rank)):
+        rows = {f"{label} ({len(ds)})": table.loc[ds].mean() for label, ds in subsets(s)}
+        out[what] = pd.DataFrame(rows).T[list(table.columns)]
+    return out
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _breakdown_markdown(table: pd.DataFrame, title: str, higher_better: bool = True,
+                        digits: int = 3) -> list[str]:
+    """A subsets x methods table; **bold** = best baseline, ↑ = ours beating it."""
+    cols = list(table.columns)
+    base = [c for c in cols if is_baseline(c)]
+    lines = ["", title, "",
+             "| datasets | " + " | ".join(cols) + " | best baseline |",
+             "|---" * (len(cols) + 2) + "|"]
+    for label, row in table.iterrows():
+        best_col = None
+        if base:
+            vals = row[base]
+            best_col = vals.idxmax() if higher_better else vals.idxmin()
+        best = row[best_col] if best_col is not None else math.nan
+        cells = []
+        for c in cols:
+            v = _fmt(row[c], digits)
+            if c == best_col:
+                v = f"**{v}**"
+            elif not is_baseline(c) and best_col is not None and (
+                    row[c] > best if higher_better else row[c] < best):
+                v = f"{v} ↑"
+            cells.append(v)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {best_col or ''} |")
+    return lines
 
 
 def to_markdown(s: Summary) -> str:
-    """The summary as markdown tables: overall, then per-dataset AUROC and AP."""
-    def fmt(x: float, digits: int = 3) -> str:
-        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
+    """The summary as markdown tables: overall, per group and band (with ``groups``), then
+    per-dataset AUROC and AP."""
+    fmt = _fmt
     lines = [f"Seeds {s.seeds}, {len(s.auroc)} datasets; means over seeds, then over datasets. "
              "Rank: AUROC rank per dataset (1 = best), averaged. Seconds: mean per (dataset, "
              "seed).", "",
@@ -351,20 +543,39 @@ def to_markdown(s: Summary) -> str:
     for m, row in s.overall.iterrows():
         lines.append(f"| {m} | {fmt(row.auroc)} | {fmt(row.ap)} | {fmt(row['rank'], 2)} | "
                      f"{fmt(row.fit_s, 2)} | {fmt(row.score_s, 2)} |")
+    if s.groups is not None and len(s.auroc):
+        b = breakdown(s)
+        lines += ["", "By group (tables = the 12 ADBench tables, embeddings = the 8 ADBench "
+                  "embedding sets) and size band (training normals of the protocol split: under "
+                  "500, 500-3,000, over 3,000); (k) = number of datasets. **Bold**: the best "
+                  "baseline of the row; ↑: one of ours above it."]
+        lines += _breakdown_markdown(b["auroc"], "Mean AUROC:")
+        lines += _breakdown_markdown(b["ap"], "Mean average precision:")
+        lines += _breakdown_markdown(b["rank"], "Average AUROC rank (1 = best):",
+                                     higher_better=False, digits=2)
+    extra = s.groups is not None and s.n_train is not None
     for title, table in (("AUROC", s.auroc), ("Average precision", s.ap)):
+        head = "| dataset | " + ("group | train normals | " if extra else "")
         lines += ["", f"{title} per dataset:", "",
-                  "| dataset | " + " | ".join(table.columns) + " |",
-                  "|---" * (len(table.columns) + 1) + "|"]
+                  head + " | ".join(table.columns) + " |",
+                  "|---" * (len(table.columns) + 1 + 2 * extra) + "|"]
         for ds, row in table.iterrows():
             best = row.max()
             cells = [f"**{fmt(v)}**" if v == best else fmt(v) for v in row]
-            lines.append(f"| {ds} | " + " | ".join(cells) + " |")
+            pre = f"{s.groups[ds]} | {s.n_train[ds]:.0f} | " if extra else ""
+            lines.append(f"| {ds} | " + pre + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_report(results: pd.DataFrame, wanted: dict[str, tuple[str, ...]], seeds: Iterable[int],
-                 out_dir: Path, datasets: Iterable[str] | None = None) -> str:
+                 out_dir: Path, datasets: Iterable[str] | None = None,
+                 groups: dict[str, str] | None = None,
+                 known_columns: dict[str, tuple[str, ...]] | None = None) -> str:
     """Summarise ``results`` for the wanted columns and seeds into ``<out_dir>/results.md``.
+
+    ``groups`` (dataset -> group) limits the report to those datasets and adds the per-group
+    and per-band tables. ``known_columns`` (method -> declared columns) lets a method asked
+    for in full also report the score kinds its runs added.
 
     Returns:
         the markdown written.
@@ -372,8 +583,18 @@ def write_report(results: pd.DataFrame, wanted: dict[str, tuple[str, ...]], seed
     results = results[results.seed.isin(list(seeds))]
     if datasets:
         results = results[results.dataset.str.lower().isin([d.lower() for d in datasets])]
+    if groups is not None:
+        results = results[results.dataset.isin(list(groups))]
     columns = [c for cols in wanted.values() for c in cols]
-    table = to_markdown(summarize(results, columns))
+    if known_columns is not None:  # score kinds a Detector gave beyond its declared ones
+        for key, cols in wanted.items():
+            base, _, tag = key.partition("@")
+            if set(cols) != set(known_columns.get(key, cols)):
+                continue  # only some columns of this method were asked for
+            columns += [c for c in dict.fromkeys(results.method)
+                        if c not in columns and c.split(":")[0] == base and ":" in c
+                        and c.partition("@")[2] == tag]
+    table = to_markdown(summarize(results, columns, groups=groups))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.md").write_text(table)
     return table
