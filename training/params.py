@@ -17,6 +17,10 @@ from training.nn.dense import ACTIVATIONS
 KINDS = ("ae", "vae")
 SCORE_KINDS = {"ae": ("recon",), "vae": ("agg_elbo", "elbo", "recon")}
 DEFAULT_PRIMARY = {"ae": "recon", "vae": "agg_elbo"}
+# With ``neighbours`` = k > 0: ``knn``, the distance to the k-th nearest training record in the
+# preprocessed space, and ``combined``, the mean of the network's primary score and ``knn``, each
+# standardised on the validation normals (median, interquartile range).
+NEIGHBOUR_SCORES = ("knn", "combined")
 # Ensemble size by kind: three table VAEs trained side by side detect more and vary less across
 # seeds, for more fit and bulk scoring time; the AE stays at 1 (docs/benchmarks/experiments.md).
 DEFAULT_MODELS = {"ae": 1, "vae": 3}
@@ -47,6 +51,7 @@ class DetectorParams:
     target_fpr: float = 0.01
     mc_samples: int = 8
     n_models: int | None = None
+    neighbours: int = 0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     # Defaults that depend on the (dense) kind; subclasses for other data override them.
@@ -74,6 +79,9 @@ class DetectorParams:
         _check_positive_int("max_epochs", self.max_epochs, allow_none=True)
         _check_positive_int("patience", self.patience)
         _check_positive_int("mc_samples", self.mc_samples)
+        if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int) or \
+                self.neighbours < 0:
+            raise ConfigError(f"neighbours: expected an integer >= 0, got {self.neighbours!r}")
         if self.n_models is None:
             self.n_models = self.default_models[self.kind]
         _check_positive_int("n_models", self.n_models)
@@ -88,9 +96,9 @@ class DetectorParams:
             raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
         if self.primary_score is None:
             self.primary_score = self.default_primary[self.kind]
-        if self.primary_score not in SCORE_KINDS[self.kind]:
+        if self.primary_score not in self.score_kinds:
             raise ConfigError(
-                f"primary_score: a {self.kind} model has scores {list(SCORE_KINDS[self.kind])}, "
+                f"primary_score: a {self.kind} model has scores {list(self.score_kinds)}, "
                 f"got {self.primary_score!r}"
             )
 
@@ -110,8 +118,14 @@ class DetectorParams:
 
     @property
     def score_kinds(self) -> tuple[str, ...]:
-        """Scores this kind of model produces."""
-        return SCORE_KINDS[self.kind]
+        """Scores this kind of model produces: its network's, then ``knn`` and ``combined``
+        when ``neighbours`` > 0."""
+        return SCORE_KINDS[self.kind] + (NEIGHBOUR_SCORES if self.neighbours else ())
+
+    @property
+    def network_primary(self) -> str:
+        """The network's own primary score: the first part of ``combined``."""
+        return self.default_primary[self.kind]
 
 
 def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:

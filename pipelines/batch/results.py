@@ -42,6 +42,10 @@ class BatchResult:
     inputs: list[InputResult] = field(default_factory=list)
     seconds: float = 0.0
     quantiles: dict[str, float] = field(default_factory=dict)
+    # the model's false-positive target and the rate its threshold promises (more than the
+    # target when it was calibrated on too few records)
+    target_fpr: float | None = None
+    achievable_fpr: float | None = None
 
     @property
     def rows(self) -> int:
@@ -97,6 +101,8 @@ def log_metrics(result: BatchResult) -> None:
         "rows_per_second": result.rows / result.seconds if result.seconds > 0 else 0.0,
         **result.quantiles,
     }
+    if result.achievable_fpr is not None:
+        metrics.update(target_fpr=result.target_fpr, achievable_fpr=result.achievable_fpr)
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     mlflow.log_text(json.dumps([r.__dict__ for r in result.inputs], indent=1), "summary.json")
 

@@ -6,6 +6,7 @@ benchmarks print their tables with it without importing the command line.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -29,6 +30,12 @@ def format_training(result: Any) -> str:
         if f"auroc_{kind}" in m:
             line += f"  AUROC {m[f'auroc_{kind}']:.4f}  AP {m[f'ap_{kind}']:.4f}"
         lines.append(line)
+    if m.get("achievable_fpr", 0.0) > m.get("target_fpr", 1.0) * (1 + 1e-9):
+        lines.append(f"WARNING: {int(m['calibration_n'])} calibration records cannot promise a "
+                     f"false-positive rate of {m['target_fpr']:g}: the threshold's rate is "
+                     f"{m['achievable_fpr']:.3g}; give more normal records (at least "
+                     f"{math.ceil(1 / m['target_fpr']) - 1} for calibration) or a larger "
+                     "--target-fpr")
     if result.version:
         lines.append(f"registered models:/{result.name}/{result.version} as "
                      f"models:/{result.name}@{result.alias}")
@@ -51,6 +58,11 @@ def format_scoring(result: Any) -> str:
     lines.append(f"scored {result.rows} rows with {result.model_name}{version} in "
                  f"{result.seconds:.1f}s ({speed:.0f} rows/s); anomaly rate {rate:.2%}; "
                  f"MLflow run {result.run_id}")
+    if result.achievable_fpr is not None and \
+            result.achievable_fpr > result.target_fpr * (1 + 1e-9):
+        lines.append(f"WARNING: the model's threshold promises a false-positive rate of "
+                     f"{result.achievable_fpr:.3g}, not its target {result.target_fpr:g} (it was "
+                     "calibrated on too few records)")
     return "\n".join(lines)
 
 

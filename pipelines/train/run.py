@@ -88,7 +88,9 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
         if cfg.register:
             tags = {"kind": cfg.kind, "primary_score": detector.primary_score,
                     "threshold": f"{detector.thresholds_[detector.primary_score]:.6g}",
-                    "target_fpr": str(params.target_fpr), "run_id": run.info.run_id}
+                    "target_fpr": str(params.target_fpr),
+                    "achievable_fpr": f"{detector.achievable_fpr_:.6g}",
+                    "run_id": run.info.run_id}
             version = register(model_info.model_uri, cfg.name, cfg.alias, tags)
             log.info("registered %s version %s as @%s", cfg.name, version, cfg.alias)
     return TrainResult(name=cfg.name, kind=cfg.kind, run_id=run.info.run_id, version=version,
@@ -106,7 +108,10 @@ def _calibration_metrics(detector: BaseDetector, calibration: pd.DataFrame, sour
         out[f"calibration_fpr_{kind}"] = float(np.mean(s > cal.threshold))
         out[f"calibration_median_{kind}"] = float(np.median(s))
         out[f"calibration_p99_{kind}"] = float(np.quantile(s, 0.99))
+        out[f"achievable_fpr_{kind}"] = cal.achievable_fpr
     out["threshold"] = out[f"threshold_{primary}"]
+    out["target_fpr"] = detector.params.target_fpr
+    out["achievable_fpr"] = out[f"achievable_fpr_{primary}"]
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.cli.main import main
-from training.detector.base import Detector
+from training.detector import Detector
 
 NAME = "bc"
 
@@ -150,3 +150,24 @@ def test_unknown_config_key_through_the_console_script(tmp_path, breast_cancer_c
         "'kind', 'label_column', 'model', 'name', 'normal_class', 'register', 'seed', "
         "'target_fpr']"]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_too_few_calibration_records_warn_and_say_what_they_promise(tmp_path, breast_cancer,
+                                                                      capsys):
+    """60 normal rows leave 12 for calibration: too few for 1% (and for a tail fit), so the run
+    says so in the CLI summary, a metric and the version's tags."""
+    path = tmp_path / "small.csv"
+    breast_cancer[breast_cancer.malignant == 0].head(60).drop(columns="malignant").to_csv(
+        path, index=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["train", "--data", str(path), "--kind", "ae", "--name", "small", "--epochs",
+                 "2", "--id-column", "id", "--tracking-uri", uri])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "WARNING: 12 calibration records cannot promise a false-positive rate of 0.01" in out
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mv = client.get_model_version("small", "1")
+    metrics = client.get_run(mv.run_id).data.metrics
+    assert metrics["achievable_fpr"] == pytest.approx(1 / 13)
+    assert metrics["target_fpr"] == 0.01
+    assert float(mv.tags["achievable_fpr"]) == pytest.approx(1 / 13, rel=1e-5)

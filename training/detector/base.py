@@ -60,6 +60,7 @@ _SCORE_CHUNK = 8192  # most records scored in one pass
 # inputs and ensembles get smaller chunks instead of gigabytes of intermediates.
 _SCORE_BUDGET = 2**20
 MIN_FIT_ROWS = 10
+REFERENCE_ROWS = 10_000  # training rows kept for the ``knn`` score (a random subset beyond)
 
 
 class BaseDetector:
@@ -76,6 +77,10 @@ class BaseDetector:
     kinds: ClassVar[tuple[str, ...]] = ()  # model kinds this class trains ("ae", "vae", ...)
     # The ``agg_elbo`` score's prior (see _aggregate_posterior); None for an autoencoder.
     prior_: dict[str, torch.Tensor] | None = None
+    # With ``neighbours``: training rows (R, n_features) of the ``knn`` score, and the
+    # (median, scale) on the validation normals of each part of the ``combined`` score.
+    reference_: torch.Tensor | None = None
+    combination_: dict[str, list[float]] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -146,6 +151,12 @@ class BaseDetector:
         with torch.no_grad():
             errors = self._squared_errors(torch.from_numpy(X_val))
         self.feature_scale_ = self._feature_scale(errors)
+        if p.neighbours:
+            rows = np.random.default_rng(p.seed + 2).permutation(len(X_train))[:REFERENCE_ROWS]
+            self.reference_ = torch.from_numpy(np.ascontiguousarray(X_train[np.sort(rows)]))
+            raw = self._raw_from_matrix(X_val)
+            self.combination_ = {k: _location_scale(raw[k])
+                                 for k in (p.network_primary, "knn")}
         self.calibrations_: dict[str, ScoreCalibration] = {}
         return self
 
@@ -307,7 +318,22 @@ class BaseDetector:
                 if posterior is not None:
                     for k, v in self._negative_elbos(x, posterior).items():
                         out[k].append(v.double().numpy())
-        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+                if self.reference_ is not None:
+                    out["knn"].append(self._neighbour_distance(x))
+        raw = {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+        if self.combination_ is not None:
+            raw["combined"] = np.mean([(raw[k] - loc) / scale
+                                       for k, (loc, scale) in self.combination_.items()], axis=0)
+        return raw
+
+    def _neighbour_distance(self, x: torch.Tensor) -> np.ndarray:
+        """(n,) Euclidean distance of each row of ``x`` to its ``neighbours``-th nearest
+        reference row (float64 for the expanded squared distances)."""
+        ref = self.reference_.double()
+        xd = x.double()
+        d2 = (xd.pow(2).sum(1, keepdim=True) - 2.0 * xd @ ref.T + ref.pow(2).sum(1)).clamp_(min=0)
+        k = min(self.params.neighbours, ref.shape[0])
+        return d2.topk(k, dim=1, largest=False).values[:, -1].sqrt().numpy()
 
     def _score_chunk(self, n_features: int) -> int:
         """Records per scoring pass: up to ``_SCORE_CHUNK``, fewer when one record's
@@ -316,6 +342,8 @@ class BaseDetector:
         per_record = p.n_models * n_features * (p.mc_samples if self._variational else 1)
         if self.prior_ is not None:
             per_record = max(per_record, 2 * self.prior_["mu"].shape[:2].numel())
+        if self.reference_ is not None:
+            per_record = max(per_record, 2 * self.reference_.shape[0])
         return int(min(_SCORE_CHUNK, max(64, _SCORE_BUDGET // per_record)))
 
     def raw_scores(self, data: Any, source: str = "data") -> dict[str, np.ndarray]:
@@ -349,6 +377,13 @@ class BaseDetector:
         """Threshold per score kind."""
         self._check_calibrated()
         return {k: c.threshold for k, c in self.calibrations_.items()}
+
+    @property
+    def achievable_fpr_(self) -> float:
+        """The false-positive rate the primary threshold promises new normals: the target or
+        below it, or more when the calibration data were too few for the target."""
+        self._check_calibrated()
+        return float(self.calibrations_[self.primary_score].achievable_fpr)
 
     @property
     def primary_score(self) -> str:
@@ -481,6 +516,13 @@ class BaseDetector:
         if not isinstance(det, cls):
             raise DataError(f"{path}: holds a {type(det).__name__}, not a {cls.__name__}")
         return det
+
+
+def _location_scale(values: np.ndarray) -> list[float]:
+    """Median and interquartile range / 1.349 (the standard deviation of a normal sample),
+    floored: a robust standardisation of one score on the validation normals."""
+    q25, q50, q75 = np.quantile(values, [0.25, 0.5, 0.75])
+    return [float(q50), float(max((q75 - q25) / 1.349, 1e-12 * max(abs(q50), 1.0), 1e-300))]
 
 
 def _progress(total: int, desc: str):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from training.errors import ConfigError
-from training.params import SCORE_KINDS, DetectorParams
+from training.params import NEIGHBOUR_SCORES, SCORE_KINDS, DetectorParams
 
 IMAGE_KINDS = ("conv_ae", "conv_vae")
 # The dense kind with the same objective and score kinds: it validates the shared options.
@@ -64,7 +64,13 @@ class ImageDetectorParams(DetectorParams):
     @property
     def score_kinds(self) -> tuple[str, ...]:
         """Scores this kind of model produces (those of its dense twin)."""
-        return SCORE_KINDS[DENSE_TWIN[self.kind]]
+        base = SCORE_KINDS[DENSE_TWIN.get(self.kind, self.kind)]
+        return base + (NEIGHBOUR_SCORES if self.neighbours else ())
+
+    @property
+    def network_primary(self) -> str:
+        """The network's own primary score: the first part of ``combined``."""
+        return self.default_primary[DENSE_TWIN.get(self.kind, self.kind)]
 
 
 def resolve_image(params: ImageDetectorParams, n_images: int, shape: tuple[int, int, int]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 3  # bumped whenever what save_detector writes changes meaning
 PRIOR_FILE = "aggregate_prior.pt"
+REFERENCE_FILE = "reference.pt"  # the ``knn`` score's training rows
 _REQUIRED = ("weights.pt", "detector.json", "preprocessing.json")
 
 
@@ -40,6 +41,8 @@ def save_detector(det: BaseDetector, path: str | Path) -> Path:
     torch.save(det.network_.state_dict(), path / "weights.pt")
     if det.prior_ is not None:
         torch.save(det.prior_, path / PRIOR_FILE)
+    if det.reference_ is not None:
+        torch.save(det.reference_, path / REFERENCE_FILE)
     meta = {
         "format_version": FORMAT_VERSION,
         "id_column": det.id_column,
@@ -51,6 +54,7 @@ def save_detector(det: BaseDetector, path: str | Path) -> Path:
         "feature_scale": det.feature_scale_.tolist(),
         "history": det.history_,
         "calibration": {k: c.to_dict() for k, c in det.calibrations_.items()},
+        "combination": det.combination_,
     }
     (path / "detector.json").write_text(json.dumps(meta))
     (path / "preprocessing.json").write_text(json.dumps(det.preprocessor_.to_dict(), indent=1))
@@ -94,6 +98,12 @@ def load_detector(path: str | Path) -> BaseDetector:
         if not (path / PRIOR_FILE).is_file():
             raise ModelFormatError(f"{path}: not a saved detector (missing {PRIOR_FILE})")
         det.prior_ = torch.load(path / PRIOR_FILE, map_location="cpu", weights_only=True)
+    if "knn" in det.score_kinds:
+        if not (path / REFERENCE_FILE).is_file():
+            raise ModelFormatError(f"{path}: not a saved detector (missing {REFERENCE_FILE})")
+        det.reference_ = torch.load(path / REFERENCE_FILE, map_location="cpu",
+                                    weights_only=True)
+        det.combination_ = meta.get("combination")
     det.feature_scale_ = np.asarray(meta["feature_scale"], dtype=np.float64)
     det.history_ = meta["history"]
     det.calibrations_ = {k: ScoreCalibration.from_dict(v) for k, v in meta["calibration"].items()}
