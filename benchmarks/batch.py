@@ -34,9 +34,9 @@ from pipelines.batch.model import load_batch_model
 from pipelines.registry.tracking import use_tracking_uri
 from pathlib import Path
 import tempfile
-use_tracking_uri(sys.argv[1])
+uri = use_tracking_uri(sys.argv[1])
 torch.set_num_threads(int(sys.argv[4]))
-m = load_batch_model(sys.argv[2], Path(tempfile.mkdtemp()))
+m = load_batch_model(sys.argv[2], Path(tempfile.mkdtemp()), tracking_uri=uri)
 X, _ = m.detector.preprocessor_.transform(pq.read_table(sys.argv[3]).to_pandas())
 x = torch.from_numpy(X)
 net = m.detector.network_

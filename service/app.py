@@ -4,14 +4,13 @@ middleware, error mapping. ``serve`` runs it under uvicorn."""
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
+from pipelines.registry.tracking import default_tracking_uri
 from service import errors
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics
@@ -23,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def _tracking_uri(settings: Settings) -> str:
-    return (settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    """The registry the service reads: its setting, else the project's default."""
+    return settings.tracking_uri or default_tracking_uri()
 
 
 def create_app(settings: Settings | None = None, store: ModelStore | None = None) -> FastAPI:
@@ -83,8 +82,9 @@ def serve(settings: Settings) -> None:
     """Run the app under uvicorn until interrupted.
 
     Raises:
-        the error that stopped the models from loading, if any (a ConfigError for a URI that
-        names no model; the CLI turns it into exit code 2).
+        the error that stopped the models from loading, if any (a ModelNotFoundError for a
+        URI that names no model, a ModelFormatError for a version without a detector; the CLI
+        answers with the error's exit code).
     """
     import uvicorn
 

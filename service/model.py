@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipelines.registry.download import ModelSource
 from service.encoding import FastEncoder, probe_records, score_matrix
 from service.scoring.inputs import Batch, ModelInputs
 from training.detector.base import Detector
@@ -19,27 +20,6 @@ from training.detector.image import ImageDetector
 from training.detector.persistence import load_detector
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a served version came from.
-
-    Attributes:
-        uri: the URI the service was asked to serve (``models:/NAME@ALIAS``).
-        name: registered model name.
-        version: registered version.
-        alias: alias in the URI, if any.
-        run_id: MLflow run that produced it.
-        origin: "registry" (resolved now) or "cache" (registry unreachable at load).
-    """
-
-    uri: str
-    name: str
-    version: str
-    alias: str | None
-    run_id: str | None
-    origin: str = "registry"
 
 
 @dataclass(frozen=True)

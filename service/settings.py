@@ -8,7 +8,6 @@ file are errors naming the key.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,14 +15,10 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pipelines.registry.download import default_cache_dir
 from training.errors import ConfigError
 
 ENV_PREFIX = "ANOMALY_"
-
-
-def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ae-anomaly" / "models"
 
 
 def _split_list(value: Any) -> Any:
@@ -45,7 +40,7 @@ class Settings(BaseSettings):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, "
         "else sqlite:///mlflow.db in the working directory)")
-    cache_dir: Path = Field(default_factory=_default_cache_dir,
+    cache_dir: Path = Field(default_factory=default_cache_dir,
                             description="downloaded models, served when the registry is down")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -4,6 +4,14 @@ A slot holds one immutable :class:`~service.model.ServedModel`. A reload builds 
 completely, then replaces the slot's reference in one assignment: requests already holding the
 old version finish on it, later ones get the new one, none sees a half-loaded model. A reload
 that fails leaves the slot as it was and records the error.
+
+Models are resolved and downloaded by :mod:`pipelines.registry.download`, so a failure is
+the same error class as in batch scoring: a reload whose alias was deleted answers
+:class:`~training.errors.ModelNotFoundError` (404), a registry that cannot be reached
+:class:`~training.errors.RegistryUnavailable` (503), a version without a detector
+:class:`~training.errors.ModelFormatError` (422), each saying the current version keeps
+serving. Only a failure outside the registry (the cache's disk, a detector that does not
+load) is a :class:`~training.errors.ReloadError` (502).
 """
 
 from __future__ import annotations
@@ -15,10 +23,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.registry.download import FetchedModel, ModelCache
+from pipelines.registry.uri import parse_model_uri
 from service.model import ServedModel
-from service.registry import ModelCache, RegistryUnavailable, parse_model_uri
 from service.settings import Settings
-from training.errors import ConfigError, ModelNotReadyError, ReloadError, UnknownModelError
+from training.errors import (
+    ConfigError,
+    ModelFormatError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    RegistryUnavailable,
+    ReloadError,
+    UnknownModelError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +66,7 @@ class ModelStore:
         self.cache = ModelCache(settings.cache_dir, tracking_uri)
         self.slots: dict[str, Slot] = {}
         for uri in settings.models:
-            name = parse_model_uri(uri)[0]
+            name = parse_model_uri(uri, registered_only=True).name
             if name in self.slots:
                 raise ConfigError(f"model '{name}' is listed twice ({self.slots[name].uri} and "
                                   f"{uri}); serve one version per name")
@@ -59,7 +76,8 @@ class ModelStore:
         """Load every model: from the registry, or from the cache when it is unreachable.
 
         Raises:
-            ConfigError: a URI that names no model, version or alias (fix the settings).
+            ModelNotFoundError: a URI that names no model, version or alias (fix the settings).
+            ModelFormatError: a version that holds no detector.
         """
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT",
                               str(int(self.settings.registry_timeout_s)))
@@ -69,7 +87,7 @@ class ModelStore:
         for slot in self.slots.values():
             t0 = time.perf_counter()
             try:
-                slot.current = self._load(*self.cache.fetch(slot.uri))
+                slot.current = self._load(self.cache.fetch(slot.uri))
             except RegistryUnavailable as e:
                 self._load_cached(slot, str(e))
             if slot.current is not None:
@@ -77,18 +95,18 @@ class ModelStore:
                          slot.current.source.version, slot.current.detector.params.kind,
                          slot.current.source.origin, time.perf_counter() - t0)
 
-    def _load(self, source, path) -> ServedModel:
-        return ServedModel.load(source, path, self.settings.max_records)
+    def _load(self, fetched: FetchedModel) -> ServedModel:
+        return ServedModel.load(fetched.source, fetched.detector_dir, self.settings.max_records)
 
     def _load_cached(self, slot: Slot, reason: str) -> None:
         cached = self.cache.cached(slot.uri)
         if cached is None:
-            slot.last_error = (f"registry unreachable ({reason}) and no cached copy of "
-                               f"{slot.uri} in {self.settings.cache_dir}")
+            slot.last_error = (f"{reason}; and no cached copy of {slot.uri} in "
+                               f"{self.settings.cache_dir}")
             log.error("%s: not loaded: %s", slot.name, slot.last_error)
             return
-        slot.current = self._load(*cached)
-        slot.note = (f"registry unreachable at start ({reason}); serving cached version "
+        slot.current = self._load(cached)
+        slot.note = (f"at start: {reason}; serving cached version "
                      f"{slot.current.source.version}")
         log.warning("%s: %s", slot.name, slot.note)
 
@@ -121,7 +139,12 @@ class ModelStore:
 
         Raises:
             UnknownModelError: no model of that name is configured.
-            ReloadError: the registry failed; the current version keeps serving.
+            ModelNotFoundError: the alias or version is gone from the registry.
+            RegistryUnavailable: the registry could not be reached.
+            ModelFormatError: the new version holds no detector, or one of unknown format.
+            ReloadError: any other failure (the cache's disk...).
+
+            In every case the current version keeps serving, and the message says so.
         """
         if name not in self.slots:
             self.get(name)
@@ -129,13 +152,18 @@ class ModelStore:
         with slot.lock:
             previous = slot.current
             try:
-                new = self._load(*self.cache.fetch(slot.uri))
-            except (RegistryUnavailable, ConfigError, OSError) as e:
+                new = self._load(self.cache.fetch(slot.uri))
+            except (ModelNotFoundError, RegistryUnavailable, ModelFormatError, ConfigError,
+                    OSError) as e:
                 slot.last_error = f"reload failed: {e}"
                 keeps = (f"still serving version {previous.source.version}" if previous
                          else "nothing is served")
                 log.error("%s: %s; %s", name, slot.last_error, keeps)
-                raise ReloadError(f"{slot.last_error}; {keeps}") from None
+                # The registry's own failures keep their class (and so their status); the
+                # rest is the reload's.
+                cls = type(e) if isinstance(e, (ModelNotFoundError, RegistryUnavailable,
+                                                 ModelFormatError)) else ReloadError
+                raise cls(f"{slot.last_error}; {keeps}") from None
             slot.current, slot.note, slot.last_error = new, None, None
         log.info("%s: reloaded, version %s -> %s", name,
                  previous.source.version if previous else None, new.source.version)

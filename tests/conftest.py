@@ -15,6 +15,15 @@ torch.set_num_threads(1)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """Downloaded models go to a folder of the test session (child processes inherit it),
+    never to the user's own cache."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    os.environ["ANOMALY_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def breast_cancer() -> pd.DataFrame:
     """569 rows: ``id``, 30 numeric features, ``malignant`` (1 = anomaly)."""

@@ -40,9 +40,10 @@ def run_batch(opts: ScoreOptions) -> BatchResult:
 
         return run_spark(opts)
     pairs = plan(opts)
-    use_tracking_uri(opts.tracking_uri)
+    tracking_uri = use_tracking_uri(opts.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="anomaly-score-") as tmp:
-        model = load_batch_model(opts.model, Path(tmp))
+        model = load_batch_model(opts.model, Path(tmp), tracking_uri=tracking_uri,
+                                 cache_dir=opts.cache_dir)
         todo, done = [], []
         for src, out in pairs:
             if opts.resume and out.exists():

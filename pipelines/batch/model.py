@@ -1,33 +1,26 @@
-"""Resolve a model URI through MLflow once, download it, and load its Detector.
+"""The batch's view of a loaded model: its columns, output schema, name and version.
 
-The detector is loaded from the pyfunc's own artifacts (``<model>/artifacts/detector``), so
-batch scores are the numbers ``mlflow.pyfunc.load_model(uri).predict`` gives.
+Resolution and download go through :mod:`pipelines.registry.download` (the same cache and
+the same errors as the service). The detector is loaded from the pyfunc's own artifacts
+(``<model>/artifacts/detector``), so batch scores are the numbers
+``mlflow.pyfunc.load_model(uri).predict`` gives.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
-from pipelines.registry.versions import RegistryError
-from training.detector.base import Detector
+from pipelines.registry.download import load_model
+from training.detector import Detector
 from training.detector.image import ImageDetector
-from training.detector.persistence import load_detector
-from training.errors import ModelFormatError
 from training.preprocessing.tabular import NUMERIC
 
 MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN = "model_name", "model_version"
-_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
-_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
-_MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
 @dataclass
@@ -68,59 +61,30 @@ class BatchModel:
                                         pa.field(MODEL_VERSION_COLUMN, pa.string())])
 
 
-def resolve_version(uri: str) -> tuple[str, str, str]:
-    """``(name, version, download_uri)`` for a model URI.
+def load_batch_model(uri: str, workdir: Path | None = None, *, tracking_uri: str | None = None,
+                     cache_dir: Path | str | None = None) -> BatchModel:
+    """Resolve ``uri`` once (an alias pinned to its version for the whole job), download it
+    into the model cache unless it is there already, and load its detector.
 
-    ``models:/NAME@ALIAS`` is pinned to the version the alias points at now, so a promotion
-    during a job cannot mix two models in one output. Other URIs (``runs:/``, paths) have no
-    registered name: the URI stands in for it and the version is empty.
+    Args:
+        uri: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/PATH`` or a
+            local model folder.
+        workdir: where a ``runs:/`` model is downloaded (the caller removes it).
+        tracking_uri: the registry (default: the default tracking URI).
+        cache_dir: the model cache (default: the one the service uses).
+
+    Returns:
+        the model; for unregistered models the URI stands in for the name and the version is
+        empty.
+
+    Raises:
+        ConfigError, ModelNotFoundError, ModelFormatError, RegistryUnavailable: as
+        :func:`pipelines.registry.download.load_model`.
     """
-    m = _ALIAS.match(uri)
-    if m:
-        try:
-            mv = MlflowClient().get_model_version_by_alias(m["name"], m["alias"])
-        except MlflowException as e:
-            if e.error_code in _MISSING:
-                raise RegistryError(f"model '{m['name']}' has no alias '{m['alias']}'; "
-                                    "see `anomaly models list`") from None
-            raise
-        return m["name"], str(mv.version), f"models:/{m['name']}/{mv.version}"
-    m = _VERSION.match(uri)
-    if m:
-        try:
-            MlflowClient().get_model_version(m["name"], m["version"])
-        except MlflowException as e:
-            if e.error_code in _MISSING:
-                raise RegistryError(f"model '{m['name']}' has no version {m['version']}; "
-                                    "see `anomaly models list`") from None
-            raise
-        return m["name"], m["version"], uri
-    if uri.startswith("models:/"):
-        raise RegistryError(f"{uri}: use models:/NAME@ALIAS or models:/NAME/VERSION")
-    return uri, "", uri
-
-
-def load_batch_model(uri: str, workdir: Path) -> BatchModel:
-    """Resolve ``uri``, download the model into ``workdir`` once and load its detector."""
-    name, version, download_uri = resolve_version(uri)
-    local = Path(download_uri)
-    if local.is_dir():
-        path = local
-    else:
-        try:
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=download_uri,
-                                                            dst_path=str(workdir / "model")))
-        except MlflowException as e:
-            if e.error_code in _MISSING:
-                raise RegistryError(f"{uri}: model not found ({e.message.splitlines()[0]})"
-                                    ) from None
-            raise
-    detector_dir = path / "artifacts" / "detector"
-    if not detector_dir.is_dir():
-        raise ModelFormatError(f"{uri}: not an anomaly-detector model (no artifacts/detector "
-                               "in it); register one with `anomaly train`")
-    return BatchModel(uri=uri, name=name, version=version, path=path,
-                      detector=load_detector(detector_dir))
+    loaded = load_model(uri, tracking_uri=tracking_uri, cache_dir=cache_dir, workdir=workdir)
+    return BatchModel(uri=loaded.source.uri, name=loaded.source.name,
+                      version=loaded.source.version, path=loaded.path,
+                      detector=loaded.detector)
 
 
 def result_arrays(model: BatchModel, fields: list[pa.Field], scores: pd.DataFrame

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from pipelines.registry.uri import parse_model_uri
 from training.errors import ConfigError
 
 DEFAULT_CHUNK_ROWS = 50_000
@@ -26,6 +27,7 @@ class ScoreOptions:
     spark_master: str | None = None
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     tracking_uri: str | None = None
+    cache_dir: str | None = None  # downloaded models (default: the service's model cache)
     maps_dir: str | None = None  # image models: write each image's anomaly map PNG here
     run_time: datetime | None = None  # fills {date}/{time} in the output; default now
 
@@ -37,6 +39,8 @@ class ScoreOptions:
             raise ConfigError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
         if not isinstance(self.chunk_rows, int) or self.chunk_rows < 1:
             raise ConfigError(f"chunk_rows must be a positive integer, got {self.chunk_rows!r}")
+        if self.model.strip().startswith(("models:", "runs:")):
+            parse_model_uri(self.model)  # the form only: a folder may not exist yet
         if self.keep is not None and not self.keep:
             raise ConfigError("keep: name at least one column, or leave it out to keep all")
         return self

@@ -7,11 +7,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from training.errors import AnomalyError
-
-
-class RegistryError(AnomalyError):
-    """A registry lookup the caller got wrong (unknown model, version or alias)."""
+from pipelines.registry.download import get_version, registry_error
+from pipelines.registry.uri import REGISTERED, ModelURI
 
 
 def register(model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str:
@@ -32,15 +29,25 @@ def register(model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str
 
 
 def promote(name: str, version: str, alias: str) -> None:
-    """Point ``alias`` at ``version`` of ``name``."""
-    client = MlflowClient()
+    """Point ``alias`` at ``version`` of ``name``, in the registry this process uses.
+
+    Args:
+        name: registered model name.
+        version: the version to promote.
+        alias: the alias to set (``champion``).
+
+    Raises:
+        ModelNotFoundError: no such model or version.
+        RegistryUnavailable: the registry could not be reached.
+    """
+    tracking_uri = mlflow.get_registry_uri()
+    uri = f"models:/{name}/{version}"
+    get_version(ModelURI(uri, REGISTERED, name, version=str(version)), tracking_uri)
     try:
-        client.get_model_version(name, str(version))
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise RegistryError(f"model '{name}' has no version {version}") from None
-        raise
-    client.set_registered_model_alias(name, alias, str(version))
+        MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri
+                     ).set_registered_model_alias(name, alias, str(version))
+    except Exception as e:  # MLflow's errors, connection refused, timeouts...
+        raise registry_error(e, f"{uri}: cannot set alias '{alias}'", tracking_uri) from None
 
 
 def list_models() -> list[dict]:

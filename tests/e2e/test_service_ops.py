@@ -114,7 +114,8 @@ def test_registry_down_at_start_serves_the_cache(guarded, svc_registry, service_
         assert r.status_code == 503 and r.json()["error"]["type"] == "model_not_ready"
 
         r = c.post("/v1/models/bc/reload")  # still down: keeps serving, reports the error
-        assert r.status_code == 502 and "still serving version 1" in r.json()["error"]["message"]
+        assert r.status_code == 503 and r.json()["error"]["type"] == "registry_unavailable"
+        assert "still serving version 1" in r.json()["error"]["message"]
         assert c.post("/v1/models/bc/score", json={"records": records}).status_code == 200
         status = {m["name"]: m for m in c.get("/readyz").json()["models"]}
         assert "reload failed" in status["bc"]["last_error"]

@@ -1,4 +1,4 @@
-"""Settings sources, API keys, model URIs and the error body."""
+"""Settings sources, API keys and the error body (model URIs: tests/pipelines/test_registry.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import pytest
 
 from service.auth import check_key
 from service.errors import describe_loc, validation_body
-from service.registry import parse_model_uri
 from service.settings import load_settings
 from training.errors import AuthError, ConfigError, ForbiddenError
 
@@ -51,14 +50,6 @@ def test_keys():
     scoring_only = load_settings(api_keys=["k1"])
     with pytest.raises(ForbiddenError, match="ANOMALY_ADMIN_API_KEYS"):
         check_key(scoring_only, "k1", admin=True)
-
-
-def test_model_uris():
-    assert parse_model_uri("models:/bc@champion") == ("bc", "champion", None)
-    assert parse_model_uri("models:/bc/12") == ("bc", None, "12")
-    for bad in ("bc@champion", "models:/bc", "runs:/abc/model", "models:/a/b/c"):
-        with pytest.raises(ConfigError, match="models:/NAME@ALIAS"):
-            parse_model_uri(bad)
 
 
 def test_error_locations():

@@ -137,10 +137,12 @@ def _drop_non_finite(df, model: BatchModel):
 
 def run_spark(opts: ScoreOptions) -> BatchResult:
     """Score ``opts.input`` with Spark into the Parquet dataset ``opts.output``."""
-    use_tracking_uri(opts.tracking_uri)
+    tracking_uri = use_tracking_uri(opts.tracking_uri)
     out = opts.output
     with tempfile.TemporaryDirectory(prefix="anomaly-spark-") as tmp:
-        model = load_batch_model(opts.model, Path(tmp))
+        # Resolved once on the driver: the executors score the pinned version's files.
+        model = load_batch_model(opts.model, Path(tmp), tracking_uri=tracking_uri,
+                                 cache_dir=opts.cache_dir)
         spark = spark_session(opts.spark_master)
         out_path, fs = _hadoop_path(spark, out)
         if opts.resume and fs.exists(out_path):
