@@ -11,9 +11,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
 from pipelines.registry.tracking import default_tracking_uri
-from service import errors
+from service import docs, errors
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics
+from service.routes import mlflow, v2
 from service.routes.v1 import probes, v1
 from service.settings import Settings, load_settings
 from service.store import ModelStore
@@ -59,14 +60,22 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
 
         torch.set_num_threads(settings.torch_threads)
     app = FastAPI(title="ae-anomaly scoring service", version="1", lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description="Anomaly scores, p-values and flags from registered autoencoder "
-                  "detectors. Higher scores are more abnormal.")
+                  "detectors. Higher scores are more abnormal. Also speaks MLflow's scoring "
+                  "protocol (/invocations) and the Open Inference Protocol (/v2).")
     app.state.settings = settings
     app.state.startup_error = None
     app.state.metrics = Metrics(lambda: app.state.store.loaded())
     errors.install(app)
     app.include_router(probes)
     app.include_router(v1)
+    app.include_router(mlflow.mlflow_probes)
+    app.include_router(mlflow.single)
+    app.include_router(mlflow.per_model)
+    app.include_router(v2.health)
+    app.include_router(v2.models)
+    docs.install(app)
     app.add_middleware(BodyLimit, limit_for=lambda path: settings.max_upload_bytes
                        if path.endswith("/score-file") else settings.max_body_bytes)
     if settings.cors_origins:

@@ -6,6 +6,11 @@ message.
 Every error answer is JSON: ``{"error": {"type", "message", "record", "column", "details"}}``
 where ``record`` (counted from 0) and ``column`` name the first bad value when there is one.
 Client mistakes are 4xx; a 500 only ever means a bug, and carries no traceback.
+
+The routes of other protocols answer the same status in their protocol's shape (see
+:func:`shaped`): the Open Inference Protocol's ``{"error": "<message>"}`` under ``/v2``, and
+MLflow's scoring server's ``{"error_code", "message"}`` (with the fields above under ``error``)
+on ``/invocations`` and the MLflow probes.
 """
 
 from __future__ import annotations
@@ -37,8 +42,27 @@ def error_body(type_: str, message: str, record: int | None = None, column: str 
     return {"error": body}
 
 
-def error_response(exc: Exception) -> JSONResponse:
-    """Map any exception to its JSON answer (the single mapping of errors to statuses)."""
+# MLflow's error codes (``mlflow.protos.databricks_pb2``) for our statuses.
+_MLFLOW_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                 404: "RESOURCE_DOES_NOT_EXIST", 413: "RESOURCE_EXHAUSTED",
+                 415: "BAD_REQUEST", 422: "INVALID_PARAMETER_VALUE",
+                 502: "TEMPORARILY_UNAVAILABLE", 503: "TEMPORARILY_UNAVAILABLE"}
+MLFLOW_PATHS = ("/invocations", "/ping", "/health", "/version")
+
+
+def shaped(path: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """An :func:`error_body` in the error shape of the protocol that ``path`` belongs to."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return {"error": body["error"]["message"]}
+    if path in MLFLOW_PATHS or path.endswith("/invocations"):
+        code = _MLFLOW_CODES.get(status, "INTERNAL_ERROR" if status >= 500 else "BAD_REQUEST")
+        return {"error_code": code, "message": body["error"]["message"], **body}
+    return body
+
+
+def error_response(exc: Exception, path: str = "") -> JSONResponse:
+    """Map any exception to its JSON answer (the single mapping of errors to statuses), in the
+    shape of the protocol ``path`` belongs to."""
     headers = None
     if isinstance(exc, AnomalyError):
         record = getattr(exc, "record", None) if isinstance(exc, DataError) else None
@@ -54,7 +78,7 @@ def error_response(exc: Exception) -> JSONResponse:
     else:
         log.error("unhandled error", exc_info=exc)
         status, body = 500, error_body("internal_error", "internal error; see the service log")
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(shaped(path, status, body), status_code=status, headers=headers)
 
 
 def describe_loc(loc: tuple[Any, ...]) -> tuple[int | None, str | None, str]:
@@ -118,11 +142,13 @@ def validation_body(errors: list[dict[str, Any]], limit: int = 10) -> dict[str, 
     """Error body for pydantic errors: the first names record and column, up to ``limit``."""
     e = data_error(errors, limit)
     return error_body(e.type, str(e), e.record, e.column, e.details)
+
+
 def install(app: FastAPI) -> None:
     """Route every exception through :func:`error_response`."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     for cls in (AnomalyError, RequestValidationError, ValidationError,
                 StarletteHTTPException, Exception):

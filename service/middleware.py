@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from service.errors import error_body
+from service.errors import error_body, shaped
 
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
@@ -35,7 +35,7 @@ class BodyLimit:
         limit = self.limit_for(scope["path"])
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await _too_large(send, limit)
+            return await _too_large(send, limit, scope["path"])
         state = {"seen": 0, "answered": False, "started": False}
 
         async def limited_receive() -> dict[str, Any]:
@@ -45,7 +45,7 @@ class BodyLimit:
                 if state["seen"] > limit:
                     if not state["started"]:
                         state["answered"] = True
-                        await _too_large(send, limit)
+                        await _too_large(send, limit, scope["path"])
                     return {"type": "http.disconnect"}
             return message
 
@@ -63,11 +63,11 @@ class BodyLimit:
                 raise
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps(error_body(
+async def _too_large(send: Send, limit: int, path: str) -> None:
+    body = json.dumps(shaped(path, 413, error_body(
         "too_large", f"request body larger than {limit} bytes; send fewer records per request "
         "or raise the limit (ANOMALY_MAX_BODY_BYTES, ANOMALY_MAX_UPLOAD_BYTES for files)"
-    )).encode()
+    ))).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),

@@ -114,6 +114,10 @@ class UnknownModelError(AnomalyError, status=404, type="unknown_model"):
     """No model of that name is served."""
 
 
+class ModelNotChosenError(AnomalyError, status=404, type="model_not_chosen"):
+    """A route for the only model served, on a service that serves several: name the model."""
+
+
 class AuthError(AnomalyError, status=401, type="unauthorized"):
     """No API key, or a key that is not configured."""
 

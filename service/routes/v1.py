@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import pydantic_core
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 
 from service.auth import AdminAccess, ScoreAccess
-from service.metrics import Metrics
 from service.model import ServedModel
+from service.routes.deps import JSONBytes, MetricsDep, SettingsDep, StoreDep, run_sized
 from service.schemas import (
     EncodeResponse,
     ErrorResponse,
@@ -36,51 +35,16 @@ from service.store import ModelStore
 from training.errors import ReloadError
 from training.preprocessing.tabular import Records
 
-# Requests this small are scored on the event loop (fastest); larger ones in a worker thread
-# so that health checks and small requests are not held up behind them.
-INLINE_RECORDS = 256
-
-
-async def get_store(request: Request) -> ModelStore:
-    """Dependency: the app's model store (async: no threadpool hop)."""
-    return request.app.state.store
-
-
-async def get_settings(request: Request) -> Settings:
-    """Dependency: the app's settings."""
-    return request.app.state.settings
-
-
-async def get_metrics(request: Request) -> Metrics:
-    """Dependency: the app's metrics."""
-    return request.app.state.metrics
-
-
-StoreDep = Annotated[ModelStore, Depends(get_store)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 Strict = Annotated[bool | None, Query(description="reject columns the model does not read "
                                       "(default: the service's strict setting)")]
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (401, 404, 413, 422, 503)}
 _BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": ScoreRequest.model_json_schema()}}}}
 
 
-class JSONBytes(Response):
-    """A JSON answer serialised in one call (pydantic-core), without per-field validation.
-
-    Non-finite numbers (a reconstruction overflowing float32) become null: valid JSON.
-    """
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return pydantic_core.to_json(content, inf_nan_mode="null")
-
-
 probes = APIRouter(tags=["operations"])
-v1 = APIRouter(prefix="/v1", tags=["models"], dependencies=[ScoreAccess], responses=_ERRORS)
+v1 = APIRouter(prefix="/v1", tags=["models"], dependencies=[ScoreAccess], responses=ERRORS)
 
 
 @probes.get("/healthz", summary="the process is alive")
@@ -113,13 +77,6 @@ async def get_model(name: str, store: StoreDep) -> JSONBytes:
     return JSONBytes(store.get(name).describe())
 
 
-async def _run(model: ServedModel, n: int, fn, *args):
-    """Call ``fn`` inline for small batches, in a worker thread for large ones."""
-    if n <= INLINE_RECORDS:
-        return fn(model, *args)
-    return await run_in_threadpool(fn, model, *args)
-
-
 @v1.post("/models/{name}/score", response_model=ScoreResponse, openapi_extra=_BODY,
          summary="score records: scores, p-values and is_anomaly per record")
 async def score(name: str, request: Request, store: StoreDep, settings: SettingsDep,
@@ -127,7 +84,7 @@ async def score(name: str, request: Request, store: StoreDep, settings: Settings
                 explain: Annotated[bool, Query(description="add each record's top "
                                                "contributing columns")] = False) -> JSONBytes:
     model, batch = await _parsed(name, request, store, settings, strict)
-    scored = await _run(model, batch.n, scoring.score_batch, batch, explain,
+    scored = await run_sized(model, batch.n, scoring.score_batch, batch, explain,
                         settings.explain_top_k)
     metrics.observe_scores(model, scored.primary, scored.flagged)
     return Response(scored.to_json(), media_type="application/json")
@@ -160,7 +117,7 @@ async def _answer(fn, name: str, request: Request, store: ModelStore, settings: 
                   strict: bool | None) -> JSONBytes:
     """``fn(model, records)`` on the request's records, as JSON."""
     model, records = await _parsed(name, request, store, settings, strict)
-    return JSONBytes(await _run(model, records.n, fn, records))
+    return JSONBytes(await run_sized(model, records.n, fn, records))
 
 
 @v1.post("/models/{name}/score-file", summary="score a CSV or Parquet file",

@@ -72,6 +72,18 @@ class ModelInputs:
             body = self._adapters[strict].validate_json(raw)
         except PydanticValidationError as e:
             raise self._error(e.errors()) from None
+        return self._records(body)
+
+    def validate(self, body: dict[str, Any], strict: bool = False) -> Records:
+        """:meth:`parse` for a body already decoded (another protocol's payload rearranged
+        into ``{"records": [...]}`` or ``{"columns": {...}}``): the same checks and errors."""
+        try:
+            body = self._adapters[strict].validate_python(body)
+        except PydanticValidationError as e:
+            raise self._error(e.errors()) from None
+        return self._records(body)
+
+    def _records(self, body: dict[str, Any]) -> Records:
         if ("records" in body) == ("columns" in body):
             raise DataError(_LAYOUT_HINT)
         if "records" in body:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pydantic_core
 
 from service.model import ServedModel
@@ -48,18 +49,36 @@ class Scored:
         return json.loads(self.to_json())
 
 
-def _check_finite(model: ServedModel, records: Records, scores: np.ndarray) -> None:
+def _check_finite(model: ServedModel, records: Records | pd.DataFrame,
+                  scores: np.ndarray) -> None:
     """Raise naming the first record whose score overflowed, and its most extreme column."""
     bad = np.flatnonzero(~np.isfinite(scores))
     if not bad.size:
         return
     i = int(bad[0])
-    row = records.frame(model.inputs.columns).iloc[[i]]
+    frame = records if isinstance(records, pd.DataFrame) else records.frame(model.inputs.columns)
+    row = frame.iloc[[i]]
     X, _ = model.detector.preprocessor_.transform(row, source="request")
     names = model.detector.preprocessor_.feature_names_
     column = names[int(np.nanargmax(np.abs(X[0].astype(np.float64))))].split("=")[0]
     raise DataError("value too far outside the training data to score (the reconstruction "
                     "overflows); check its units", record=i, column=column)
+
+
+def score_columns(model: ServedModel, records: Records | pd.DataFrame,
+                  explain: bool = False) -> dict[str, np.ndarray]:
+    """``model.score``: the columns of ``Detector.score_columns``, each (n,), checked finite.
+
+    Args:
+        records: validated request records; or a DataFrame (a CSV body), which the model's
+            preprocessing checks on the way in, naming the record and column of a bad value.
+
+    Raises:
+        DataError: a record whose score overflows (its most extreme column named).
+    """
+    cols = model.score(records, explain=explain)
+    _check_finite(model, records, cols["score"])
+    return cols
 
 
 def score_batch(model: ServedModel, records: Records, explain: bool = False,
@@ -71,8 +90,7 @@ def score_batch(model: ServedModel, records: Records, explain: bool = False,
         and one result per record in order (with ``explanation``, the ``top_k`` columns of
         largest reconstruction error, when ``explain``).
     """
-    cols = model.score(records, explain=explain)
-    _check_finite(model, records, cols["score"])
+    cols = score_columns(model, records, explain)
     flagged = int(cols["is_anomaly"].sum())
     body = {"model": model.metadata(), "n_records": records.n, "n_anomalies": flagged,
             "ignored_columns": records.ignored}

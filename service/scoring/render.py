@@ -41,7 +41,7 @@ def _explanations(matrix: np.ndarray, names: Sequence[str], top_k: int) -> list[
 
 
 def render_results(cols: dict[str, Any], explanation_names: Sequence[str] | None = None,
-                   top_k: int = 5) -> bytes:
+                   top_k: int = 5, grouped: bool = True) -> bytes:
     """The ``results`` JSON array for ``cols`` (each of length n).
 
     Args:
@@ -50,14 +50,16 @@ def render_results(cols: dict[str, Any], explanation_names: Sequence[str] | None
             ``explanation`` (n, len(explanation_names)).
         explanation_names: what the explanation's columns are (input column names).
         top_k: entries listed per record in ``explanation``.
+        grouped: gather the per-kind columns into ``scores`` and ``p_values``; without it every
+            column is a key of its own, as in the pyfunc's DataFrame (MLflow's predictions).
     """
-    kinds = [c[len("score_"):] for c in cols if c.startswith("score_")]
+    kinds = [c[len("score_"):] for c in cols if c.startswith("score_")] if grouped else []
     keys: list[str] = []
     texts: list[list[str]] = []
     for c, values in cols.items():
-        if c.startswith("p_value_"):
+        if kinds and c.startswith("p_value_"):
             continue
-        if c.startswith("score_"):
+        if kinds and c.startswith("score_"):
             if c != f"score_{kinds[0]}":
                 continue
             for group, prefix in (("scores", "score_"), ("p_values", "p_value_")):

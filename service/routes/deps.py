@@ -1,0 +1,60 @@
+"""What every router shares: the app's store, settings and metrics as typed dependencies, the
+JSON answer class, and where a request of a given size is scored."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pydantic_core
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from service.metrics import Metrics
+from service.model import ServedModel
+from service.settings import Settings
+from service.store import ModelStore
+
+# Requests this small are scored on the event loop (fastest); larger ones in a worker thread
+# so that health checks and small requests are not held up behind them.
+INLINE_RECORDS = 256
+
+
+async def get_store(request: Request) -> ModelStore:
+    """Dependency: the app's model store (async: no threadpool hop)."""
+    return request.app.state.store
+
+
+async def get_settings(request: Request) -> Settings:
+    """Dependency: the app's settings."""
+    return request.app.state.settings
+
+
+async def get_metrics(request: Request) -> Metrics:
+    """Dependency: the app's metrics."""
+    return request.app.state.metrics
+
+
+StoreDep = Annotated[ModelStore, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+class JSONBytes(Response):
+    """A JSON answer serialised in one call (pydantic-core), without per-field validation.
+
+    Non-finite numbers (a reconstruction overflowing float32) become null: valid JSON.
+    """
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return pydantic_core.to_json(content, inf_nan_mode="null")
+
+
+async def run_sized(model: ServedModel, n: int, fn, *args):
+    """``fn(model, *args)`` inline for ``n`` <= ``INLINE_RECORDS`` records, else in a worker
+    thread."""
+    if n <= INLINE_RECORDS:
+        return fn(model, *args)
+    return await run_in_threadpool(fn, model, *args)
