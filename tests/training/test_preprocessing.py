@@ -121,3 +121,129 @@ def test_records_encode_bit_for_bit_like_frames_for_every_column_kind():
         assert np.array_equal(extras["unknown_categories"], e_frame["unknown_categories"])
     # unseen 'zzz' and 'other' are counted; missing values are not
     assert e_frame["unknown_categories"].tolist()[:4] == [0, 1, 1, 0]
+
+
+# -- inputs whose shape would otherwise cost unbounded memory or mean nothing ----------------
+def _ids(n: int, distinct: int) -> np.ndarray:
+    """``n`` strings with ``distinct`` different values (the first ``distinct`` rows unique)."""
+    codes = np.concatenate([np.arange(distinct), np.random.default_rng(0).integers(
+        0, distinct, size=n - distinct)])
+    return np.char.add("user-", codes.astype(str)).astype(object)
+
+
+def test_an_identifier_column_is_refused_in_bounded_memory():
+    import tracemalloc
+
+    df = pd.DataFrame({"x": np.random.default_rng(1).normal(size=60_000),
+                       "who": _ids(60_000, 50_001)})
+    tracemalloc.start()
+    with pytest.raises(DataError) as info:
+        TabularPreprocessor().fit(df, "t.csv")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    err = info.value
+    assert (err.source, err.column, err.record) == ("t.csv", "who", None)
+    assert "50001 distinct values in 60000 rows" in err.reason and "--id-column" in err.reason
+    assert "\n" not in str(err)
+    assert peak < 64 * 2**20, peak  # a dense float64 one-hot of it: 24 GB
+    # the same column as the id column, or dropped, trains
+    assert TabularPreprocessor(id_column="who").fit(df).n_features_ == 1
+
+
+def test_many_categories_keep_the_most_frequent_and_pool_the_rest():
+    rng = np.random.default_rng(2)
+    n = 60_000
+    # hundreds of values with a long tail: a real category, not an identifier
+    codes = rng.geometric(0.02, size=n)
+    df = pd.DataFrame({"x": rng.normal(size=n), "city": np.char.add("c", codes.astype(str))})
+    pre = TabularPreprocessor().fit(df)
+    spec = pre.columns_[1]
+    assert spec.other and len(spec.categories) == 64 and spec.width == 65
+    assert pre.n_features_ == 66 and pre.feature_names_[-1] == "city=(other)"
+    counts = df.city.value_counts()
+    kept = counts[counts.index.isin(spec.categories)]
+    assert kept.min() >= counts.drop(kept.index).max()  # the most frequent are kept
+    top = kept.index
+    X, extras = pre.transform(df)
+    assert X.dtype == np.float32 and X.shape == (n, 66)
+    assert np.array_equal(X[:, 1:].sum(axis=1), np.ones(n))  # one level per record
+    rare, unseen = counts.index[-1], "never-seen"
+    X2, e2 = pre.transform(pd.DataFrame({"x": [0.0, 0.0, 0.0], "city": [top[0], rare, unseen]}))
+    assert X2[1, -1] == 1 and X2[2, -1] == 1 and X2[0, -1] == 0
+    assert e2["unknown_categories"].tolist() == [0, 0, 0]  # a pooled column has no unknowns
+    back = pre.inverse_transform(X2)
+    assert back["city"].tolist() == [top[0], "(other)", "(other)"]
+    again = TabularPreprocessor.from_dict(pre.to_dict())
+    assert np.array_equal(again.transform(df)[0], X)
+    old = pre.to_dict()  # a model saved before pooling existed has no 'other' key
+    for c in old["columns"]:
+        c.pop("other")
+    assert TabularPreprocessor.from_dict(old).columns_[1].other is False
+
+
+@pytest.mark.parametrize("values, shown_as", [
+    (["2024-01-05T10:00:00", "2024-01-05T10:00:01"], "'2024-01-05T10:00:00'"),
+    (["2024-01-05", "2023-12-31"], "'2024-01-05'"),
+    (["2024-01-05 10:00:00+01:00", "2024-01-05 10:00:00Z"], "'2024-01-05 10:00:00+01:00'"),
+    (["10:15:00", "23:59:59.5"], "'10:15:00'"),
+])
+def test_dates_as_text_are_refused_naming_the_column(values, shown_as):
+    n = 200
+    stamps = [values[i % 2] for i in range(n)]
+    stamps[5] = "not a date"  # nearly all, not all
+    df = pd.DataFrame({"x": np.arange(n, dtype=float), "when": stamps})
+    with pytest.raises(DataError) as info:
+        TabularPreprocessor().fit(df, "t.csv")
+    assert info.value.column == "when" and shown_as in info.value.reason
+    assert "--id-column" in info.value.reason and "hour, weekday" in info.value.reason
+    assert TabularPreprocessor(id_column="when").fit(df).input_columns_ == ["x"]
+
+
+def test_date_typed_columns_are_refused():
+    import datetime
+
+    n = 50
+    base = pd.DataFrame({"x": np.arange(n, dtype=float)})
+    typed = {
+        "timestamp": pd.date_range("2024-01-01", periods=n, freq="h"),
+        "aware": pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC"),
+        "duration": pd.to_timedelta(np.arange(n), unit="s"),
+        "date": [datetime.date(2024, 1, 1 + i % 28) for i in range(n)],
+        "time": [datetime.time(i % 24, 0) for i in range(n)],
+    }
+    for name, values in typed.items():
+        with pytest.raises(DataError, match="dates/times") as info:
+            TabularPreprocessor().fit(base.assign(**{name: values}), "t.parquet")
+        assert info.value.column == name
+
+
+@pytest.mark.parametrize("value, shown_as", [
+    (np.array([0, 1]), "a list ([0, 1])"), ([0, 1], "a list ([0, 1])"),
+    ({"k": 1}, "a dict ({'k': 1})"), (b"\x89PNG", "bytes (b'\\x89PNG')"),
+])
+def test_nested_values_are_refused_in_training_and_scoring(value, shown_as):
+    n = 30
+    df = pd.DataFrame({"x": np.arange(n, dtype=float), "c": ["a", "b"] * 15})
+    nested = df.assign(c=pd.Series([value] * n, dtype=object))
+    with pytest.raises(DataError) as info:
+        TabularPreprocessor().fit(nested, "t.parquet")
+    assert (info.value.column, info.value.record) == ("c", 0)
+    assert shown_as in info.value.reason
+    pre = TabularPreprocessor().fit(df)
+    for col in ("c", "x"):  # a categorical or a numeric column of the model
+        bad = df.astype({col: object})
+        bad.at[3, col] = value
+        with pytest.raises(DataError) as info:
+            pre.transform(bad, "in.parquet")
+        assert (info.value.column, info.value.record) == (col, 3), col
+        assert shown_as in info.value.reason
+
+
+def test_duplicate_column_names_are_refused():
+    df = pd.DataFrame([[1.0, 2.0, 3.0]] * 20, columns=["a", "b", "a"])
+    with pytest.raises(DataError, match="more than once") as info:
+        TabularPreprocessor().fit(df, "t.csv")
+    assert info.value.column == "a"
+    pre = TabularPreprocessor().fit(df.iloc[:, :2].assign(b=np.arange(20.0)))
+    with pytest.raises(DataError, match="more than once"):
+        pre.transform(df, "in.csv")

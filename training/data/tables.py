@@ -1,12 +1,23 @@
-"""Reading tables from CSV or Parquet with errors that name the file."""
+"""Reading tables from CSV or Parquet with errors that name the file.
+
+What every reader of tables checks the same way lives here too: a CSV's header read as written
+(pandas renames a duplicate ``a`` to ``a.1``), duplicate column names, column types that hold no
+single value per record (lists, structs, maps, binary), and where a file stops being UTF-8.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from training.errors import DataError, shown
+from training.errors import DataError, TooLargeError, shown
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -20,7 +31,8 @@ def table_format(path: str | Path) -> str:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a whole CSV or Parquet file; empty or unreadable files are :class:`DataError`."""
+    """Read a whole CSV or Parquet file; empty or unreadable files are :class:`DataError`, and
+    so are duplicate column names, nested or binary columns and text that is not UTF-8."""
     p = Path(path)
     fmt = table_format(p)
     if not p.exists():
@@ -28,10 +40,23 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if p.is_dir():
         raise DataError(f"{path}: is a directory, expected a .csv or .parquet file")
     try:
-        df = pd.read_csv(p) if fmt == "csv" else pd.read_parquet(p)
+        if fmt == "csv":
+            with open(p, "rb") as f:
+                check_columns(csv_header(f, str(path)), str(path))
+            df = pd.read_csv(p)
+        else:
+            schema = pq.read_schema(p)
+            check_columns(schema.names, str(path))
+            check_types(schema, str(path))
+            df = pd.read_parquet(p)
+    except DataError:
+        raise
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
+    except UnicodeDecodeError:
+        with open(p, "rb") as f:
+            raise not_utf8(f, str(path)) from None
+    except (pd.errors.ParserError, pa.ArrowException, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: cannot read as {fmt}: {first}") from None
     if len(df) == 0:
@@ -64,3 +89,92 @@ def labels_of(df: pd.DataFrame, column: str, source: str) -> pd.Series:
         raise DataError(f"label {shown(df[column].iloc[row])} is not 0/1 (1 = anomaly)",
                         source=source, record=row, column=column)
     return col.astype(int)
+
+
+def csv_header(f: BinaryIO, source: str, max_bytes: int | None = None) -> list[str]:
+    """A CSV's column names as its header writes them, from the current position of ``f``
+    (blank lines before the header are skipped, as pandas does).
+
+    Args:
+        max_bytes: refuse a header longer than this with :class:`TooLargeError` before
+            reading further (None: no limit).
+
+    Raises:
+        DataError: an empty file, or a header that is not UTF-8.
+    """
+    limit = max_bytes if max_bytes is not None else -1
+    raw = b""
+    while not raw.strip():
+        raw = f.readline(limit + 1 if limit >= 0 else -1)
+        if not raw:
+            raise DataError(f"{source}: file is empty")
+    while raw.count(b'"') % 2 and (limit < 0 or len(raw) <= limit):  # a quoted line break
+        more = f.readline(limit + 1 - len(raw) if limit >= 0 else -1)
+        if not more:
+            break
+        raw += more
+    if 0 <= limit < len(raw):
+        raise TooLargeError(f"{source}: the header is longer than {limit} bytes; send fewer or "
+                            "shorter column names")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source}: the header is not UTF-8 text (byte "
+                        f"0x{raw[e.start]:02x}); save the file as UTF-8") from None
+    return next(csv.reader(io.StringIO(text, newline="")), [])
+
+
+def check_columns(names: Iterable[str], source: str) -> None:
+    """Refuse a table whose header names a column twice, naming the column."""
+    seen: set[str] = set()
+    for name in map(str, names):
+        if name in seen:
+            raise DataError("appears more than once in the header; rename or drop the copies",
+                            source=source, column=name)
+        seen.add(name)
+
+
+def unusable_type(t: pa.DataType) -> bool:
+    """Whether values of this Arrow type are no single number, text or boolean."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+            or pa.types.is_fixed_size_binary(t) or pa.types.is_binary_view(t))
+
+
+def check_types(schema: pa.Schema, source: str, columns: Iterable[str] | None = None) -> None:
+    """Refuse a list, struct, map or binary column (of ``columns``, default all), naming it."""
+    wanted = None if columns is None else set(columns)
+    for field in schema:
+        if (wanted is None or field.name in wanted) and unusable_type(field.type):
+            raise DataError(f"has type {field.type}; a column takes one number, text or boolean "
+                            "per record: flatten it into columns of its own, or drop it",
+                            source=source, column=field.name)
+
+
+def not_utf8(f: BinaryIO, source: str) -> DataError:
+    """The error for a CSV that is not UTF-8, naming the record of its first bad byte (records
+    counted from 0 after the header, one per line). ``f`` is read from its start."""
+    f.seek(0)
+    carry, lines = b"", 0
+    while True:
+        block = f.read(1 << 20)
+        data = carry + block
+        carry = b""
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if block and e.reason == "unexpected end of data":  # a character cut by the block
+                lines += data.count(b"\n", 0, e.start)
+                carry = data[e.start:]
+                continue
+            line = lines + data.count(b"\n", 0, e.start)
+            byte = f"byte 0x{data[e.start]:02x}"
+            if line == 0:
+                return DataError(f"the header is not UTF-8 text ({byte}); save the file as "
+                                 "UTF-8", source=source)
+            return DataError(f"not UTF-8 text ({byte}); save the file as UTF-8", source=source,
+                             record=line - 1)
+        lines += data.count(b"\n")
+        if not block:
+            return DataError("not UTF-8 text; save the file as UTF-8", source=source)

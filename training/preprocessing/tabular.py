@@ -5,10 +5,21 @@ Numeric columns are imputed with the training median and standardised; categoric
 A category never seen in training encodes as all zeros and is counted per record: unknown
 categories are themselves a sign of abnormality. Constant columns are dropped (they carry no
 information and would divide by zero). An ID column and a label column are never features.
+
+The encoded width is bounded whatever the input: a categorical column keeps at most
+:data:`MAX_CATEGORIES` categories, the most frequent; the rarer ones share one extra column,
+``(other)``, which also takes values never seen in training (in such a column a new value cannot
+be told from a rare one, so it is not counted as unknown). A column most of whose rows hold a
+value seen only once (an identifier, free text) has no category to learn and is refused, naming
+it; so are date/time columns (Parquet timestamps, ISO 8601 text: every new record's time would
+be a category never seen) and nested or binary values (lists, structs, maps, bytes). The matrix
+is built in float32 directly, ``n_records x n_features x 4`` bytes, at most
+``MAX_CATEGORIES + 1`` features per input column.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from operator import itemgetter
@@ -19,9 +30,32 @@ import pandas as pd
 
 from training.errors import DataError, shown
 
+log = logging.getLogger(__name__)
+
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 _STD_FLOOR = 1e-6
+
+MAX_CATEGORIES = 64
+"""Categories kept per column (the most frequent); the rest are pooled as :data:`OTHER`."""
+
+OTHER = "(other)"
+"""Name of the pooled category (feature ``column=(other)``, and its reconstruction)."""
+
+ONCE_SHARE = 0.5
+"""A column with more than :data:`MAX_CATEGORIES` values is an identifier (or free text) when
+more than this share of its rows hold a value seen only once in training."""
+
+DATETIME_SHARE = 0.9
+"""A text column is a date/time column when this share of its values read as ISO 8601."""
+
+_ISO_DATETIME = (r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?"
+                 r"(?:Z|[+-]\d{2}(?::?\d{2})?)?"
+                 r"|T?\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?")
+_DATETIME_HINT = ("a date or time is not a category (every new record's would be unseen) nor a "
+                  "number the model can compare: drop the column, set it as the id column "
+                  "(--id-column), or derive numeric features from it (hour, weekday, age)")
+_NESTED = (list, tuple, dict, set, frozenset, np.ndarray, bytes, bytearray, memoryview)
 
 
 @dataclass
@@ -36,13 +70,19 @@ class ColumnSpec:
     std: float | None = None
     categories: list[str] = field(default_factory=list)
     dropped: bool = False  # constant in training: accepted as input, not a feature
+    other: bool = False  # rarer categories (and unseen values) pooled in one more column
 
     @property
     def width(self) -> int:
         """Number of feature columns this input column expands to."""
         if self.dropped:
             return 0
-        return 1 if self.kind == NUMERIC else len(self.categories)
+        return 1 if self.kind == NUMERIC else len(self.categories) + int(self.other)
+
+    @property
+    def levels(self) -> list[str]:
+        """The one-hot block's categories in order, :data:`OTHER` last when pooled."""
+        return [*self.categories, OTHER] if self.other else list(self.categories)
 
 
 def _is_categorical(series: pd.Series) -> bool:
@@ -53,6 +93,75 @@ def _as_category_strings(series: pd.Series) -> pd.Series:
     """Categories compared as strings so 'True', True and 1.0 in CSV/JSON agree."""
     out = series.astype("object").where(series.notna(), None)
     return out.map(lambda v: None if v is None else str(v))
+
+
+def _reject_unusable(col: pd.Series, name: str, source: str) -> None:
+    """Dates/times and nested or binary values are no categories: refuse them, naming why."""
+    dtype = col.dtype
+    if (pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype)
+            or isinstance(dtype, pd.PeriodDtype)):
+        raise DataError(f"holds dates/times ({dtype}); {_DATETIME_HINT}", source=source,
+                        column=name)
+    if isinstance(dtype, pd.CategoricalDtype):
+        col = col.astype(dtype.categories.dtype)
+        dtype = col.dtype
+    if not pd.api.types.is_object_dtype(dtype):
+        return
+    kind = pd.api.types.infer_dtype(col, skipna=True)
+    if kind in ("datetime", "datetime64", "date", "time", "timedelta", "timedelta64", "period"):
+        pos = _first_present(col)
+        raise DataError(f"holds dates/times (e.g. {shown(str(col.iloc[pos]))}); {_DATETIME_HINT}",
+                        source=source, column=name)
+    _reject_nested(col, name, source)
+
+
+def _first_present(col: pd.Series) -> int:
+    return int(np.flatnonzero(col.notna().to_numpy())[0])
+
+
+def _plain(v: Any) -> Any:
+    """A nested value as plain Python, for a message."""
+    return v.tolist() if isinstance(v, np.ndarray) else v
+
+
+def _reject_dates(counts: pd.Series, name: str, source: str) -> None:
+    """Text that is (nearly) all ISO 8601 dates or times is a date/time column."""
+    if counts.empty:
+        return
+    texts = pd.Series(counts.index, dtype=object)
+    if not isinstance(texts.iloc[0], str):
+        return
+    iso = texts.str.fullmatch(_ISO_DATETIME, na=False).to_numpy()
+    if iso.any() and counts.to_numpy()[iso].sum() >= DATETIME_SHARE * counts.sum():
+        example = texts[iso].iloc[0]
+        raise DataError(f"holds dates/times as text (e.g. {shown(example)}); {_DATETIME_HINT}",
+                        source=source, column=name)
+
+
+def _reject_identifier(counts: pd.Series, name: str, source: str) -> None:
+    """Mostly values seen once: an identifier or free text, with no category to learn."""
+    if len(counts) <= MAX_CATEGORIES:
+        return
+    rows, once = int(counts.sum()), int((counts == 1).sum())
+    if once > ONCE_SHARE * rows:
+        raise DataError(
+            f"{len(counts)} distinct values in {rows} rows, {once} of them seen only once: an "
+            "identifier or free text, not a category to learn from; set it as the id column "
+            "(--id-column) or drop it", source=source, column=name)
+
+
+def _kept_categories(counts: pd.Series, name: str) -> tuple[list[str], bool]:
+    """The categories a column keeps (sorted) and whether the rest are pooled."""
+    if len(counts) <= MAX_CATEGORIES:
+        return sorted(counts.index.tolist()), False
+    ranked = sorted(zip(counts.index.tolist(), counts.tolist(), strict=True),
+                    key=lambda kv: (-kv[1], kv[0]))
+    kept = ranked[:MAX_CATEGORIES]
+    pooled = int(counts.sum()) - sum(c for _, c in kept)
+    log.info("column '%s': %d distinct values; the %d most frequent are kept, the other %d "
+             "(%.1f%% of its rows) share the category %s", name, len(counts), MAX_CATEGORIES,
+             len(counts) - MAX_CATEGORIES, 100.0 * pooled / int(counts.sum()), OTHER)
+    return sorted(k for k, _ in kept), True
 
 
 def _reject_numbers_with_text(col: pd.Series, name: str, source: str) -> None:
@@ -67,6 +176,29 @@ def _reject_numbers_with_text(col: pd.Series, name: str, source: str) -> None:
         pos = int(np.flatnonzero(col.notna().to_numpy())[int(np.flatnonzero(as_num.isna())[0])])
         raise DataError(f"expected a number, got {shown(col.iloc[pos])}", source=source,
                         record=pos, column=name)
+
+
+def _reject_duplicates(df: pd.DataFrame, source: str) -> None:
+    """Two columns of the same name: which one is meant cannot be told."""
+    dup = df.columns[df.columns.duplicated()]
+    if len(dup):
+        raise DataError("appears more than once in the header; rename or drop the copies",
+                        source=source, column=str(dup[0]))
+
+
+def _reject_nested(col: pd.Series, name: str, source: str) -> None:
+    """A list, mapping or bytes value where the model reads one number or category."""
+    kind = pd.api.types.infer_dtype(col, skipna=True)
+    if kind in ("string", "boolean", "empty", "integer", "floating", "mixed-integer-float",
+                "decimal"):
+        return
+    for pos, v in enumerate(col.tolist()):
+        if isinstance(v, _NESTED):
+            what = "bytes" if isinstance(v, (bytes, bytearray, memoryview)) else \
+                f"a {'list' if isinstance(v, np.ndarray) else type(v).__name__}"
+            raise DataError(f"holds {what} ({shown(_plain(v))}); a column takes one number, "
+                            "text or boolean per record: flatten it into columns of its own, "
+                            "or drop it", source=source, record=pos, column=name)
 
 
 class TabularPreprocessor:
@@ -85,6 +217,7 @@ class TabularPreprocessor:
     def fit(self, df: pd.DataFrame, source: str = "data") -> TabularPreprocessor:
         """Learn the schema, imputation values, scales and categories from normal rows."""
         excluded = {c for c in (self.id_column, self.label_column) if c}
+        _reject_duplicates(df, source)
         feature_cols = [c for c in df.columns if c not in excluded]
         if not feature_cols:
             raise DataError(f"{source}: no feature columns left after excluding {sorted(excluded)}")
@@ -98,11 +231,14 @@ class TabularPreprocessor:
                     f"{source}: column '{name}' is entirely missing; drop it or fill it in"
                 )
             if _is_categorical(col):
+                _reject_unusable(col, name, source)
                 _reject_numbers_with_text(col, name, source)
-                values = _as_category_strings(col).dropna()
-                cats = sorted(values.unique().tolist())
-                learned = {"kind": CATEGORICAL, "categories": cats,
-                           "dropped": len(cats) <= 1 and not col.isna().any()}
+                counts = _as_category_strings(col).dropna().value_counts(sort=False)
+                _reject_dates(counts, name, source)
+                _reject_identifier(counts, name, source)
+                cats, other = _kept_categories(counts, name)
+                learned = {"kind": CATEGORICAL, "categories": cats, "other": other,
+                           "dropped": len(cats) <= 1 and not other and not col.isna().any()}
             else:
                 x = col.astype("float64")
                 if not np.isfinite(x.dropna()).all():
@@ -136,7 +272,7 @@ class TabularPreprocessor:
             if s.kind == NUMERIC:
                 names.append(s.name)
             else:
-                names.extend(f"{s.name}={c}" for c in s.categories)
+                names.extend(f"{s.name}={c}" for c in s.levels)
         return names
 
     @property
@@ -147,15 +283,18 @@ class TabularPreprocessor:
     # -- transforming ------------------------------------------------------------------------
     def validate(self, df: pd.DataFrame, source: str = "data") -> None:
         """Raise :class:`DataError` naming the record and column of the first bad value."""
+        _reject_duplicates(df, source)
         missing = [c for c in self.input_columns_ if c not in df.columns]
         if missing:
             raise DataError(
                 f"{source}: missing column(s) {missing}; the model expects {self.input_columns_}"
             )
         for s in self.columns_:
+            col = df[s.name]
+            if pd.api.types.is_object_dtype(col.dtype):
+                _reject_nested(col, s.name, source)
             if s.kind != NUMERIC:
                 continue
-            col = df[s.name]
             if pd.api.types.is_bool_dtype(col):
                 continue
             if pd.api.types.is_numeric_dtype(col):
@@ -193,26 +332,33 @@ class TabularPreprocessor:
         return self._encode(data)
 
     def _encode(self, records: Records | _FrameRecords) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Numeric columns as one (n, k) block, one-hot blocks column by column, in float64,
-        then one cast to float32."""
+        """Numeric columns as one (n, k) block standardised in float64, one-hot blocks column
+        by column, written straight into the float32 matrix (no float64 copy of it)."""
         plan = self._plan()
         n = records.n
-        X = np.zeros((n, self.n_features_), dtype=np.float64)
+        X = np.zeros((n, self.n_features_), dtype=np.float32)
         unknown = np.zeros(n, dtype=np.int64)
         if plan.numeric:
-            M = records.numeric(plan.numeric)  # (n, k)
-            M = np.where(np.isnan(M), plan.medians, M)
-            X[:, plan.positions] = (M - plan.means) / plan.stds
-        for name, start, categories, dropped in plan.categorical:
+            M = records.numeric(plan.numeric)  # (n, k) float64
+            np.copyto(M, np.broadcast_to(plan.medians, M.shape), where=np.isnan(M))
+            M -= plan.means
+            M /= plan.stds
+            with np.errstate(over="ignore"):  # overflow: caught as a non-finite score
+                X[:, plan.positions] = M
+            del M
+        for name, start, categories, dropped, other in plan.categorical:
             values = records.categories(name)
             codes = pd.Categorical(values, categories=categories).codes
             present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
-            unknown += ((codes < 0) & present).astype(np.int64)
+            outside = (codes < 0) & present
+            if not other:
+                unknown += outside.astype(np.int64)
             if not dropped:
                 rows = np.flatnonzero(codes >= 0)
                 X[rows, start + codes[rows]] = 1.0
-        with np.errstate(over="ignore"):  # overflow: caught as a non-finite score
-            return X.astype(np.float32), {"unknown_categories": unknown}
+                if other:
+                    X[np.flatnonzero(outside), start + len(categories)] = 1.0
+        return X, {"unknown_categories": unknown}
 
     def _plan(self) -> _EncodingPlan:
         """Positions and statistics of every feature, computed once per fitted schema."""
@@ -238,9 +384,9 @@ class TabularPreprocessor:
                 out[s.name] = X[:, j].astype(np.float64) * s.std + s.mean
                 j += 1
             else:
-                k = len(s.categories)
+                k = s.width
                 idx = np.argmax(X[:, j : j + k], axis=1)
-                out[s.name] = np.array(s.categories, dtype=object)[idx]
+                out[s.name] = np.array(s.levels, dtype=object)[idx]
                 j += k
         return pd.DataFrame(out)
 
@@ -275,7 +421,8 @@ class _EncodingPlan:
     medians: np.ndarray
     means: np.ndarray
     stds: np.ndarray
-    categorical: list[tuple[str, int, list[str], bool]]  # name, first position, categories, dropped
+    # name, first position, categories, dropped, pooled (OTHER after the categories)
+    categorical: list[tuple[str, int, list[str], bool, bool]]
 
     @classmethod
     def of(cls, specs: list[ColumnSpec]) -> _EncodingPlan:
@@ -289,7 +436,7 @@ class _EncodingPlan:
                 means.append(s.mean)
                 stds.append(s.std)
             elif s.kind != NUMERIC:
-                categorical.append((s.name, j, list(s.categories), s.dropped))
+                categorical.append((s.name, j, list(s.categories), s.dropped, s.other))
             j += s.width
         f64 = np.float64
         return cls(numeric, np.asarray(positions, dtype=np.intp), np.asarray(medians, dtype=f64),

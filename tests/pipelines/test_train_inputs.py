@@ -1,0 +1,124 @@
+"""Training inputs a careful user still gets wrong: each fails with exit 2 and one line naming
+the file and column, before any MLflow run is opened, in bounded memory and time."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.cli.main import main
+
+# Runs a command and prints its exit code and its peak resident memory (kB), measured by the
+# kernel for the child alone.
+_MEASURED = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+             "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def _train(path, tmp_path, *extra) -> int:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return main(["train", "--data", str(path), "--kind", "ae", "--name", "m", "--epochs", "1",
+                 "--tracking-uri", uri, *extra])
+
+
+def _last_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_an_identifier_column_exits_2_in_seconds_and_bounded_memory(tmp_path):
+    """60,000 rows with 50,001 distinct strings in one column (dense one-hot: 24 GB)."""
+    rng = np.random.default_rng(0)
+    codes = np.concatenate([np.arange(50_001), rng.integers(0, 50_001, size=9_999)])
+    path = tmp_path / "users.csv"
+    pd.DataFrame({"x": rng.normal(size=60_000), "y": rng.normal(size=60_000),
+                  "who": np.char.add("user-", codes.astype(str))}).to_csv(path, index=False)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURED, sys.executable, "-m", "pipelines.cli", "train",
+         "--data", str(path), "--name", "m", "--tracking-uri",
+         f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    seconds = time.perf_counter() - start
+    code, peak_kb = (int(v) for v in proc.stdout.split())
+    assert code == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path}: column 'who': 50001 distinct values in 60000 rows, 40939 of them seen "
+        "only once: an identifier or free text, not a category to learn from; set it as the id "
+        "column (--id-column) or drop it"]
+    assert not (tmp_path / "mlflow.db").exists()
+    print(f"identifier column: exit {code} in {seconds:.1f}s, peak RSS {peak_kb / 1024:.0f} MiB")
+    assert peak_kb < 1536 * 1024, peak_kb
+
+
+def test_duplicate_column_names_are_named_csv_and_parquet(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    rows = "\n".join(f"{a:.4f},{b:.4f},{c:.4f}" for a, b, c in rng.normal(size=(200, 3)))
+    csv = tmp_path / "d.csv"
+    csv.write_text("a,b,a\n" + rows + "\n")
+    assert _train(csv, tmp_path) == 2
+    assert _last_error(capsys) == (f"error: {csv}: column 'a': appears more than once in the "
+                                   "header; rename or drop the copies")
+    parquet = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(rng.normal(size=200)) for _ in range(3)],
+                                        names=["a", "b", "a"]), parquet)
+    assert _train(parquet, tmp_path) == 2
+    assert _last_error(capsys) == (f"error: {parquet}: column 'a': appears more than once in "
+                                   "the header; rename or drop the copies")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_list_column_is_refused_naming_it(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    path = tmp_path / "l.parquet"
+    pq.write_table(pa.table({"x": rng.normal(size=200),
+                             "pair": pa.array([[0, 1]] * 200, type=pa.list_(pa.int64()))}), path)
+    assert _train(path, tmp_path) == 2
+    assert _last_error(capsys) == (
+        f"error: {path}: column 'pair': has type list<element: int64>; a column takes one number, "
+        "text or boolean per record: flatten it into columns of its own, or drop it")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_timestamp_column_is_refused_with_a_hint(fmt, tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    when = pd.date_range("2024-01-01", periods=200, freq="min")
+    df = pd.DataFrame({"x": rng.normal(size=200), "when": when})
+    path = tmp_path / f"t.{fmt}"
+    df.assign(when=when.strftime("%Y-%m-%dT%H:%M:%S")).to_csv(path, index=False) \
+        if fmt == "csv" else df.to_parquet(path)
+    assert _train(path, tmp_path) == 2
+    err = _last_error(capsys)
+    assert err.startswith(f"error: {path}: column 'when': holds dates/times"), err
+    assert "--id-column" in err
+    assert _train(path, tmp_path, "--id-column", "when", "--no-register") == 0
+
+
+def test_a_file_not_in_utf8_names_the_record(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    lines = ["x,town"] + [f"{v:.3f},Paris" for v in rng.normal(size=200)]
+    lines[151] = lines[151].replace("Paris", "Montr\xe9al")  # record 150, in Latin-1
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("\n".join(lines).encode("latin-1"))
+    assert _train(path, tmp_path) == 2
+    assert _last_error(capsys) == (f"error: {path}: record 150: not UTF-8 text (byte 0xe9); "
+                                   "save the file as UTF-8")
+
+
+def test_dates_and_times_of_other_kinds_are_refused(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"x": rng.normal(size=200),
+                             "day": [datetime.date(2024, 1, 1 + i % 28) for i in range(200)]}),
+                   path)
+    assert _train(path, tmp_path) == 2
+    assert "column 'day': holds dates/times" in _last_error(capsys)
