@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from training.data.tables import table_format
+from training.data.tables import check_columns, not_utf8, table_format
 from training.errors import DataError, OutputError, shown
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,9 @@ class TableReader:
                 self.num_rows = None
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"{path}: cannot read as {self.format}: {_first_line(e)}") from None
+        check_columns(source.names, str(path))
+        if self.format == "csv" and any(pa.types.is_binary(f.type) for f in source):
+            self._raise_if_not_utf8()  # pyarrow reads text that is not UTF-8 as binary
         fields = []
         for f in source:
             t = f.type
@@ -147,6 +150,12 @@ class TableReader:
     def columns(self) -> list[str]:
         """Column names in file order."""
         return list(self.schema.names)
+
+    def _raise_if_not_utf8(self) -> None:
+        with open(self.path, "rb") as f:
+            error = not_utf8(f, str(self.path))
+        if error is not None:
+            raise error from None
 
     def _infer_csv_schema(self) -> pa.Schema:
         """Column names and types as pyarrow infers them from the first block."""
@@ -211,6 +220,7 @@ class TableReader:
                 yield Chunk(pa.RecordBatch.from_pylist([], schema=target),
                             np.zeros(0, dtype=np.int64), list(invalid))
         except pa.ArrowInvalid as e:
+            self._raise_if_not_utf8()
             raise DataError(f"{self.path}: cannot read as csv: {_first_line(e)}") from None
         finally:
             reader.close()

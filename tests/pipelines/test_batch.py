@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -187,3 +188,45 @@ def test_score_sample_quantiles_are_exact_when_small_and_bounded_when_large():
         s.add(np.random.default_rng(1).random(10_000))
     assert len(s._values) == 1000
     assert pa.array(s._values).type == pa.float64()
+
+
+def _duplicate_header(store, tmp_path):
+    src = tmp_path / "in.csv"
+    frame = store.frame.copy()
+    frame.insert(2, "mean_radius", frame["mean_radius"], allow_duplicates=True)
+    frame.to_csv(src, index=False)
+    return src
+
+
+def _list_column(store, tmp_path):
+    src = tmp_path / "in.parquet"
+    table = pa.Table.from_pandas(store.frame, preserve_index=False)
+    i = table.schema.get_field_index("mean_texture")
+    table = table.set_column(i, "mean_texture", pa.array([[1.0, 2.0]] * len(store.frame)))
+    pq.write_table(table, src)
+    return src
+
+
+def _latin1(store, tmp_path):
+    src = tmp_path / "in.csv"
+    lines = store.frame.to_csv(index=False).splitlines()
+    lines[6] = "\xe9" + lines[6]  # record 5 starts with a Latin-1 byte
+    src.write_bytes("\n".join(lines).encode("latin-1"))
+    return src
+
+
+@pytest.mark.parametrize("make, message", [
+    (_duplicate_header, "column 'mean_radius': appears more than once in the header"),
+    (_list_column, "column 'mean_texture': has type list<element: double>; a column takes one "
+                   "number, text or boolean per record"),
+    (_latin1, "record 5: not UTF-8 text (byte 0xe9); save the file as UTF-8"),
+])
+def test_unusable_tables_exit_2_naming_the_column_or_record(store, tmp_path, capsys, make,
+                                                            message):
+    src = make(store, tmp_path)
+    out = tmp_path / "o.parquet"
+    code = _score(store, "--input", str(src), "--output", str(out))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"error: {src}: {message}"), err
+    assert not out.exists()

@@ -16,6 +16,7 @@ from pipelines.batch.model import BatchModel, result_arrays
 from pipelines.batch.options import ScoreOptions
 from pipelines.batch.plan import _prepare_output
 from pipelines.batch.results import InputResult, ScoreSample
+from training.data.tables import check_types
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def _prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> _Pr
     if missing:
         raise DataError(f"{src}: missing column(s) {missing}; the model expects "
                         f"{model.input_columns}; the file has {reader.columns}")
+    check_types(reader.schema, str(src), model.input_columns)
     keep = reader.columns if opts.keep is None else list(opts.keep)
     unknown = [c for c in keep if c not in reader.columns]
     if unknown:
