@@ -55,7 +55,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: file is empty") from None
     except UnicodeDecodeError:
         with open(p, "rb") as f:
-            raise not_utf8(f, str(path)) from None
+            raise (not_utf8(f, str(path))
+                   or DataError("not UTF-8 text; save the file as UTF-8", source=str(path))
+                   ) from None
     except (pd.errors.ParserError, pa.ArrowException, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: cannot read as {fmt}: {first}") from None
@@ -152,9 +154,10 @@ def check_types(schema: pa.Schema, source: str, columns: Iterable[str] | None = 
                             source=source, column=field.name)
 
 
-def not_utf8(f: BinaryIO, source: str) -> DataError:
+def not_utf8(f: BinaryIO, source: str) -> DataError | None:
     """The error for a CSV that is not UTF-8, naming the record of its first bad byte (records
-    counted from 0 after the header, one per line). ``f`` is read from its start."""
+    counted from 0 after the header, one per line), or None when it is all UTF-8. ``f`` is read
+    from its start."""
     f.seek(0)
     carry, lines = b"", 0
     while True:
@@ -177,4 +180,4 @@ def not_utf8(f: BinaryIO, source: str) -> DataError:
                              record=line - 1)
         lines += data.count(b"\n")
         if not block:
-            return DataError("not UTF-8 text; save the file as UTF-8", source=source)
+            return None
