@@ -124,7 +124,7 @@ def log_model(detector: ImageDetector, fit_images: np.ndarray):
         inputs=Schema([ColSpec("string", "image", required=False),
                        ColSpec("string", "path", required=False)]),
         outputs=infer_signature(example, detector.score(fit_images[:2])).outputs)
-    return log_pyfunc(detector, example, signature, ("pillow",))
+    return log_pyfunc(detector, example, signature)
 
 
 KIND = Images()

@@ -61,7 +61,7 @@ class Tables(DataKind):
         columns = detector.preprocessor_.input_columns_
         example: pd.DataFrame = splits.fit[columns].head(5).reset_index(drop=True)
         signature = infer_signature(example, detector.score(example))
-        return log_pyfunc(detector, example, signature, ("pyarrow",))
+        return log_pyfunc(detector, example, signature)
 
 
 KIND = Tables()
