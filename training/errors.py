@@ -140,3 +140,18 @@ class ReloadError(AnomalyError, exit_code=1, status=502, type="reload_failed"):
 
 class ForbiddenError(AnomalyError, status=403, type="forbidden"):
     """A valid key that may not do this (reload needs an admin key)."""
+
+
+class ServiceError(AnomalyError, exit_code=1, status=500, type="internal_error"):
+    """The scoring service answered with an error no other class stands for (a 500, an unknown
+    route); the Python client raises it with the answer's status, type and message."""
+
+
+class ServiceUnreachable(AnomalyError, exit_code=1, status=503, type="service_unreachable"):
+    """The scoring service could not be reached (connection refused or dropped) after the
+    client's retries: check its address and that it runs."""
+
+
+class ServiceTimeout(ServiceUnreachable, status=504, type="timeout"):
+    """The scoring service did not answer within the client's timeout: raise the timeout, or
+    send fewer records per request."""
