@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="JSON request body limit")
     max_upload_bytes: int = Field(4 * 2**30, ge=1024, description="score-file upload limit")
     file_chunk_rows: int = Field(50_000, ge=1, description="rows scored at a time in files")
+    max_file_columns: int = Field(
+        1_000, ge=0, description="columns a score-file upload may have besides the model's "
+        "own, counted from the CSV header or the Parquet schema before anything is parsed")
+    max_header_bytes: int = Field(
+        2**20, ge=1024, description="bytes of a CSV upload's header line, or of a Parquet "
+        "upload's footer (its schema)")
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="pixels of one uploaded image, read from its header "
+        "before it is decoded")
+    max_request_pixels: int = Field(
+        2**28, ge=1, description="pixels of all the images of one score-images request")
     strict: bool = Field(False, description="reject records with columns the model lacks")
     explain_top_k: int = Field(5, ge=1, description="features listed per record by explain")
     cors_origins: Annotated[list[str], NoDecode] = Field(

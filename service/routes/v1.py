@@ -29,7 +29,7 @@ from service.schemas import (
 )
 from service.scoring import images
 from service.scoring import records as scoring
-from service.scoring.files import MEDIA_TYPES, file_format, score_file
+from service.scoring.files import MEDIA_TYPES, UploadLimits, file_format, score_file, scored_name
 from service.settings import Settings
 from service.store import ModelStore
 from training.errors import ReloadError
@@ -140,12 +140,11 @@ async def score_upload(name: str, store: StoreDep, settings: SettingsDep, metric
     filename = file.filename or f"upload.{fmt}"
     result = await run_in_threadpool(
         score_file, model, file.file, filename, fmt, settings.file_chunk_rows, summary,
-        None, lambda s, k: metrics.observe_scores(model, s, k))
+        None, lambda s, k: metrics.observe_scores(model, s, k), UploadLimits.of(settings))
     if summary:
         return JSONBytes(result.summary(model, filename))
-    stem = filename.rsplit(".", 1)[0] or "upload"
     return FileResponse(result.path, media_type=MEDIA_TYPES[fmt],
-                        filename=f"{stem}-scored.{fmt}",
+                        filename=scored_name(filename, fmt),
                         headers={"X-Model-Name": model.name,
                                  "X-Model-Version": model.source.version},
                         background=BackgroundTask(result.path.unlink, missing_ok=True))
@@ -162,7 +161,8 @@ async def score_images(name: str, store: StoreDep, settings: SettingsDep, metric
     model = store.get(name)
     named = [(f.filename or f"file {i}", await f.read()) for i, f in enumerate(files)]
     scored = await run_in_threadpool(images.score_images, model, named, maps,
-                                     settings.max_records)
+                                     settings.max_records, settings.max_image_pixels,
+                                     settings.max_request_pixels)
     metrics.observe_scores(model, scored.primary, scored.flagged)
     return Response(scored.to_json(), media_type="application/json")
 

@@ -5,11 +5,17 @@ The upload arrives spooled to a temporary file (never whole in memory); it is re
 file in the same format, which is then streamed back. A bad value anywhere fails the whole file
 with an error naming its record (counted from 0 over the whole file) and column, before any
 byte of the answer is sent.
+
+What parsing will cost is bounded before parsing starts: the CSV header is read on its own
+(at most ``max_header_bytes``), and so is a Parquet file's footer, so a file with too many
+columns (beyond the model's own, ``max_file_columns``) is refused with a 413 in milliseconds;
+a column named twice, or a model column of a list/struct/map/binary type, is a 422 naming it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from service.model import ServedModel
-from training.errors import DataError, UnsupportedMediaError
+from training.data.tables import check_columns, check_types, csv_header, not_utf8
+from training.errors import DataError, TooLargeError, UnsupportedMediaError
 
 QUANTILE_NAMES = ["min", "p50", "p90", "p99", "max"]
 MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
@@ -47,12 +54,76 @@ def file_format(filename: str | None, content_type: str | None, head: bytes) -> 
                                 "or application/vnd.apache.parquet)")
 
 
+@dataclass(frozen=True)
+class UploadLimits:
+    """What an upload may hold before it is parsed (see :class:`service.settings.Settings`)."""
+
+    max_file_columns: int = 1_000  # besides the model's own columns
+    max_header_bytes: int = 2**20
+
+    @classmethod
+    def of(cls, settings: Any) -> UploadLimits:
+        return cls(settings.max_file_columns, settings.max_header_bytes)
+
+
+def check_upload(model: ServedModel, f: BinaryIO, name: str, fmt: str,
+                 limits: UploadLimits) -> None:
+    """Refuse an upload from its header alone: too long a header or footer, too many columns
+    (413), a column named twice or a model column of a nested type (422). ``f`` is left at 0."""
+    columns = model.inputs.columns
+    most = len(columns) + limits.max_file_columns
+    f.seek(0)
+    if fmt == "csv":
+        names = csv_header(f, name, limits.max_header_bytes)
+    else:
+        schema = _parquet_schema(f, name, limits.max_header_bytes)
+        names = schema.names
+    f.seek(0)
+    if len(names) > most:
+        raise TooLargeError(f"{name}: {len(names)} columns; at most {most} (the model's "
+                            f"{len(columns)} and {limits.max_file_columns} more, "
+                            "ANOMALY_MAX_FILE_COLUMNS)")
+    check_columns(names, name)
+    if fmt == "parquet":
+        check_types(schema, name, columns)
+
+
+def _parquet_schema(f: BinaryIO, name: str, max_footer_bytes: int) -> pa.Schema:
+    """The schema of a Parquet upload, its footer's length checked before it is parsed."""
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(max(size - 8, 0))
+    tail = f.read(8)
+    if size < 12 or tail[4:] != b"PAR1":
+        raise DataError(f"{name}: cannot read as Parquet: not a Parquet file (no footer)")
+    footer = int.from_bytes(tail[:4], "little")
+    if footer > max_footer_bytes:
+        raise TooLargeError(f"{name}: a Parquet schema of {footer} bytes; at most "
+                            f"{max_footer_bytes} (ANOMALY_MAX_HEADER_BYTES): send fewer columns")
+    f.seek(0)
+    try:
+        return pq.ParquetFile(f).schema_arrow
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"{name}: cannot read as Parquet: {_first_line(e)}") from None
+
+
+def scored_name(filename: str, fmt: str) -> str:
+    """The answer's file name: the upload's own name without folders or unusual characters,
+    then ``-scored``."""
+    base = re.split(r"[\\/]", filename)[-1]
+    stem = re.sub(r"[^A-Za-z0-9._ -]+", "_", base.rsplit(".", 1)[0]).strip(" .") or "upload"
+    return f"{stem[:100]}-scored.{fmt}"
+
+
 def _csv_chunks(f: BinaryIO, rows: int, name: str) -> Iterator[pd.DataFrame]:
     try:
         yield from pd.read_csv(f, chunksize=rows)
     except pd.errors.EmptyDataError:
         raise DataError(f"{name}: the file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError:
+        raise (not_utf8(f, name) or DataError(f"{name}: not UTF-8 text; save the file as "
+                                              "UTF-8")) from None
+    except (pd.errors.ParserError, ValueError) as e:
         raise DataError(f"{name}: cannot read as CSV: {_first_line(e)}") from None
 
 
@@ -120,7 +191,7 @@ class _Writer:
 
 def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_rows: int,
                summary: bool = False, out_dir: str | None = None,
-               on_chunk: Any = None) -> FileResult:
+               on_chunk: Any = None, limits: UploadLimits | None = None) -> FileResult:
     """Score an uploaded table chunk by chunk.
 
     Args:
@@ -132,11 +203,14 @@ def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_r
         summary: count only; write no output file.
         out_dir: folder for the output file (default: the system's temporary folder).
         on_chunk: called with (scores (n,), n_flagged) after each chunk (metrics).
+        limits: what the header may hold, checked before parsing (default: the defaults of
+            :class:`UploadLimits`).
 
     Returns:
         the output file (input columns, then the score columns) and counts. The caller
         deletes the file once sent.
     """
+    check_upload(model, f, filename, fmt, limits or UploadLimits())
     chunks = _csv_chunks(f, chunk_rows, filename) if fmt == "csv" else \
         _parquet_chunks(f, chunk_rows, filename)
     writer = None if summary else _Writer(fmt, out_dir)

@@ -13,7 +13,10 @@ from service.scoring.records import Scored
 from service.scoring.render import render_results
 from training.detector.image import ImageDetector, score_image_files
 from training.errors import DataError, TooLargeError
-from training.preprocessing.images import to_png
+from training.preprocessing.images import image_size, to_png
+
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_REQUEST_PIXELS = 2**28
 
 
 def is_image_model(model: ServedModel) -> bool:
@@ -35,14 +38,34 @@ def map_png(anomaly_map: np.ndarray) -> tuple[str, float]:
     return base64.b64encode(to_png(scaled)).decode("ascii"), top
 
 
+def check_pixels(files: list[tuple[str, bytes]], max_image_pixels: int,
+                 max_request_pixels: int) -> None:
+    """Refuse, from the headers alone, an image or a request that would cost too much to
+    decode (413): a small compressed file can hold a huge image."""
+    total = 0
+    for name, data in files:
+        width, height = image_size(data, name)
+        pixels = width * height
+        if pixels > max_image_pixels:
+            raise TooLargeError(f"{name}: {width}x{height} = {pixels} pixels; at most "
+                                f"{max_image_pixels} per image (ANOMALY_MAX_IMAGE_PIXELS)")
+        total += pixels
+        if total > max_request_pixels:
+            raise TooLargeError(f"more than {max_request_pixels} pixels in one request "
+                                "(ANOMALY_MAX_REQUEST_PIXELS); send fewer images per request")
+
+
 def score_images(model: ServedModel, files: list[tuple[str, bytes]], maps: bool = False,
-                 max_images: int = 10_000) -> Scored:
+                 max_images: int = 10_000, max_image_pixels: int = MAX_IMAGE_PIXELS,
+                 max_request_pixels: int = MAX_REQUEST_PIXELS) -> Scored:
     """Score uploaded image files with an image model.
 
     Args:
         files: ``(file name, bytes)`` per upload, in order.
         maps: add each image's anomaly map (``anomaly_map_png``, base64 PNG, white = the map's
             maximum ``anomaly_map_max``; 1 is the average error of a normal pixel).
+        max_images, max_image_pixels, max_request_pixels: the request's limits (413 beyond),
+            pixels read from the files' headers before anything is decoded.
 
     Returns:
         the answer (see ``schemas.ImageScoreResponse``). An undecodable file, a wrong format or
@@ -55,6 +78,7 @@ def score_images(model: ServedModel, files: list[tuple[str, bytes]], maps: bool 
         raise DataError("no images: send one or more files in the multipart field 'files'")
     if len(files) > max_images:
         raise TooLargeError(f"{len(files)} images in one request; at most {max_images}")
+    check_pixels(files, max_image_pixels, max_request_pixels)
     frame, anomaly_maps = score_image_files(model.detector, files, maps)
     cols: dict[str, Any] = {"file": [name for name, _ in files]}
     cols.update({c: frame[c].to_numpy() for c in frame.columns if c != "name"})

@@ -17,6 +17,7 @@ import base64
 import binascii
 import io
 import logging
+import re
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -81,24 +82,57 @@ class ImageSet:
 
 
 # -- decoding -------------------------------------------------------------------------------
-def open_image(data: str | Path | bytes, name: str) -> Image.Image:
-    """Open a file or bytes with Pillow; anything undecodable is a :class:`DataError`."""
+def _header(data: str | Path | bytes, name: str) -> Image.Image:
+    """Pillow's lazy image: format, mode and size read from the header, no pixel decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+        return Image.open(src)
+
+
+def _unreadable(name: str, e: BaseException) -> DataError:
+    if isinstance(e, FileNotFoundError):
+        return DataError(f"{name}: file not found")
+    if isinstance(e, IsADirectoryError):
+        return DataError(f"{name}: is a directory, expected an image file")
+    if isinstance(e, UnidentifiedImageError):
+        detail = "not an image format Pillow knows"
+    else:  # Pillow's messages can quote the stream object: no heap address in an answer
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        detail = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the file", text)
+    return DataError(f"{name}: not a readable image ({detail}); use PNG or JPEG")
+
+
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+                  Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def image_size(data: str | Path | bytes, name: str) -> tuple[int, int]:
+    """``(width, height)`` from the file's header alone (nothing decoded): what decoding it
+    would cost is known before paying it."""
     try:
+        img = _header(data, name)
+        return img.width, img.height
+    except _DECODE_ERRORS as e:
+        raise _unreadable(name, e) from None
+
+
+def open_image(data: str | Path | bytes, name: str) -> Image.Image:
+    """Open a file or bytes with Pillow; anything undecodable is a :class:`DataError`, and so
+    is an image of more than :data:`MAX_PIXELS`, found from the header before any pixel is
+    decoded."""
+    try:
+        img = _header(data, name)
+        if img.width * img.height > MAX_PIXELS:
+            raise DataError(f"{name}: {img.width}x{img.height} pixels is too large; at most "
+                            f"{MAX_PIXELS} pixels per image")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-            img = Image.open(src)
-            if img.width * img.height > MAX_PIXELS:
-                raise DataError(f"{name}: {img.width}x{img.height} pixels is too large")
             img.load()
-    except FileNotFoundError:
-        raise DataError(f"{name}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{name}: is a directory, expected an image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{name}: not a readable image ({detail}); use PNG or JPEG") from None
+    except DataError:
+        raise
+    except _DECODE_ERRORS as e:
+        raise _unreadable(name, e) from None
     return img
 
 

@@ -1,0 +1,227 @@
+"""Uploads that would cost the service far more than their size: refused from their headers,
+quickly, while ``/healthz`` keeps answering. A real uvicorn process serves two models saved in
+folders (a table model and an image model), through the real app and model store."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tests.servers import free_port, stop_process, wait_http
+from tests.training.image_data import normal_images
+from training.detector import Detector
+from training.detector.image import ImageDetector
+
+_SERVER = """
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from pipelines.registry.download import ModelSource
+from service.app import create_app
+from service.model import ServedModel
+from service.settings import load_settings
+from service.store import ModelStore
+
+port, cache, *models = sys.argv[1:]
+pairs = [m.split("=", 1) for m in models]
+settings = load_settings(models=[f"models:/{n}@champion" for n, _ in pairs], port=int(port),
+                         cache_dir=cache)
+store = ModelStore(settings, f"sqlite:///{cache}/unused.db")
+for name, path in pairs:
+    source = ModelSource(uri=f"models:/{name}@champion", name=name, version="1",
+                         alias="champion", run_id="r1")
+    store.slots[name].current = ServedModel.load(source, Path(path), settings.max_records)
+uvicorn.run(create_app(settings, store), host="127.0.0.1", port=int(port), log_level="warning")
+"""
+
+
+@pytest.fixture(scope="module")
+def server(table, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uploads")
+    det = Detector(kind="ae", max_epochs=2, seed=0).fit(table.iloc[:180])
+    tab = det.calibrate(table.iloc[180:]).save(folder / "table")
+    images = normal_images(40)
+    img = ImageDetector(kind="conv_ae", max_epochs=2, seed=0).fit(images[:30])
+    pic = img.calibrate(images[30:]).save(folder / "image")
+    port = free_port()
+    log = open(folder / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(port), str(folder / "cache"),
+                             f"t={tab}", f"img={pic}"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/healthz", proc, timeout=120)
+        with httpx.Client(base_url=url, timeout=60) as c:  # first requests import lazily
+            small = io.BytesIO()
+            Image.new("L", (16, 16)).save(small, format="PNG")
+            assert c.post("/v1/models/t/score-file", files={"file": (
+                "ok.csv", table.head(3).to_csv(index=False), "text/csv")}).status_code == 200
+            assert c.post("/v1/models/img/score-images", files=[(
+                "files", ("ok.png", small.getvalue(), "image/png"))]).status_code == 200
+        yield url, proc
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+def _peak_rss_kb(proc) -> int:
+    for line in open(f"/proc/{proc.pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def _while_polling_healthz(url: str, request) -> tuple[httpx.Response, float, list[float]]:
+    """Send ``request(client)`` while another thread times ``/healthz`` every 20 ms."""
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def poll():
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while not done.is_set():
+                t0 = time.perf_counter()
+                assert c.get("/healthz").status_code == 200
+                latencies.append(time.perf_counter() - t0)
+                time.sleep(0.02)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        time.sleep(0.1)
+        t0 = time.perf_counter()
+        with httpx.Client(base_url=url, timeout=300) as c:
+            answer = request(c)
+        seconds = time.perf_counter() - t0
+    finally:
+        done.set()
+        poller.join()
+    return answer, seconds, latencies
+
+
+def test_a_million_column_header_is_refused_at_once_and_healthz_answers(server):
+    url, proc = server
+    header = ",".join(f"c{i}" for i in range(1_000_000)).encode() + b"\n"
+    assert 7.5e6 < len(header) < 8e6
+    answer, seconds, latencies = _while_polling_healthz(url, lambda c: c.post(
+        "/v1/models/t/score-file", files={"file": ("wide.csv", header + b"1" * 10, "text/csv")}))
+    assert answer.status_code == 413, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "too_large" and "header is longer than 1048576 bytes" in \
+        error["message"]
+    print(f"1M-column header: {answer.status_code} in {seconds:.2f}s; /healthz "
+          f"max {max(latencies) * 1000:.0f} ms over {len(latencies)} polls")
+    assert seconds < 10  # before: 164 s
+    assert max(latencies) < 0.1, latencies
+
+
+def test_too_many_columns_in_a_short_header_or_a_parquet_schema(server, table):
+    url, _ = server
+    names = ",".join([*table.columns, *(f"x{i}" for i in range(1_001))])
+    with httpx.Client(base_url=url, timeout=60) as c:
+        csv = c.post("/v1/models/t/score-file",
+                     files={"file": ("w.csv", f"{names}\n".encode(), "text/csv")})
+        assert csv.status_code == 413, csv.text
+        assert csv.json()["error"]["message"] == (
+            f"w.csv: {len(table.columns) + 1001} columns; at most {len(table.columns) + 1000} "
+            f"(the model's {len(table.columns)} and 1000 more, ANOMALY_MAX_FILE_COLUMNS)")
+        # a schema of 30,000 columns: its footer alone is refused, before it is parsed
+        wide = pa.table({f"x{i}": pa.array([0.0]) for i in range(30_000)})
+        buf = io.BytesIO()
+        pq.write_table(wide, buf)
+        parquet = c.post("/v1/models/t/score-file",
+                         files={"file": ("w.parquet", buf.getvalue(), "application/x-parquet")})
+        assert parquet.status_code == 413, parquet.text
+        assert "a Parquet schema of" in parquet.json()["error"]["message"]
+
+
+def test_duplicate_and_nested_columns_are_named(server, table):
+    url, _ = server
+    df = table.head(20)
+    body = df.to_csv(index=False).replace("a,b,c", "a,b,a", 1)
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/models/t/score-file", files={"file": ("d.csv", body, "text/csv")})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["column"] == "a"
+        assert "appears more than once in the header" in r.json()["error"]["message"]
+        t = pa.Table.from_pandas(df, preserve_index=False)
+        t = t.append_column("a", pa.array(df["a"].to_numpy()))
+        buf = io.BytesIO()
+        pq.write_table(t, buf)
+        r = c.post("/v1/models/t/score-file", files={"file": ("d.parquet", buf.getvalue())})
+        assert r.status_code == 422 and r.json()["error"]["column"] == "a", r.text
+        nested = pa.Table.from_pandas(df, preserve_index=False)
+        i = nested.schema.get_field_index("color")
+        nested = nested.set_column(i, "color", pa.array([["red", "blue"]] * len(df)))
+        buf = io.BytesIO()
+        pq.write_table(nested, buf)
+        r = c.post("/v1/models/t/score-file", files={"file": ("n.parquet", buf.getvalue())})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["column"] == "color"
+        assert "has type list<element: string>" in r.json()["error"]["message"]
+        latin1 = df.to_csv(index=False).replace("red", "r\xe9d", 1).encode("latin-1")
+        r = c.post("/v1/models/t/score-file", files={"file": ("l.csv", latin1, "text/csv")})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["record"] is not None
+        assert "not UTF-8 text (byte 0xe9)" in r.json()["error"]["message"]
+
+
+def test_the_answer_file_name_keeps_no_folders(server, table):
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/models/t/score-file", files={"file": (
+            "../../etc/passwd.csv", table.head(5).to_csv(index=False), "text/csv")})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-disposition"] == 'attachment; filename="passwd-scored.csv"'
+
+
+def test_a_huge_image_in_a_small_file_is_refused_before_decoding(server):
+    url, proc = server
+    buf = io.BytesIO()
+    Image.new("L", (7_900, 7_900)).save(buf, format="PNG")
+    png = buf.getvalue()
+    assert len(png) < 100_000
+    before = _peak_rss_kb(proc)
+    answer, seconds, latencies = _while_polling_healthz(url, lambda c: c.post(
+        "/v1/models/img/score-images", files=[("files", ("big.png", png, "image/png"))]))
+    grown = _peak_rss_kb(proc) - before
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"]["message"] == (
+        "big.png: 7900x7900 = 62410000 pixels; at most 16777216 per image "
+        "(ANOMALY_MAX_IMAGE_PIXELS)")
+    print(f"7900x7900 PNG of {len(png)} bytes: {answer.status_code} in {seconds:.2f}s, peak "
+          f"RSS +{grown / 1024:.0f} MiB; /healthz max {max(latencies) * 1000:.0f} ms")
+    assert grown < 50 * 1024  # decoding it: +480 MB
+    assert max(latencies) < 0.1, latencies
+
+
+def test_too_many_pixels_in_one_request(server):
+    url, _ = server
+    buf = io.BytesIO()
+    Image.new("L", (4_096, 4_096)).save(buf, format="PNG")
+    files = [("files", (f"p{i}.png", buf.getvalue(), "image/png")) for i in range(17)]
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/models/img/score-images", files=files)
+    assert r.status_code == 413, r.text
+    assert "more than 268435456 pixels in one request" in r.json()["error"]["message"]
+
+
+def test_an_undecodable_image_names_no_heap_address(server):
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/models/img/score-images",
+                   files=[("files", ("x.png", b"not a png at all", "image/png"))])
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]["message"]
+    assert " at 0x" not in message and "BytesIO" not in message, message
+    assert message == ("x.png: not a readable image (not an image format Pillow knows); use "
+                       "PNG or JPEG")
