@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from training.errors import ConfigError
+from training.errors import ConfigError, shown
 from training.nn.dense import ACTIVATIONS
 
 KINDS = ("ae", "vae")
@@ -72,7 +72,7 @@ class DetectorParams:
                 self.hidden_sizes = [self.hidden_sizes]
             if not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
                 raise ConfigError(
-                    f"hidden_sizes: expected positive integers, got {self.hidden_sizes}")
+                    f"hidden_sizes: expected positive integers, got {shown(self.hidden_sizes)}")
             self.hidden_sizes = list(self.hidden_sizes)
         _check_positive_int("latent_dim", self.latent_dim, allow_none=True)
         _check_positive_int("batch_size", self.batch_size, allow_none=True)
@@ -81,7 +81,7 @@ class DetectorParams:
         _check_positive_int("mc_samples", self.mc_samples)
         if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int) or \
                 self.neighbours < 0:
-            raise ConfigError(f"neighbours: expected an integer >= 0, got {self.neighbours!r}")
+            raise ConfigError(f"neighbours: expected an integer >= 0, got {shown(self.neighbours)}")
         if self.n_models is None:
             self.n_models = self.default_models[self.kind]
         _check_positive_int("n_models", self.n_models)
@@ -92,8 +92,7 @@ class DetectorParams:
         _check_range("validation_fraction", self.validation_fraction, 0.0, 1.0, lo_open=True,
                      hi_open=True)
         _check_range("target_fpr", self.target_fpr, 0.0, 1.0, lo_open=True, hi_open=True)
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        _check_range("learning_rate", self.learning_rate, 0.0, math.inf, lo_open=True)
         if self.primary_score is None:
             self.primary_score = self.default_primary[self.kind]
         if self.primary_score not in self.score_kinds:
@@ -106,7 +105,7 @@ class DetectorParams:
     def from_dict(cls, data: dict[str, Any]) -> DetectorParams:
         """Build from a mapping; keys that are not parameters raise :class:`ConfigError`."""
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in data.items() if k in names}
+        known = {k: _plain(v) for k, v in data.items() if k in names}
         extra = {k: v for k, v in data.items() if k not in names}
         return cls(**known, extra=extra)
 
@@ -128,21 +127,29 @@ class DetectorParams:
         return self.default_primary[self.kind]
 
 
+def _plain(value: Any) -> Any:
+    """numpy values (``np.int64(2)``, ``np.array([64, 32])``) as the Python values they hold,
+    so they are checked, shown and saved as such."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value.tolist() if hasattr(value, "tolist") and hasattr(value, "ndim") else value
+
+
 def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+        raise ConfigError(f"{name}: expected a positive integer, got {shown(value)}")
 
 
 def _check_range(name: str, value: Any, lo: float, hi: float, lo_open: bool = False,
                  hi_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name}: expected a finite number, got {shown(value)}")
     ok_lo = value > lo if lo_open else value >= lo
     ok_hi = value < hi if hi_open else value <= hi
     if not (ok_lo and ok_hi):
-        raise ConfigError(f"{name}: {value} is out of range")
+        raise ConfigError(f"{name}: {shown(value)} is out of range")
 
 
 def resolve(params: DetectorParams, n_rows: int, n_features: int) -> dict[str, Any]:

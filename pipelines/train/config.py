@@ -34,7 +34,7 @@ import yaml
 
 from training.detector.image_params import IMAGE_KINDS
 from training.detector.registry import DETECTORS, detector_class
-from training.errors import ConfigError
+from training.errors import ConfigError, shown
 from training.params import DetectorParams
 
 DEFAULT_EXPERIMENT = "anomaly-detection"
@@ -68,7 +68,7 @@ class TrainConfig:
         for key in ("calibration_fraction", "eval_fraction"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 0.9:
-                raise ConfigError(f"{key}: expected a number in (0, 0.9), got {v!r}")
+                raise ConfigError(f"{key}: expected a number in (0, 0.9), got {shown(v)}")
         if self.kind in IMAGE_KINDS and (self.label_column or self.id_column):
             raise ConfigError("label_column and id_column apply to tables; images are labelled "
                               "by folder (good/, <defect>/), by .npz labels or normal_class")

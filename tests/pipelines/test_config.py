@@ -35,3 +35,11 @@ def test_invalid_values_and_files(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         TrainConfig.from_sources(str(bad), {})
+
+
+def test_numpy_values_are_shown_as_plain_values():
+    import numpy as np
+
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(data="x.csv", name="m", calibration_fraction=np.float64(np.inf))
+    assert str(info.value) == "calibration_fraction: expected a number in (0, 0.9), got inf"

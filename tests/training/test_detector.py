@@ -152,3 +152,22 @@ def test_default_ensemble_size_by_kind():
     assert ImageDetectorParams(kind="conv_vae").n_models == 1
     with pytest.raises(ConfigError, match="n_models"):
         DetectorParams(kind="vae", n_models=0)
+
+
+def test_numpy_parameter_values_are_plain_values_and_messages_show_them_so():
+    det = Detector(kind="ae", max_epochs=np.int64(3), hidden_sizes=np.array([8, 4]),
+                   dropout=np.float32(0.25))
+    assert det.params.max_epochs == 3 and type(det.params.max_epochs) is int
+    assert det.params.hidden_sizes == [8, 4] and det.params.dropout == 0.25
+    json.dumps(det.params.to_dict())  # saved as JSON with the model
+    for params, message in (
+            ({"max_epochs": np.int64(-2)}, "max_epochs: expected a positive integer, got -2"),
+            ({"learning_rate": np.float64(np.inf)},
+             "learning_rate: expected a finite number, got inf"),
+            ({"beta": np.float64(np.inf)}, "beta: expected a finite number, got inf"),
+            ({"dropout": np.float64(2.0)}, "dropout: 2.0 is out of range"),
+            ({"hidden_sizes": [np.int64(2), -1]},
+             "hidden_sizes: expected positive integers, got [2, -1]")):
+        with pytest.raises(ConfigError) as info:
+            Detector(kind="ae", **params)
+        assert str(info.value) == message
