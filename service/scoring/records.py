@@ -51,8 +51,10 @@ class Scored:
 
 def _check_finite(model: ServedModel, records: Records | pd.DataFrame,
                   scores: np.ndarray) -> None:
-    """Raise naming the first record whose score overflowed, and its most extreme column."""
-    bad = np.flatnonzero(~np.isfinite(scores))
+    """Raise naming the first record whose score (or any value of its row of a 2-D answer:
+    latent codes, reconstructions) overflowed, and its most extreme column."""
+    finite = np.isfinite(scores)
+    bad = np.flatnonzero(~(finite if finite.ndim == 1 else finite.all(axis=1)))
     if not bad.size:
         return
     i = int(bad[0])
@@ -101,12 +103,14 @@ def score_batch(model: ServedModel, records: Records, explain: bool = False,
 def encode_batch(model: ServedModel, records: Records) -> dict[str, Any]:
     """Latent codes: ``latent`` (n, latent_dim), posterior means for a VAE."""
     z = model.detector.encode(records, source="request")
+    _check_finite(model, records, z)
     return {"model": model.metadata(), "latent_dim": int(z.shape[1]), "latent": z.tolist()}
 
 
 def reconstruct_batch(model: ServedModel, records: Records) -> dict[str, Any]:
     """Reconstructions in the input's own columns, one record per input record."""
     rec = model.detector.reconstruct(records, source="request")
+    _check_finite(model, records, rec.select_dtypes("number").to_numpy(dtype=np.float64))
     rec = rec.astype(object).where(rec.notna(), None)
     return {"model": model.metadata(), "columns": list(rec.columns),
             "records": rec.to_dict(orient="records")}

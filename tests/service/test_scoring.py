@@ -70,9 +70,10 @@ def test_explain_lists_largest_errors_first(served, records):
 
 def test_overflowing_record_is_named(served, records):
     records[3]["b"] = 1e300
-    with pytest.raises(DataError) as e:
-        scoring.score_batch(served, _batch(served, records))
-    assert (e.value.record, e.value.column) == (3, "b")
+    for answer in (scoring.score_batch, scoring.encode_batch, scoring.reconstruct_batch):
+        with pytest.raises(DataError) as e:  # a 422 everywhere, never a 200 with nulls
+            answer(served, _batch(served, records))
+        assert (e.value.record, e.value.column) == (3, "b"), answer.__name__
 
 
 def test_encode_and_reconstruct_shapes(served, records):
