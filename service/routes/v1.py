@@ -30,6 +30,7 @@ from service.schemas import (
 from service.scoring import images
 from service.scoring import records as scoring
 from service.scoring.files import MEDIA_TYPES, UploadLimits, file_format, score_file, scored_name
+from service.scoring.inputs import require_json
 from service.settings import Settings
 from service.store import ModelStore
 from training.errors import ReloadError
@@ -38,7 +39,7 @@ from training.preprocessing.tabular import Records
 Strict = Annotated[bool | None, Query(description="reject columns the model does not read "
                                       "(default: the service's strict setting)")]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (401, 404, 413, 422, 503)}
+    s: {"model": ErrorResponse} for s in (401, 404, 413, 415, 422, 503)}
 _BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": ScoreRequest.model_json_schema()}}}}
 
@@ -95,6 +96,7 @@ async def _parsed(name: str, request: Request, store: ModelStore, settings: Sett
     """The named model and the request's records, checked against its schema."""
     model = store.get(name)
     images.require_records(model)
+    require_json(request.headers.get("content-type"))
     body = await request.body()
     return model, model.inputs.parse(body, settings.strict if strict is None else strict)
 

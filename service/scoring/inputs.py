@@ -19,13 +19,22 @@ from pydantic import ValidationError as PydanticValidationError
 from typing_extensions import TypedDict
 
 from service.errors import data_error
-from training.errors import DataError, TooLargeError
+from training.errors import DataError, TooLargeError, UnsupportedMediaError
 from training.preprocessing.tabular import NUMERIC, ColumnSpec, Records
 
 NumberValue = Annotated[float, Strict(), AllowInfNan(False)] | None
 CategoryValue = StrictStr | StrictBool | None
 _LAYOUT_HINT = ("send either 'records' (a list of objects, column -> value) or 'columns' "
                 "(an object, column -> list of values)")
+
+
+def require_json(content_type: str | None) -> None:
+    """Refuse a body declared as anything but JSON (415): its bytes would be read as JSON
+    whatever they are. No Content-Type at all is taken as JSON."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaError(f"Content-Type {media}: send the records as JSON with "
+                                    "Content-Type: application/json (files: score-file)")
 
 
 def _value_type(spec: ColumnSpec) -> Any:

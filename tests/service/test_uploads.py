@@ -225,3 +225,21 @@ def test_an_undecodable_image_names_no_heap_address(server):
     assert " at 0x" not in message and "BytesIO" not in message, message
     assert message == ("x.png: not a readable image (not an image format Pillow knows); use "
                        "PNG or JPEG")
+
+
+def test_a_body_declared_as_other_than_json_is_refused(server, table):
+    url, _ = server
+    records = table.head(2).to_json(orient="records")
+    body = f'{{"records": {records}}}'.encode()
+    with httpx.Client(base_url=url, timeout=60) as c:
+        for ctype, status in (("text/plain", 415), ("application/x-www-form-urlencoded", 415),
+                              ("application/json; charset=utf-8", 200), (None, 200)):
+            headers = {"content-type": ctype} if ctype else {}
+            for route in ("score", "encode", "reconstruct"):
+                r = c.post(f"/v1/models/t/{route}", content=body, headers=headers)
+                assert r.status_code == status, (ctype, route, r.text)
+        r = c.post("/v1/models/t/score", content=body, headers={"content-type": "text/plain"})
+        assert r.json()["error"] == {
+            "type": "unsupported_media_type",
+            "message": "Content-Type text/plain: send the records as JSON with Content-Type: "
+                       "application/json (files: score-file)"}
