@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pipelines.registry.tracking import default_tracking_uri
 from service import docs, errors
 from service.metrics import Metrics
-from service.middleware import BodyLimit, RequestMetrics
+from service.middleware import BodyLimit, RequestMetrics, RequestTimeout
 from service.routes import mlflow, v2
 from service.routes.v1 import probes, v1
 from service.settings import Settings, load_settings
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     docs.install(app)
     app.add_middleware(BodyLimit, limit_for=lambda path: settings.max_upload_bytes
                        if path.endswith("/score-file") else settings.max_body_bytes)
+    app.add_middleware(RequestTimeout, seconds=settings.request_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["X-API-Key",

@@ -1,6 +1,6 @@
-"""ASGI middleware: request-body limits and per-request metrics.
+"""ASGI middleware: request-body limits, a request timeout and per-request metrics.
 
-Both are plain ASGI (no BaseHTTPMiddleware), so they add microseconds, not a task per request.
+All are plain ASGI (no BaseHTTPMiddleware), so they add microseconds, not a task per request.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import json
 import time
 from collections.abc import Callable
 from typing import Any
+
+import anyio
 
 from service.errors import error_body, shaped
 
@@ -72,6 +74,65 @@ async def _too_large(send: Send, limit: int, path: str) -> None:
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestTimeout:
+    """Answer 504 when a request has not started its answer within ``seconds``.
+
+    The caller gets the 504 at the deadline; work already running in a worker thread cannot be
+    interrupted, so it finishes in the background and its answer is dropped (a scored file's
+    temporary output is still deleted). An answer that has started (a file streaming back) is
+    never cut.
+
+    Args:
+        app: the wrapped ASGI app.
+        seconds: the limit; None = no limit.
+    """
+
+    def __init__(self, app: Any, seconds: float | None):
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.seconds:
+            return await self.app(scope, receive, send)
+        state = {"started": False, "timed_out": False}
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if state["timed_out"]:
+                return  # the 504 went out already
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        async def watch(done: anyio.Event) -> None:
+            with anyio.move_on_after(self.seconds):
+                await done.wait()
+                return
+            if not state["started"]:
+                state["timed_out"] = True
+                await _timed_out(send, self.seconds)
+
+        done = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, done)
+            try:
+                await self.app(scope, receive, guarded_send)
+            except Exception:
+                if not state["timed_out"]:
+                    raise
+            finally:
+                done.set()
+
+
+async def _timed_out(send: Send, seconds: float) -> None:
+    body = json.dumps(error_body(
+        "timeout", f"no answer within {seconds:g} seconds; send less per request or raise the "
+        "limit (ANOMALY_REQUEST_TIMEOUT_S)")).encode()
+    await send({"type": "http.response.start", "status": 504,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 

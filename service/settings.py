@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         "before it is decoded")
     max_request_pixels: int = Field(
         2**28, ge=1, description="pixels of all the images of one score-images request")
+    request_timeout_s: float | None = Field(
+        300.0, gt=0, description="seconds before a request that has not started its answer "
+        "gets a 504 (None: no limit)")
     strict: bool = Field(False, description="reject records with columns the model lacks")
     explain_top_k: int = Field(5, ge=1, description="features listed per record by explain")
     cors_origins: Annotated[list[str], NoDecode] = Field(

@@ -5,12 +5,15 @@ folders (a table model and an image model), through the real app and model store
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -47,17 +50,25 @@ uvicorn.run(create_app(settings, store), host="127.0.0.1", port=int(port), log_l
 
 
 @pytest.fixture(scope="module")
-def server(table, tmp_path_factory):
+def models(table, tmp_path_factory):
+    """A table model and an image model saved in folders (quick fits)."""
     folder = tmp_path_factory.mktemp("uploads")
     det = Detector(kind="ae", max_epochs=2, seed=0).fit(table.iloc[:180])
     tab = det.calibrate(table.iloc[180:]).save(folder / "table")
     images = normal_images(40)
     img = ImageDetector(kind="conv_ae", max_epochs=2, seed=0).fit(images[:30])
     pic = img.calibrate(images[30:]).save(folder / "image")
+    return folder, tab, pic
+
+
+@contextmanager
+def _serving(models, table, env: dict[str, str] | None = None):
+    folder, tab, pic = models
     port = free_port()
-    log = open(folder / "server.log", "wb")
+    log = open(folder / f"server-{port}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(port), str(folder / "cache"),
-                             f"t={tab}", f"img={pic}"], stdout=log, stderr=subprocess.STDOUT)
+                             f"t={tab}", f"img={pic}"], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/healthz", proc, timeout=120)
@@ -72,6 +83,12 @@ def server(table, tmp_path_factory):
     finally:
         stop_process(proc)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(models, table):
+    with _serving(models, table) as running:
+        yield running
 
 
 def _peak_rss_kb(proc) -> int:
@@ -243,3 +260,25 @@ def test_a_body_declared_as_other_than_json_is_refused(server, table):
             "type": "unsupported_media_type",
             "message": "Content-Type text/plain: send the records as JSON with Content-Type: "
                        "application/json (files: score-file)"}
+
+
+def test_a_request_past_its_timeout_is_a_504_and_leaves_nothing(models, table, tmp_path):
+    """A file scored one row at a time takes seconds; the timeout answers at its deadline."""
+    env = {"ANOMALY_REQUEST_TIMEOUT_S": "0.5", "ANOMALY_FILE_CHUNK_ROWS": "1",
+           "TMPDIR": str(tmp_path)}
+    body = pd.concat([table] * 2).to_csv(index=False)  # 480 chunks of one row
+    with _serving(models, table, env) as (url, _):
+        answer, seconds, latencies = _while_polling_healthz(url, lambda c: c.post(
+            "/v1/models/t/score-file", files={"file": ("slow.csv", body, "text/csv")}))
+        assert answer.status_code == 504, answer.text
+        assert answer.json()["error"] == {
+            "type": "timeout", "message": "no answer within 0.5 seconds; send less per request "
+            "or raise the limit (ANOMALY_REQUEST_TIMEOUT_S)"}
+        assert seconds < 3 and max(latencies) < 0.1, (seconds, latencies)
+        with httpx.Client(base_url=url, timeout=60) as c:  # quick requests still answer
+            assert c.post("/v1/models/t/score-file", files={"file": (
+                "ok.csv", table.head(3).to_csv(index=False), "text/csv")}).status_code == 200
+            deadline = time.monotonic() + 60  # the abandoned work ends and cleans up
+            while list(tmp_path.glob("scored-*")) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert not list(tmp_path.glob("scored-*"))
