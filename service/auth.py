@@ -50,6 +50,16 @@ def check_key(settings: Settings, given: str | None, admin: bool = False) -> Non
         raise AuthError("unknown API key")
 
 
+def may_see_details(settings: Settings, given: str | None) -> bool:
+    """Whether a caller may see what is behind a probe's answer (registry errors naming URLs
+    and folders): anyone on an open service, a caller with a valid key otherwise."""
+    try:
+        check_key(settings, given)
+    except AuthError:
+        return False
+    return True
+
+
 async def require_key(request: Request,
                 key: Annotated[str | None, Security(API_KEY_HEADER)] = None) -> None:
     """Dependency: the caller may score."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, File, Query, Request, Security, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 
-from service.auth import AdminAccess, ScoreAccess
+from service.auth import API_KEY_HEADER, AdminAccess, ScoreAccess, may_see_details
 from service.model import ServedModel
 from service.routes.deps import JSONBytes, MetricsDep, SettingsDep, StoreDep, run_sized
 from service.schemas import (
@@ -55,8 +55,13 @@ async def healthz() -> dict[str, str]:
 
 @probes.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}},
             summary="every configured model is loaded")
-async def readyz(store: StoreDep) -> JSONResponse:
+async def readyz(store: StoreDep, settings: SettingsDep,
+                 key: Annotated[str | None, Security(API_KEY_HEADER)] = None) -> JSONResponse:
+    """Without a valid key (on a service that needs one), the reasons behind a model's state
+    (``note``, ``last_error``: registry URLs, cache folders) are left out."""
     models = store.status()
+    if not may_see_details(settings, key):
+        models = [{**m, "note": None, "last_error": None} for m in models]
     ready = bool(models) and all(m["loaded"] for m in models)
     degraded = any(m["origin"] == "cache" for m in models)
     return JSONResponse({"ready": ready, "degraded": degraded, "models": models},

@@ -61,3 +61,28 @@ def test_error_locations():
                              "input": "x"}])["error"]
     assert body["message"] == "record 0, column 'a': missing column (and 1 more)"
     assert (body["record"], body["column"]) == (0, "a") and body["details"][1]["value"] == "'x'"
+
+
+def test_readyz_tells_reasons_only_to_callers_with_a_key(tmp_path):
+    """A load balancer sees whether models are loaded; registry URLs and cache folders in
+    the reasons are for callers with a key (everyone, on an open service)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.store import ModelStore
+
+    reason = ("registry http://10.0.0.7:5000 unreachable; and no cached copy of "
+              f"models:/m@champion in {tmp_path}/cache")
+    for keys, key, shown in (("k1", None, False), ("k1", "wrong", False), ("k1", "k1", True),
+                             ("", None, True)):
+        settings = load_settings(models=["models:/m@champion"], api_keys=keys or None,
+                                 cache_dir=tmp_path / "cache")
+        store = ModelStore(settings, f"sqlite:///{tmp_path}/unused.db")
+        store.slots["m"].last_error = reason
+        with TestClient(create_app(settings, store)) as client:
+            r = client.get("/readyz", headers={"X-API-Key": key} if key else {})
+        assert r.status_code == 503
+        model = r.json()["models"][0]
+        assert (model["name"], model["loaded"]) == ("m", False)
+        assert model["last_error"] == (reason if shown else None), (keys, key)
+        assert (str(tmp_path) in r.text) == shown
