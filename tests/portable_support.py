@@ -50,37 +50,28 @@ class Portable:
         return f"models:/{IMAGE}@champion"
 
 
-def portable_store(tmp_path_factory) -> Portable:
+def portable_store(tmp_path_factory, config) -> Portable:
     """A VAE on the breast-cancer table and a convolutional VAE on small PNGs, trained once per
-    session into a real ``mlflow server`` on loopback."""
+    session into a real ``mlflow server`` on loopback (stopped when the session ends)."""
     base = tmp_path_factory.getbasetemp()
     if base not in _STATE:
         folder = tmp_path_factory.mktemp("portable")
         server = MlflowServer(folder / "server").start()
-        try:
-            csv = write_demo_data(folder)
-            common = ["--alias", "champion", "--experiment", "portable-tests",
-                      "--tracking-uri", server.uri]
-            assert main(["train", "--data", str(csv), "--kind", "vae", "--name", TABLE,
-                         "--id-column", "id", "--label-column", "malignant", "--epochs", "4",
-                         *common]) == 0
-            root = write_mvtec(folder / "blob", n_train=40, n_test_good=6, n_defect=6)
-            assert main(["train", "--data", str(root), "--kind", "conv_vae", "--name", IMAGE,
-                         "--epochs", "3", *common]) == 0
-        except BaseException:
-            server.stop()
-            raise
+        config.add_cleanup(server.stop)
+        csv = write_demo_data(folder)
+        common = ["--alias", "champion", "--experiment", "portable-tests",
+                  "--tracking-uri", server.uri]
+        assert main(["train", "--data", str(csv), "--kind", "vae", "--name", TABLE,
+                     "--id-column", "id", "--label-column", "malignant", "--epochs", "2",
+                     *common]) == 0
+        root = write_mvtec(folder / "blob", n_train=40, n_test_good=6, n_defect=6)
+        assert main(["train", "--data", str(root), "--kind", "conv_vae", "--name", IMAGE,
+                     "--epochs", "3", *common]) == 0
         shots = [*normal_images(4, seed=7), paint_defect(normal_images(1, seed=8)[0])]
         images = pd.DataFrame({"image": [base64.b64encode(to_png(im)).decode("ascii")
                                          for im in shots]})
         _STATE[base] = Portable(server, server.uri, folder, csv, pd.read_csv(csv), images)
     return _STATE[base]
-
-
-def stop_portable_store(tmp_path_factory) -> None:
-    state = _STATE.pop(tmp_path_factory.getbasetemp(), None)
-    if state is not None:
-        state.server.stop()
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -27,7 +27,6 @@ from tests.portable_support import (
     model_env,
     portable_store,
     same_frames,
-    stop_portable_store,
 )
 from tests.servers import free_port, wait_http
 
@@ -54,9 +53,8 @@ LOAD = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    yield portable_store(tmp_path_factory)
-    stop_portable_store(tmp_path_factory)
+def store(tmp_path_factory, request):
+    return portable_store(tmp_path_factory, request.config)
 
 
 @pytest.fixture(scope="module")
