@@ -21,6 +21,7 @@ DEFAULT_PRIMARY = {"ae": "recon", "vae": "agg_elbo"}
 # preprocessed space, and ``combined``, the mean of the network's primary score and ``knn``, each
 # standardised on the validation normals (median, interquartile range).
 NEIGHBOUR_SCORES = ("knn", "combined")
+DEFAULT_NEIGHBOURS = {"ae": 0, "vae": 0}
 # Ensemble size by kind: three table VAEs trained side by side detect more and vary less across
 # seeds, for more fit and bulk scoring time; the AE stays at 1 (docs/benchmarks/experiments.md).
 DEFAULT_MODELS = {"ae": 1, "vae": 3}
@@ -51,12 +52,13 @@ class DetectorParams:
     target_fpr: float = 0.01
     mc_samples: int = 8
     n_models: int | None = None
-    neighbours: int = 0
+    neighbours: int | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     # Defaults that depend on the (dense) kind; subclasses for other data override them.
     default_primary: ClassVar[dict[str, str]] = DEFAULT_PRIMARY
     default_models: ClassVar[dict[str, int]] = DEFAULT_MODELS
+    default_neighbours: ClassVar[dict[str, int]] = DEFAULT_NEIGHBOURS
 
     def __post_init__(self) -> None:
         if self.extra:
@@ -79,6 +81,8 @@ class DetectorParams:
         _check_positive_int("max_epochs", self.max_epochs, allow_none=True)
         _check_positive_int("patience", self.patience)
         _check_positive_int("mc_samples", self.mc_samples)
+        if self.neighbours is None:
+            self.neighbours = self.default_neighbours[self.kind]
         if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int) or \
                 self.neighbours < 0:
             raise ConfigError(f"neighbours: expected an integer >= 0, got {shown(self.neighbours)}")

@@ -171,3 +171,28 @@ def test_numpy_parameter_values_are_plain_values_and_messages_show_them_so():
         with pytest.raises(ConfigError) as info:
             Detector(kind="ae", **params)
         assert str(info.value) == message
+
+
+def test_neighbour_scores_by_hand_and_through_save_and_load(splits, tmp_path):
+    det = Detector(kind="ae", id_column="id", label_column="malignant", neighbours=3, **FAST)
+    det.fit(splits["fit"]).calibrate(splits["cal"])
+    assert det.score_kinds == ("recon", "knn", "combined")
+    rows = splits["test"].head(7)
+    raw = det.raw_scores(rows)
+    # knn: distance to the 3rd nearest reference row, by brute force
+    X, _ = det.preprocessor_.transform(rows)
+    ref = det.reference_.numpy().astype(np.float64)
+    d = np.sqrt(((X[:, None, :].astype(np.float64) - ref[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(raw["knn"], np.sort(d, axis=1)[:, 2], rtol=1e-6)
+    # combined: the mean of the two parts, each standardised on the validation normals
+    (loc_r, sc_r), (loc_k, sc_k) = det.combination_["recon"], det.combination_["knn"]
+    expected = ((raw["recon"] - loc_r) / sc_r + (raw["knn"] - loc_k) / sc_k) / 2
+    np.testing.assert_allclose(raw["combined"], expected, rtol=1e-9)
+    det.save(tmp_path / "m")
+    again = Detector.load(tmp_path / "m")
+    pd.testing.assert_frame_equal(again.score(rows), det.score(rows))
+    (tmp_path / "m" / "reference.pt").unlink()
+    with pytest.raises(ModelFormatError, match="reference.pt"):
+        Detector.load(tmp_path / "m")
+    with pytest.raises(ConfigError, match="neighbours"):
+        Detector(neighbours=-1)

@@ -151,14 +151,20 @@ class BaseDetector:
         with torch.no_grad():
             errors = self._squared_errors(torch.from_numpy(X_val))
         self.feature_scale_ = self._feature_scale(errors)
+        self._fit_scores(X_train, X_val)
+        self.calibrations_: dict[str, ScoreCalibration] = {}
+        return self
+
+    def _fit_scores(self, X_train: np.ndarray, X_val: np.ndarray) -> None:
+        """What the scores learn beyond the network: the ``knn`` reference rows and the
+        ``combined`` standardisation on the validation normals (a kind may add its own)."""
+        p = self.params
         if p.neighbours:
             rows = np.random.default_rng(p.seed + 2).permutation(len(X_train))[:REFERENCE_ROWS]
             self.reference_ = torch.from_numpy(np.ascontiguousarray(X_train[np.sort(rows)]))
             raw = self._raw_from_matrix(X_val)
             self.combination_ = {k: _location_scale(raw[k])
                                  for k in (p.network_primary, "knn")}
-        self.calibrations_: dict[str, ScoreCalibration] = {}
-        return self
 
     def _aggregate_posterior(self, X_train: np.ndarray) -> dict[str, torch.Tensor] | None:
         """Posterior means and log-variances, each (M, R, k), of up to

@@ -9,7 +9,15 @@ Score kinds (higher = more abnormal):
 - ``recon``: mean squared pixel error of the reconstruction (from the posterior mean for a
   VAE), divided by its mean on the validation normals, so a normal image scores about 1;
 - ``elbo`` and ``agg_elbo`` (``conv_vae``): the negative ELBO with a learned variance per pixel,
-  over a fixed set of Monte-Carlo draws (scores are deterministic).
+  over a fixed set of Monte-Carlo draws (scores are deterministic);
+- ``elbo_vs_png`` (``conv_vae``): the ``elbo`` corrected for input complexity: minus the
+  image's PNG-compressed length times the slope of ``elbo`` on that length among the
+  validation normals. Likelihood and reconstruction scores rank simple images (smooth, few
+  edges) as more normal than the normals themselves; the compressed length measures that
+  simplicity (Serrà et al., "Input complexity and out-of-distribution detection with
+  likelihood-based generative models", ICLR 2020, subtract it in bits). A continuous
+  Gaussian ELBO is not a code length in the compressor's units, so the weight is the one the
+  normals show rather than ln 2 per bit.
 
 Anomaly maps: the per-pixel terms of ``recon`` (averaged over channels), lightly smoothed with a
 Gaussian; they have the image's (H, W) and show where an image departs from normal.
@@ -29,7 +37,7 @@ from torch.nn import functional as F
 from training.detector.base import BaseDetector
 from training.detector.image_params import IMAGE_KINDS, ImageDetectorParams, resolve_image
 from training.nn.conv import ConvAE, ConvEnsemble, ConvVAE
-from training.preprocessing.images import ImagePreprocessor
+from training.preprocessing.images import ImagePreprocessor, to_png
 
 # What the image methods accept: an ImageSet, an array batch (n, H, W) / (n, C, H, W) /
 # (n, H, W, C), or a sequence of file paths or encoded bytes (PNG, JPEG...).
@@ -72,6 +80,25 @@ class ImageDetector(BaseDetector):
         err = float(val_errors.double().mean())
         return np.full(val_errors.shape[1], max(err, 1e-12), dtype=np.float64)
 
+    # d elbo / d PNG bytes on the validation normals (``elbo_vs_png``); None before fitting.
+    complexity_slope_: float | None = None
+
+    def _fit_scores(self, X_train: np.ndarray, X_val: np.ndarray) -> None:
+        super()._fit_scores(X_train, X_val)
+        if "elbo_vs_png" in self.score_kinds:
+            elbo = self._raw_from_matrix(X_val)["elbo"]
+            size = png_bytes(X_val, self.preprocessor_.shape)
+            var = float(np.var(size))
+            slope = float(np.cov(elbo, size, bias=True)[0, 1] / var) if var > 0 else 0.0
+            self.complexity_slope_ = max(slope, 0.0)
+
+    def _raw_from_matrix(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        raw = super()._raw_from_matrix(X)
+        if "elbo_vs_png" in self.score_kinds and self.complexity_slope_ is not None:
+            raw["elbo_vs_png"] = raw["elbo"] - self.complexity_slope_ * png_bytes(
+                X, self.preprocessor_.shape)
+        return raw
+
     def _explain(self, errors: np.ndarray) -> np.ndarray:
         """(n, C*H*W) -> (n, H, W), averaged over channels."""
         c, h, w = self.preprocessor_.shape
@@ -91,6 +118,12 @@ class ImageDetector(BaseDetector):
 
     # decode / reconstruct / sample / interpolate come from the template and return images
     # (n, C, H, W) in [0, 1], since the preprocessor's inverse restores the image shape.
+
+
+def png_bytes(X: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """(n,) PNG-compressed size in bytes of each flat image row (8-bit pixels): a generic
+    lossless compressor's code length, the background model of the ``elbo_vs_png`` score."""
+    return np.array([len(to_png(row.reshape(shape))) for row in X], dtype=np.float64)
 
 
 def smooth_maps(maps: np.ndarray, sigma: float | None = None) -> np.ndarray:

@@ -38,6 +38,7 @@ class ImageDetectorParams(DetectorParams):
     # (docs/benchmarks/experiments.md).
     default_primary: ClassVar[dict[str, str]] = {"ae": "recon", "vae": "elbo"}
     default_models: ClassVar[dict[str, int]] = {"ae": 1, "vae": 1}
+    default_neighbours: ClassVar[dict[str, int]] = {"ae": 0, "vae": 0}
 
     def __post_init__(self) -> None:
         if self.kind not in IMAGE_KINDS:
@@ -65,6 +66,8 @@ class ImageDetectorParams(DetectorParams):
     def score_kinds(self) -> tuple[str, ...]:
         """Scores this kind of model produces (those of its dense twin)."""
         base = SCORE_KINDS[DENSE_TWIN.get(self.kind, self.kind)]
+        if "elbo" in base:
+            base = (*base, "elbo_vs_png")
         return base + (NEIGHBOUR_SCORES if self.neighbours else ())
 
     @property

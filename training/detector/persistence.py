@@ -55,6 +55,7 @@ def save_detector(det: BaseDetector, path: str | Path) -> Path:
         "history": det.history_,
         "calibration": {k: c.to_dict() for k, c in det.calibrations_.items()},
         "combination": det.combination_,
+        "complexity_slope": getattr(det, "complexity_slope_", None),
     }
     (path / "detector.json").write_text(json.dumps(meta))
     (path / "preprocessing.json").write_text(json.dumps(det.preprocessor_.to_dict(), indent=1))
@@ -104,6 +105,8 @@ def load_detector(path: str | Path) -> BaseDetector:
         det.reference_ = torch.load(path / REFERENCE_FILE, map_location="cpu",
                                     weights_only=True)
         det.combination_ = meta.get("combination")
+    if meta.get("complexity_slope") is not None:
+        det.complexity_slope_ = float(meta["complexity_slope"])
     det.feature_scale_ = np.asarray(meta["feature_scale"], dtype=np.float64)
     det.history_ = meta["history"]
     det.calibrations_ = {k: ScoreCalibration.from_dict(v) for k, v in meta["calibration"].items()}
