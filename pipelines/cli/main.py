@@ -62,6 +62,9 @@ def setup_logging(verbose: bool) -> None:
                         stream=sys.stderr)
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
+    # MLflow sets its own loggers' level (and format) when it is imported, later than this:
+    # it reads the level from the environment.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not verbose:
         # MLflow's hints (integer columns, type hints, dataset sources) are for library

@@ -228,3 +228,18 @@ def test_ui_becomes_mlflow_and_sigterm_leaves_nothing_running(tmp_path):
         for pid in workers | _descendants(proc.pid):
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_mlflow_info_lines_stay_out_of_the_output(tmp_path):
+    """A fresh SQLite store makes MLflow log 'Creating initial MLflow database tables...' in
+    its own format; the user sees it only with -v."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
+    for flags, shown in (([], False), (["-v"], True)):
+        uri = f"sqlite:///{tmp_path / ('v' if flags else 'q')}.db"
+        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *flags, "models", "list",
+                               "--tracking-uri", uri], capture_output=True, text=True,
+                              cwd=tmp_path, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert ("Creating initial MLflow database tables" in proc.stderr) == shown, proc.stderr
+        if not shown:
+            assert proc.stderr == ""
