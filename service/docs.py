@@ -40,6 +40,11 @@ SCORE = "/v1/models/{name}/score"
 INVOCATIONS = "/v1/models/{name}/invocations"
 INFER = "/v2/models/{name}/infer"
 _EXAMPLE_ROWS = 3
+# The docs pages may load nothing from elsewhere: ReDoc's bundle would fetch its footer logo
+# from a CDN, and the browser refuses it instead of trying the network.
+_LOCAL_ONLY = {"Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+               "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+               "worker-src 'self' blob:; connect-src 'self'"}
 
 
 def assets_dir() -> str:
@@ -59,13 +64,15 @@ def install(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=f"{root}{redirect}",
             swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
             swagger_ui_parameters=app.swagger_ui_parameters)
+        page.headers.update(_LOCAL_ONLY)
+        return page
 
     @app.get(redirect, include_in_schema=False)
     async def swagger_redirect() -> HTMLResponse:
@@ -74,11 +81,13 @@ def install(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}",
+        page = get_redoc_html(openapi_url=f"{root}{app.openapi_url}",
                               title=f"{app.title} - ReDoc",
                               redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
                               redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
                               with_google_fonts=False)
+        page.headers.update(_LOCAL_ONLY)
+        return page
 
     cache: dict[str, Any] = {}
 

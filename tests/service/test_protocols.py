@@ -280,8 +280,10 @@ def test_docs_examples_score(api, served):
 
 def test_docs_pages_use_local_assets(api):
     for page in ("/docs", "/redoc"):
-        html = api.get(page).text
+        r = api.get(page)
+        html = r.text
         assert "cdn." not in html and "fonts.googleapis" not in html
+        assert "default-src 'self'" in r.headers["content-security-policy"]
         for asset in ("swagger-ui-bundle.js", "swagger-ui.css") if page == "/docs" else (
                 "redoc.standalone.js",):
             assert f"/docs-assets/{asset}" in html
