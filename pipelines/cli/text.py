@@ -23,18 +23,19 @@ def format_training(result: Any) -> str:
     """What ``anomaly train`` prints: run, epochs, each score's threshold (and AUROC/AP when
     evaluated), the registered version. ``result`` is a ``TrainResult``."""
     m = result.metrics
-    lines = [f"run {result.run_id}: {result.kind} trained for {int(m['epochs_trained'])} epochs "
-             f"in {m['fit_seconds']:.1f}s"]
+    lines = [f"run {result.run_id}: {result.kind} trained for {int(m['fit/epochs'])} epochs "
+             f"in {m['fit/seconds']:.1f}s"]
     for kind, t in result.thresholds.items():
         line = f"  {kind:6s} threshold {t:.6g}"
-        if f"auroc_{kind}" in m:
-            line += f"  AUROC {m[f'auroc_{kind}']:.4f}  AP {m[f'ap_{kind}']:.4f}"
+        if f"eval/auroc_{kind}" in m:
+            line += f"  AUROC {m[f'eval/auroc_{kind}']:.4f}  AP {m[f'eval/ap_{kind}']:.4f}"
         lines.append(line)
-    if m.get("achievable_fpr", 0.0) > m.get("target_fpr", 1.0) * (1 + 1e-9):
-        lines.append(f"WARNING: {int(m['calibration_n'])} calibration records cannot promise a "
-                     f"false-positive rate of {m['target_fpr']:g}: the threshold's rate is "
-                     f"{m['achievable_fpr']:.3g}; give more normal records (at least "
-                     f"{math.ceil(1 / m['target_fpr']) - 1} for calibration) or a larger "
+    achievable, target = m.get("calibration/achievable_fpr"), m.get("calibration/target_fpr")
+    if achievable is not None and target is not None and achievable > target * (1 + 1e-9):
+        lines.append(f"WARNING: {int(m['calibration/n'])} calibration records cannot promise a "
+                     f"false-positive rate of {target:g}: the threshold's rate is "
+                     f"{achievable:.3g}; give more normal records (at least "
+                     f"{math.ceil(1 / target) - 1} for calibration) or a larger "
                      "--target-fpr")
     if result.version:
         lines.append(f"registered models:/{result.name}/{result.version} as "

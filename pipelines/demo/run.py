@@ -50,7 +50,7 @@ def run_demo(workdir: str, max_epochs: int | None = None) -> int:
                           model={"max_epochs": max_epochs} if max_epochs else {})
         print(f"training {kind} on {data.name} ...", flush=True)
         results.append(run_training(cfg, tracking_uri=uri))
-    best = max(results, key=lambda r: r.metrics.get("auroc", 0.0))
+    best = max(results, key=lambda r: r.metrics.get("eval/auroc", 0.0))
     promote(name, best.version, "champion")
     rows = []
     for r in results:
@@ -59,17 +59,17 @@ def run_demo(workdir: str, max_epochs: int | None = None) -> int:
             rows.append({
                 "version": r.version, "kind": r.kind,
                 "score": kind + (" *" if kind == r.primary_score else ""),
-                "AUROC": f"{m[f'auroc_{kind}']:.4f}", "AP": f"{m[f'ap_{kind}']:.4f}",
+                "AUROC": f"{m[f'eval/auroc_{kind}']:.4f}", "AP": f"{m[f'eval/ap_{kind}']:.4f}",
                 "threshold": f"{r.thresholds[kind]:.4g}",
-                "FPR held-out normals": f"{m[f'fpr_{kind}']:.3f}",
-                "recall": f"{m[f'recall_{kind}']:.3f}",
-                "fit s": f"{m['fit_seconds']:.1f}",
+                "FPR held-out normals": f"{m[f'eval/fpr_{kind}']:.3f}",
+                "recall": f"{m[f'eval/recall_{kind}']:.3f}",
+                "fit s": f"{m['fit/seconds']:.1f}",
             })
     print()
     print(format_table(rows, list(rows[0])))
     print("(* = the model's primary score, which decides is_anomaly; target FPR 0.01)")
     print(f"\nmodels:/{name}@champion -> version {best.version} ({best.kind}, "
-          f"AUROC {best.metrics['auroc']:.4f}); the other stays @challenger")
+          f"AUROC {best.metrics['eval/auroc']:.4f}); the other stays @challenger")
     run_image_demo(folder, uri, max_epochs)
     print("\nCompare the runs in the MLflow UI:")
     print(f"  anomaly ui --tracking-uri {uri}")

@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 
 
 DEFAULT_DB = "mlflow.db"
+# MLflow's experiment-kind tag: with "custom_model_development" the UI opens an experiment on its
+# runs table (model training), not on the GenAI traces overview it shows an untagged one.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 
 def default_tracking_uri() -> str:
@@ -37,7 +41,9 @@ def ensure_experiment(name: str) -> str:
     """Select experiment ``name``, creating it if needed; returns its id.
 
     With a SQLite store the artifacts go to ``mlruns/`` beside the database file, so a store
-    is one self-contained folder whatever the working directory.
+    is one self-contained folder whatever the working directory. The experiment carries
+    MLflow's experiment-kind tag for model training (set on an existing experiment that has
+    no kind yet; a kind chosen in the UI is kept).
     """
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
@@ -47,9 +53,13 @@ def ensure_experiment(name: str) -> str:
             db = Path(uri[len("sqlite:///"):])
             location = (db.parent / "mlruns").resolve().as_uri()
         try:
-            mlflow.create_experiment(name, artifact_location=location)
+            mlflow.create_experiment(name, artifact_location=location,
+                                     tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
         except MlflowException as e:  # created concurrently by another job: fine
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+    elif EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG,
+                                                 MODEL_TRAINING)
     return mlflow.set_experiment(name).experiment_id
 

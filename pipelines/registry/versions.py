@@ -10,6 +10,9 @@ from mlflow.tracking import MlflowClient
 from pipelines.registry.download import get_version, registry_error
 from pipelines.registry.uri import REGISTERED, ModelURI
 
+# The primary score's AUROC as a training run logs it; the unprefixed name of older runs after it.
+AUROC_METRICS = ("eval/auroc", "auroc")
+
 
 def register(model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str:
     """Create a model version, tag it and set the alias; all or nothing.
@@ -62,7 +65,8 @@ def list_models() -> list[dict]:
             auroc = None
             if mv.run_id:
                 try:
-                    auroc = client.get_run(mv.run_id).data.metrics.get("auroc")
+                    metrics = client.get_run(mv.run_id).data.metrics
+                    auroc = next((metrics[k] for k in AUROC_METRICS if k in metrics), None)
                 except MlflowException:
                     auroc = None
             rows.append({

@@ -10,16 +10,25 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 
-def loss_curves(history: list[dict[str, float]], title: str):
-    """Train and validation loss per epoch."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+def loss_curves(history: list[dict[str, float]], title: str, objective: str = "loss"):
+    """Per epoch: the kind's own objective on the training and validation rows (left), and the
+    reconstruction error of the validation rows that every kind shares (right)."""
+    fig, (ax, ax_recon) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax.plot(epochs, [h["train_loss"] for h in history], label=f"train_{objective}")
+    ax.plot(epochs, [h["val_loss"] for h in history], label=f"val_{objective}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
+    ax.set_ylabel(objective)
+    ax.set_title("training objective")
     ax.legend()
+    if all("val_recon_mse" in h for h in history):
+        ax_recon.plot(epochs, [h["val_recon_mse"] for h in history], color="C2",
+                      label="val_recon_mse")
+        ax_recon.legend()
+    ax_recon.set_xlabel("epoch")
+    ax_recon.set_ylabel("mean squared error per feature")
+    ax_recon.set_title("validation reconstruction error")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 

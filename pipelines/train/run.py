@@ -3,6 +3,26 @@
 Everything that can fail because of the input (files, columns, values, config) fails before an
 MLflow run is opened. A run that fails later ends FAILED and registers nothing: the model version
 is created last, after every artifact is logged.
+
+Metric names are the same for every model kind, grouped by prefix (the MLflow UI draws one
+section per prefix):
+
+- per epoch, unprefixed: ``val_recon_mse`` for every kind (mean squared error per feature of the
+  deterministic reconstruction of the validation normals: comparable across kinds), and the
+  kind's own objective under its own name, ``train_mse``/``val_mse`` (AE) or
+  ``train_neg_elbo``/``val_neg_elbo`` (VAE);
+- ``fit/``: ``seconds``, ``epochs``, ``best_epoch`` (the weights kept),
+  ``best_val_<objective>`` and ``best_val_recon_mse`` at that epoch;
+- ``calibration/``: ``n``, ``target_fpr``, and for the primary score ``threshold`` and
+  ``achievable_fpr``; per score kind ``threshold_<kind>``, ``fpr_<kind>``, ``median_<kind>``,
+  ``p99_<kind>``, ``achievable_fpr_<kind>``;
+- ``eval/`` (with labelled data): ``n_normal``, ``n_anomalous``, and ``auroc``, ``ap``,
+  ``precision``, ``recall``, ``f1``, ``fpr`` for the primary score (no suffix: these line up
+  across kinds) and with a ``_<kind>`` suffix for every score kind.
+
+Shared plots are logged at the root of the run's artifacts (``loss_curves.png``,
+``scores_<kind>.png``, ``roc_pr.png``): MLflow's compare view shows the files two runs have in
+common at that level, side by side.
 """
 
 from __future__ import annotations
@@ -25,7 +45,6 @@ from training.detector import BaseDetector
 from training.metrics import detection_metrics
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -56,9 +75,10 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
         mlflow.set_tags({"model_name": cfg.name, "kind": cfg.kind,
                          "primary_score": params.primary_score})
         t0 = time.perf_counter()
+        objective = objective_name(detector)
         detector.fit(splits.fit, source=cfg.data,
-                     on_epoch=lambda e, tr, va: mlflow.log_metrics(
-                         {"train_loss": tr, "val_loss": va}, step=e))
+                     on_epoch=lambda record: mlflow.log_metrics(
+                         epoch_metrics(record, objective), step=int(record["epoch"])))
         fit_seconds = time.perf_counter() - t0
         detector.calibrate(splits.calibration, source=cfg.data)
 
@@ -73,8 +93,7 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
         mlflow.log_input(kind.dataset(prepared, cfg), context="training")
 
         metrics = _calibration_metrics(detector, splits.calibration, cfg.data)
-        metrics.update({"fit_seconds": fit_seconds, "epochs_trained": len(detector.history_),
-                        "best_val_loss": min(h["val_loss"] for h in detector.history_)})
+        metrics.update(_fit_metrics(detector.history_, objective, fit_seconds))
         eval_scores = None
         if splits.eval_X is not None:
             eval_scores = detector.raw_scores(splits.eval_X, source=cfg.eval_data or cfg.data)
@@ -98,48 +117,73 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
                        thresholds=detector.thresholds_, primary_score=detector.primary_score)
 
 
+def objective_name(detector: BaseDetector) -> str:
+    """The name of the kind's training objective: ``neg_elbo`` (VAEs) or ``mse`` (AEs)."""
+    return "neg_elbo" if "elbo" in detector.score_kinds else "mse"
+
+
+def epoch_metrics(record: dict[str, float], objective: str) -> dict[str, float]:
+    """One epoch's metrics from the detector's epoch record (see :meth:`BaseDetector.fit`)."""
+    out = {f"train_{objective}": record["train_loss"], f"val_{objective}": record["val_loss"]}
+    if "val_recon_mse" in record:
+        out["val_recon_mse"] = record["val_recon_mse"]
+    return out
+
+
+def _fit_metrics(history: list[dict[str, float]], objective: str, seconds: float
+                 ) -> dict[str, float]:
+    best = min(history, key=lambda h: h["val_loss"])  # the epoch whose weights are kept
+    out = {"fit/seconds": seconds, "fit/epochs": float(len(history)),
+           "fit/best_epoch": float(best["epoch"]), f"fit/best_val_{objective}": best["val_loss"]}
+    if "val_recon_mse" in best:
+        out["fit/best_val_recon_mse"] = best["val_recon_mse"]
+    return out
+
+
 def _calibration_metrics(detector: BaseDetector, calibration: pd.DataFrame, source: str
                          ) -> dict[str, float]:
-    out: dict[str, float] = {"calibration_n": float(len(calibration))}
+    out: dict[str, float] = {"calibration/n": float(len(calibration))}
     primary = detector.primary_score
     for kind, cal in detector.calibrations_.items():
         s = cal.scores
-        out[f"threshold_{kind}"] = cal.threshold
-        out[f"calibration_fpr_{kind}"] = float(np.mean(s > cal.threshold))
-        out[f"calibration_median_{kind}"] = float(np.median(s))
-        out[f"calibration_p99_{kind}"] = float(np.quantile(s, 0.99))
-        out[f"achievable_fpr_{kind}"] = cal.achievable_fpr
-    out["threshold"] = out[f"threshold_{primary}"]
-    out["target_fpr"] = detector.params.target_fpr
-    out["achievable_fpr"] = out[f"achievable_fpr_{primary}"]
+        out[f"calibration/threshold_{kind}"] = cal.threshold
+        out[f"calibration/fpr_{kind}"] = float(np.mean(s > cal.threshold))
+        out[f"calibration/median_{kind}"] = float(np.median(s))
+        out[f"calibration/p99_{kind}"] = float(np.quantile(s, 0.99))
+        out[f"calibration/achievable_fpr_{kind}"] = cal.achievable_fpr
+    out["calibration/threshold"] = out[f"calibration/threshold_{primary}"]
+    out["calibration/target_fpr"] = detector.params.target_fpr
+    out["calibration/achievable_fpr"] = out[f"calibration/achievable_fpr_{primary}"]
     return out
 
 
 def _evaluation_metrics(detector: BaseDetector, labels: np.ndarray, scores: dict[str, np.ndarray]
                         ) -> dict[str, float]:
-    out: dict[str, float] = {"eval_n_normal": float(np.sum(labels == 0)),
-                             "eval_n_anomalous": float(np.sum(labels == 1))}
+    out: dict[str, float] = {"eval/n_normal": float(np.sum(labels == 0)),
+                             "eval/n_anomalous": float(np.sum(labels == 1))}
     for kind, s in scores.items():
         m = detection_metrics(labels, s, detector.calibrations_[kind].threshold)
-        out.update({f"{name}_{kind}": v for name, v in m.items()})
+        out.update({f"eval/{name}_{kind}": v for name, v in m.items()})
         if kind == detector.primary_score:
-            out.update(m)  # unsuffixed names: the primary score, comparable across model kinds
+            # No suffix: the primary score, comparable across model kinds.
+            out.update({f"eval/{name}": v for name, v in m.items()})
     return {k: v for k, v in out.items() if v == v}  # MLflow rejects NaN
 
 
 def _log_figures(detector: BaseDetector, splits: Splits, eval_scores: dict[str, np.ndarray] | None,
                  cfg: TrainConfig) -> None:
-    fig = plots.loss_curves(detector.history_, f"{cfg.name} ({cfg.kind})")
-    mlflow.log_figure(fig, "plots/loss_curves.png")
+    fig = plots.loss_curves(detector.history_, f"{cfg.name} ({cfg.kind})",
+                            objective_name(detector))
+    mlflow.log_figure(fig, "loss_curves.png")
     plots.close(fig)
     for kind, cal in detector.calibrations_.items():
         anomalous = None
         if eval_scores is not None:
             anomalous = eval_scores[kind][splits.eval_y == 1]
         fig = plots.score_histogram(kind, cal.scores, anomalous, cal.threshold)
-        mlflow.log_figure(fig, f"plots/scores_{kind}.png")
+        mlflow.log_figure(fig, f"scores_{kind}.png")
         plots.close(fig)
     if eval_scores is not None and 0 < splits.eval_y.sum() < len(splits.eval_y):
         fig = plots.roc_pr_curves(splits.eval_y, eval_scores)
-        mlflow.log_figure(fig, "plots/roc_pr.png")
+        mlflow.log_figure(fig, "roc_pr.png")
         plots.close(fig)

@@ -45,18 +45,21 @@ def test_runs_log_table_metric_names_and_pictures(store):
     assert set(runs) == {"conv_ae", "conv_vae"}
     for kind, run in runs.items():
         m = run.data.metrics
-        assert {"auroc", "ap", "threshold", "threshold_recon", "auroc_recon", "fpr",
-                "calibration_fpr_recon", "fit_seconds", "epochs_trained", "val_loss"} <= set(m)
+        assert {"eval/auroc", "eval/ap", "calibration/threshold", "calibration/threshold_recon",
+                "eval/auroc_recon", "eval/fpr", "calibration/fpr_recon", "fit/seconds",
+                "fit/epochs", "val_recon_mse"} <= set(m)
+        objective = "neg_elbo" if kind == "conv_vae" else "mse"
+        assert {f"train_{objective}", f"val_{objective}"} <= set(m)
         assert run.data.params["kind"] == kind and run.info.status == "FINISHED"
         pictures = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
         assert {"images/reconstructions.png", "images/latent_space.png"} <= pictures
-        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-        assert {"plots/loss_curves.png", "plots/roc_pr.png"} <= plots
-    assert runs["conv_ae"].data.metrics["auroc"] > 0.9  # the painted patches are obvious
+        plots = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"loss_curves.png", "roc_pr.png"} <= plots
+    assert runs["conv_ae"].data.metrics["eval/auroc"] > 0.9  # the painted patches are obvious
     assert runs["conv_ae"].data.params["image_shape"] == "1x16x16"
     assert runs["conv_vae"].data.params["image_shape"] == "1x8x8"
     assert runs["conv_vae"].data.params["normal_class"] == "0"
-    assert "auroc_elbo" in runs["conv_vae"].data.metrics
+    assert "eval/auroc_elbo" in runs["conv_vae"].data.metrics
     vae_pics = {a.path for a in client.list_artifacts(runs["conv_vae"].info.run_id, "images")}
     assert {"images/prior_samples.png", "images/interpolation.png"} <= vae_pics
     versions = client.search_model_versions("name = 'blob'")

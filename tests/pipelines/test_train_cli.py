@@ -47,20 +47,40 @@ def test_runs_share_metric_and_param_names(store):
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert len(runs) == 2
-    common = {"auroc", "ap", "precision", "recall", "f1", "fpr", "threshold", "threshold_recon",
-              "auroc_recon", "train_loss", "val_loss", "fit_seconds", "calibration_fpr_recon"}
+    common = {"eval/auroc", "eval/ap", "eval/precision", "eval/recall", "eval/f1", "eval/fpr",
+              "eval/auroc_recon", "calibration/threshold", "calibration/threshold_recon",
+              "calibration/fpr_recon", "val_recon_mse", "fit/seconds", "fit/epochs",
+              "fit/best_val_recon_mse"}
     for r in runs:
         assert common <= set(r.data.metrics), sorted(common - set(r.data.metrics))
-        assert r.data.metrics["auroc"] > 0.8
+        assert r.data.metrics["eval/auroc"] > 0.8
         assert r.info.status == "FINISHED"
+        assert all("/" in k for k in r.data.metrics if not k.startswith(("train_", "val_")))
     assert set(runs[0].data.params) == set(runs[1].data.params)
+    ae = next(r for r in runs if r.data.tags["kind"] == "ae")
     vae = next(r for r in runs if r.data.tags["kind"] == "vae")
-    assert {"auroc_agg_elbo", "auroc_elbo", "threshold_elbo"} <= set(vae.data.metrics)
-    assert vae.data.metrics["auroc"] == vae.data.metrics["auroc_agg_elbo"]
-    history = client.get_metric_history(vae.info.run_id, "val_loss")
-    assert len(history) == int(vae.data.metrics["epochs_trained"])
-    artifacts = {a.path for a in client.list_artifacts(vae.info.run_id, "plots")}
-    assert {"plots/loss_curves.png", "plots/scores_elbo.png", "plots/roc_pr.png"} <= artifacts
+    assert {"train_mse", "val_mse"} <= set(ae.data.metrics)
+    assert not {"train_neg_elbo", "val_neg_elbo"} & set(ae.data.metrics)
+    assert {"train_neg_elbo", "val_neg_elbo"} <= set(vae.data.metrics)
+    assert {"eval/auroc_agg_elbo", "eval/auroc_elbo", "calibration/threshold_elbo"} <= set(
+        vae.data.metrics)
+    assert vae.data.metrics["eval/auroc"] == vae.data.metrics["eval/auroc_agg_elbo"]
+    for run, objective in ((ae, "val_mse"), (vae, "val_neg_elbo")):
+        epochs = int(run.data.metrics["fit/epochs"])
+        recon = client.get_metric_history(run.info.run_id, "val_recon_mse")
+        assert [m.step for m in recon] == list(range(1, epochs + 1))
+        assert len(client.get_metric_history(run.info.run_id, objective)) == epochs
+    # The AE's objective on the validation rows is their reconstruction error.
+    assert ae.data.metrics["val_mse"] == pytest.approx(ae.data.metrics["val_recon_mse"],
+                                                        rel=1e-4)
+    # Comparable across kinds: a VAE's per-feature error is of the AE's order (its ELBO is not).
+    assert vae.data.metrics["val_recon_mse"] < 10 * ae.data.metrics["val_recon_mse"] + 1
+    artifacts = {a.path for a in client.list_artifacts(vae.info.run_id)}
+    assert {"loss_curves.png", "scores_elbo.png", "scores_recon.png", "roc_pr.png"} <= artifacts
+    shared = artifacts & {a.path for a in client.list_artifacts(ae.info.run_id)}
+    assert {"loss_curves.png", "scores_recon.png", "roc_pr.png"} <= shared  # the compare view
+    exp = client.get_experiment_by_name("tests")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_pyfunc_scores_match_the_detector(store, breast_cancer):
@@ -85,6 +105,8 @@ def test_promote_and_list(store, capsys):
     assert main(["models", "--tracking-uri", store, "list"]) == 0
     out = capsys.readouterr().out
     assert "champion" in out and "challenger" in out
+    auroc = [line.split()[6] for line in out.splitlines()[2:]]  # the runs' eval/auroc
+    assert len(auroc) == 2 and all(0.5 < float(a) <= 1 for a in auroc), out
     assert main(["models", "--tracking-uri", store, "promote", NAME, "--version", "9"]) == 2
     assert "has no version 9" in capsys.readouterr().err
 
@@ -168,6 +190,6 @@ def test_too_few_calibration_records_warn_and_say_what_they_promise(tmp_path, br
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     mv = client.get_model_version("small", "1")
     metrics = client.get_run(mv.run_id).data.metrics
-    assert metrics["achievable_fpr"] == pytest.approx(1 / 13)
-    assert metrics["target_fpr"] == 0.01
+    assert metrics["calibration/achievable_fpr"] == pytest.approx(1 / 13)
+    assert metrics["calibration/target_fpr"] == 0.01
     assert float(mv.tags["achievable_fpr"]) == pytest.approx(1 / 13, rel=1e-5)

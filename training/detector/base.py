@@ -120,7 +120,7 @@ class BaseDetector:
 
     # -- fitting -----------------------------------------------------------------------------
     def fit(self, data: Any, source: str = "data",
-            on_epoch: Callable[[int, float, float], None] | None = None) -> BaseDetector:
+            on_epoch: Callable[[dict[str, float]], None] | None = None) -> BaseDetector:
         """Learn preprocessing and network from normal data only.
 
         A random ``validation_fraction`` of the records is held out for early stopping and for
@@ -129,7 +129,11 @@ class BaseDetector:
         Args:
             data: normal records (the kind's input: a table, images...).
             source: name for error messages.
-            on_epoch: called with (epoch, train_loss, val_loss) after every epoch.
+            on_epoch: called after every epoch with its record: ``epoch``, ``train_loss`` and
+                ``val_loss`` (the kind's objective: mean squared error for an AE, negative
+                ELBO for a VAE), ``val_recon_mse`` (mean squared error per feature of the
+                deterministic reconstruction of the validation rows, the same quantity for
+                every kind).
 
         Returns:
             self
@@ -205,7 +209,7 @@ class BaseDetector:
         return (nll + self.params.beta * kl_to_standard_normal(mu, logvar)).mean()
 
     def _train(self, X_train: torch.Tensor, X_val: torch.Tensor,
-               on_epoch: Callable[[int, float, float], None] | None) -> list[dict[str, float]]:
+               on_epoch: Callable[[dict[str, float]], None] | None) -> list[dict[str, float]]:
         """The training loop: seeded shuffles, Adam, early stopping on the validation loss."""
         p, r = self.params, self.resolved_
         # fused: one kernel per step instead of one per tensor (faster on these small
@@ -233,10 +237,12 @@ class BaseDetector:
             self.network_.eval()
             with torch.no_grad():
                 val = float(self._loss(X_val, X_val, eps_val))
+                val_recon = float(self._squared_errors(X_val).mean())
             train_loss = total / len(X_train)
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val})
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val,
+                            "val_recon_mse": val_recon})
             if on_epoch:
-                on_epoch(epoch, train_loss, val)
+                on_epoch(history[-1])
             log.debug("epoch %d: train loss %.5g, validation loss %.5g", epoch, train_loss, val)
             if bar:
                 bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val:.4g}")
