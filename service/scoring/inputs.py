@@ -22,6 +22,9 @@ from service.errors import data_error
 from training.errors import DataError, TooLargeError, UnsupportedMediaError
 from training.preprocessing.tabular import NUMERIC, ColumnSpec, Records
 
+MAX_IGNORED_COLUMNS = 1_000
+"""Columns a request may send besides the model's own (listed back in ``ignored_columns``)."""
+
 NumberValue = Annotated[float, Strict(), AllowInfNan(False)] | None
 CategoryValue = StrictStr | StrictBool | None
 _LAYOUT_HINT = ("send either 'records' (a list of objects, column -> value) or 'columns' "
@@ -39,6 +42,14 @@ def require_json(content_type: str | None) -> None:
 
 def _value_type(spec: ColumnSpec) -> Any:
     return NumberValue if spec.kind == NUMERIC else CategoryValue
+
+
+def _listed(ignored: set[str]) -> list[str]:
+    """The ignored columns, sorted; too many of them is a 413 (the answer lists them all)."""
+    if len(ignored) > MAX_IGNORED_COLUMNS:
+        raise TooLargeError(f"{len(ignored)} columns the model does not read; at most "
+                            f"{MAX_IGNORED_COLUMNS}: send only the model's columns")
+    return sorted(ignored)
 
 
 class ModelInputs:
@@ -98,7 +109,7 @@ class ModelInputs:
         if "records" in body:
             records = body["records"]
             ignored = set().union(*records) - self._expected
-            return Records(n=len(records), records=records, ignored=sorted(ignored))
+            return Records(n=len(records), records=records, ignored=_listed(ignored))
         cols = body["columns"]
         lengths = {c: len(cols[c]) for c in self.columns}
         n = lengths[self.columns[0]]
@@ -106,7 +117,7 @@ class ModelInputs:
             if length != n:
                 raise DataError(f"{length} values, but column '{self.columns[0]}' has {n}; "
                                 "every column needs one value per record", column=c)
-        return Records(n=n, columns=cols, ignored=sorted(set(cols) - self._expected))
+        return Records(n=n, columns=cols, ignored=_listed(set(cols) - self._expected))
 
     def _error(self, errors: list[dict[str, Any]]) -> Exception:
         for err in errors:

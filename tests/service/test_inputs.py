@@ -90,6 +90,22 @@ def test_unequal_columns_and_both_layouts(served, records):
         _parse(served, {"records": records, "columns": full})
 
 
+def test_too_many_extra_columns_are_refused_without_listing_them(served, records):
+    import time
+
+    wide = {**records[0], **{f"c{i}": 0 for i in range(100_000)}}
+    for body in ({"records": [wide]}, {"columns": {k: [v] for k, v in wide.items()}}):
+        raw = json.dumps(body).encode()
+        start = time.perf_counter()
+        with pytest.raises(TooLargeError) as e:
+            _parse(served, raw)
+        assert str(e.value) == ("100000 columns the model does not read; at most 1000: send "
+                                "only the model's columns")
+        assert time.perf_counter() - start < 5
+    few = {**records[0], **{f"c{i}": 0 for i in range(1_000)}}
+    assert len(_parse(served, {"records": [few]}).ignored) == 1_000
+
+
 def test_too_many_records(served, records):
     with pytest.raises(TooLargeError, match="more than 100 records"):
         _parse(served, {"records": records * 20})
