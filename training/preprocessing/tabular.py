@@ -158,9 +158,9 @@ def _kept_categories(counts: pd.Series, name: str) -> tuple[list[str], bool]:
                     key=lambda kv: (-kv[1], kv[0]))
     kept = ranked[:MAX_CATEGORIES]
     pooled = int(counts.sum()) - sum(c for _, c in kept)
-    log.info("column '%s': %d distinct values; the %d most frequent are kept, the other %d "
-             "(%.1f%% of its rows) share the category %s", name, len(counts), MAX_CATEGORIES,
-             len(counts) - MAX_CATEGORIES, 100.0 * pooled / int(counts.sum()), OTHER)
+    log.debug("column '%s': %d distinct values; the %d most frequent are kept, the other %d "
+              "(%.1f%% of its rows) share the category %s", name, len(counts), MAX_CATEGORIES,
+              len(counts) - MAX_CATEGORIES, 100.0 * pooled / int(counts.sum()), OTHER)
     return sorted(k for k, _ in kept), True
 
 
