@@ -16,7 +16,9 @@ from training.nn.dense import ACTIVATIONS
 
 KINDS = ("ae", "vae")
 SCORE_KINDS = {"ae": ("recon",), "vae": ("agg_elbo", "elbo", "recon")}
-DEFAULT_PRIMARY = {"ae": "recon", "vae": "agg_elbo"}
+# The VAE's primary score is the plain ELBO: ``agg_elbo`` led only on the tables it was chosen
+# on and trailed ``elbo`` on the data it was not (docs/benchmarks/quality.md).
+DEFAULT_PRIMARY = {"ae": "recon", "vae": "elbo"}
 # With ``neighbours`` = k > 0: ``knn``, the distance to the k-th nearest training record in the
 # preprocessed space, and ``combined``, the mean of the network's primary score and ``knn``, each
 # standardised on the validation normals (median, interquartile range).

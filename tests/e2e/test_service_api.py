@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.schemas import ModelList, ScoreResponse
-from training.detector.base import Detector
+from training.detector import Detector
 
 MODELS = ["models:/bc@champion", "models:/bc-vae@champion", "models:/bc-reload@champion"]
 
@@ -54,11 +54,11 @@ def test_ready_and_listing(api):
         {"bc": "1", "bc-vae": "1", "bc-reload": "1"}
     listing = ModelList.model_validate(api.get("/v1/models").json())
     by_name = {m.name: m for m in listing.models}
-    assert by_name["bc-vae"].kind == "vae" and by_name["bc-vae"].primary_score == "agg_elbo"
+    assert by_name["bc-vae"].kind == "vae" and by_name["bc-vae"].primary_score == "elbo"
     assert by_name["bc"].alias == "champion" and by_name["bc"].origin == "registry"
     assert len(by_name["bc"].input_schema) == 30 and by_name["bc"].run_id
     one = api.get("/v1/models/bc-vae").json()
-    assert one["thresholds"]["agg_elbo"] == one["threshold"] and 0 < one["target_fpr"] < 1
+    assert one["thresholds"]["elbo"] == one["threshold"] and 0 < one["target_fpr"] < 1
     assert one["score_kinds"] == ["agg_elbo", "elbo", "recon"]
     assert api.get("/healthz").json() == {"status": "ok"}
 

@@ -33,7 +33,7 @@ def test_score_columns_and_flags(fitted, splits):
     assert list(out.columns) == expected + ["unknown_categories"]
     assert len(out) == len(splits["test"])
     primary = fitted.primary_score
-    assert primary == ("agg_elbo" if fitted.params.kind == "vae" else "recon")
+    assert primary == ("elbo" if fitted.params.kind == "vae" else "recon")
     assert kinds == (("agg_elbo", "elbo", "recon") if fitted.params.kind == "vae" else ("recon",))
     np.testing.assert_array_equal(out["score"], out[f"score_{primary}"])
     np.testing.assert_array_equal(out["is_anomaly"], out["score"] > fitted.thresholds_[primary])
