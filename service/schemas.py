@@ -106,6 +106,8 @@ class ModelInfo(ModelMeta):
     origin: str = Field(description="registry, or cache when the registry was unreachable")
     thresholds: dict[str, float]
     target_fpr: float
+    achievable_fpr: float = Field(description="the false-positive rate the threshold promises: "
+                                  "the target, or more when calibration data were too few")
     score_kinds: list[str]
     latent_dim: int
     input_schema: list[ColumnInfo]

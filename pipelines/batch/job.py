@@ -16,11 +16,10 @@ from pathlib import Path
 import mlflow
 
 from pipelines.batch.engines import images as batch_images
-from pipelines.batch.engines.images import is_image_input
 from pipelines.batch.engines.tables import _prepare, score_file
 from pipelines.batch.model import BatchModel, load_batch_model
 from pipelines.batch.options import ScoreOptions
-from pipelines.batch.plan import plan
+from pipelines.batch.plan import is_image_input, plan
 from pipelines.batch.results import EXPERIMENT, BatchResult, InputResult, ScoreSample, log_metrics
 from pipelines.registry.tracking import ensure_experiment, use_tracking_uri
 from training.errors import ConfigError
@@ -52,7 +51,7 @@ def run_batch(opts: ScoreOptions) -> BatchResult:
             else:
                 prepare = batch_images.prepare if model.is_image else _prepare
                 todo.append(prepare(model, src, out, opts))  # every check before any scoring
-        result = BatchResult(None, model.name, model.version, inputs=done)
+        result = BatchResult(None, model.name, model.version, inputs=done).promised_by(model)
         ensure_experiment(EXPERIMENT)
         start = time.perf_counter()
         sample = ScoreSample()

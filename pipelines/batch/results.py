@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -46,6 +47,13 @@ class BatchResult:
     # target when it was calibrated on too few records)
     target_fpr: float | None = None
     achievable_fpr: float | None = None
+
+    def promised_by(self, model: Any) -> BatchResult:
+        """Record the false-positive target of ``model`` (a loaded batch model) and the rate
+        its threshold promises; returns self."""
+        det = model.detector
+        self.target_fpr, self.achievable_fpr = det.params.target_fpr, det.achievable_fpr_
+        return self
 
     @property
     def rows(self) -> int:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from service.model import ModelSource, ServedModel
-from training.detector.base import Detector
+from training.detector import Detector
 
 
 @pytest.fixture(scope="package")

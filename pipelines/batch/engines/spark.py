@@ -178,7 +178,7 @@ def run_spark(opts: ScoreOptions) -> BatchResult:
                 raise _as_data_error(e) from None
             res = _summarise(spark, out, opts, total)
             result = BatchResult(run.info.run_id, model.name, model.version, inputs=[res],
-                                 seconds=time.perf_counter() - start)
+                                 seconds=time.perf_counter() - start).promised_by(model)
             result.quantiles = _quantiles(spark, out)
             log_metrics(result)
     log.info("%s -> %s: %d rows in %.1fs with Spark, %d anomalies", opts.input, out, res.rows,
