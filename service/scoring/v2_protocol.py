@@ -72,7 +72,7 @@ class InferRequest:
     id: str | None = None
     outputs: list[str] | None = None  # None: every output
     binary: set[str] = field(default_factory=set)  # outputs sent as binary data
-    binary_all: bool = False
+    binary_all: bool = False  # every output as binary data (none were named)
 
 
 @dataclass
@@ -160,9 +160,12 @@ def parse(model: ServedModel, raw: bytes, header_length: str | None,
     for name in wanted or []:
         if name not in known:
             raise DataError(f"no output named {name!r}; this model's outputs are {known}")
-    binary = {o.name for o in req.outputs or [] if (o.parameters or {}).get("binary_data")}
+    # An output's own binary_data wins; binary_data_output is the default for the others.
+    default = bool((req.parameters or {}).get("binary_data_output"))
+    binary = {o.name for o in req.outputs or []
+              if (o.parameters or {}).get("binary_data", default)}
     return InferRequest(records=records, id=req.id, outputs=wanted, binary=binary,
-                        binary_all=bool((req.parameters or {}).get("binary_data_output")))
+                        binary_all=default and not req.outputs)
 
 
 def _split(raw: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
