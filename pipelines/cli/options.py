@@ -86,29 +86,27 @@ class Group(click.Group):
         self.params.extend(global_options())
 
 
-class IntList(click.ParamType):
-    """Comma-separated integers (``64,32``) as a list."""
+class _CommaList(click.ParamType):
+    """Comma-separated values as a list: integers (``64,32``) or names (``id,amount``)."""
 
-    name = "INTS"
+    def __init__(self, name: str, item: type, what: str):
+        self.name, self.item, self.what = name, item, what
 
     def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> list[int]:
+                ctx: click.Context | None) -> list[Any]:
         if isinstance(value, list):
             return value
         try:
-            return [int(x) for x in str(value).split(",")]
+            return [self.item(x.strip()) for x in str(value).split(",") if x.strip()]
         except ValueError:
-            self.fail(f"expected comma-separated integers (e.g. 64,32), got {value!r}",
-                      param, ctx)
+            self.fail(f"expected comma-separated {self.what}, got {value!r}", param, ctx)
 
 
-class NameList(click.ParamType):
+def IntList() -> _CommaList:  # noqa: N802 (used like a type)
+    """Comma-separated integers (``64,32``) as a list."""
+    return _CommaList("INTS", int, "integers (e.g. 64,32)")
+
+
+def NameList() -> _CommaList:  # noqa: N802
     """Comma-separated names (``id,amount``) as a list; blanks dropped."""
-
-    name = "COLUMNS"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> list[str]:
-        if isinstance(value, list):
-            return value
-        return [c.strip() for c in str(value).split(",") if c.strip()]
+    return _CommaList("COLUMNS", str, "names (e.g. id,amount)")

@@ -44,8 +44,7 @@ def _default(name: str) -> Any:
 @click.option("--label-column", metavar="COLUMN",
               help="Column of labels (1 = anomaly): anomalies are held out for evaluation, "
               "never trained on.")
-@click.option("--id-column", metavar="COLUMN",
-              help="Column identifying records (not a feature).")
+@click.option("--id-column", metavar="COLUMN", help="Column identifying records (not a feature).")
 @click.option("--eval-data", metavar="PATH",
               help="Separate labelled CSV/Parquet file for evaluation (images: a folder with "
               "good/ and one folder per defect, or .npz/IDX).")
