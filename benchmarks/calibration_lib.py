@@ -248,7 +248,8 @@ def to_markdown(r: pd.DataFrame) -> str:
 
     for method in dict.fromkeys(r.method):
         rm = r[r.method == method]
-        lines += ["", f"### {method}", "",
+        primary = ", ".join(str(p) for p in dict.fromkeys(rm.primary.dropna()))
+        lines += ["", f"### {method}" + (f" (is_anomaly by {primary})" if primary else ""), "",
                   "| runs in | runs | datasets | inside all-n | above all-n | below all-n | "
                   "inside n_cal | above n_cal | below n_cal | mean FPR | max FPR | "
                   "mean expected FPR (n_cal) |",
