@@ -25,7 +25,7 @@ import warnings
 
 import click
 
-from pipelines.cli import batch, demo, models, serve, train, ui
+from pipelines.cli import batch, demo, export, models, serve, train, ui
 from pipelines.cli.options import Globals, Group
 from training.errors import AnomalyError
 
@@ -51,7 +51,7 @@ def cli() -> None:
 
 
 for _command in (train.train, models.models, ui.ui, serve.serve, batch.score, batch.schedule,
-                 demo.demo):
+                 export.export, demo.demo):
     cli.add_command(_command)
 
 

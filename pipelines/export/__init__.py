@@ -1,0 +1,1 @@
+"""Exports of a trained detector to other runtimes (ONNX)."""
