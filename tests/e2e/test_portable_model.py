@@ -108,7 +108,8 @@ def test_mlflow_models_serve_virtualenv_answers_the_same_scores(python, env_root
     uri = store.table_uri if which == "table" else store.image_uri
     df = _inputs(store, uri)
     port = free_port()
-    env = clean_env(MLFLOW_ENV_ROOT=str(env_root), MLFLOW_TRACKING_URI=store.uri)
+    env = clean_env(MLFLOW_ENV_ROOT=str(env_root), MLFLOW_TRACKING_URI=store.uri,
+                    MLFLOW_LOGGING_LEVEL="INFO")  # its log says which environment it used
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
                              "--env-manager", "virtualenv", "--host", "127.0.0.1",
