@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,18 +107,51 @@ def test_scores_in_an_environment_without_the_project(python, store, tmp_path, w
 def test_mlflow_models_serve_virtualenv_answers_the_same_scores(python, env_root, store,
                                                                tmp_path, which):
     uri = store.table_uri if which == "table" else store.image_uri
+    log = _serve_and_compare(store, uri, "virtualenv", env_root, tmp_path)
+    assert "already exists" in log  # the environment of the tests above
+
+
+def _uv() -> str | None:
+    found = shutil.which("uv")
+    beside = Path(sys.executable).with_name("uv")
+    return found or (str(beside) if beside.is_file() else None)
+
+
+@pytest.mark.skipif(_uv() is None, reason="needs uv (pip install uv)")
+def test_mlflow_models_serve_uv_answers_the_same_scores(request, store, tmp_path):
+    """``--env-manager uv`` builds its own environment (once, then cached) from the same
+    requirements; uv reads its own index settings, so pip's local wheel folder is passed on."""
+    env_root = Path(request.config.cache.mkdir("model-envs-uv"))
+    tools = tmp_path / "tools"  # uv alone on the PATH, not this project's interpreter
+    tools.mkdir()
+    (tools / "uv").symlink_to(_uv())
+    extra = {"UV_PYTHON_DOWNLOADS": "never"}
+    if os.environ.get("PIP_FIND_LINKS"):
+        extra["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"]
+    log = _serve_and_compare(store, store.table_uri, "uv", env_root, tmp_path,
+                             path_first=tools, extra=extra, timeout=1200)
+    assert "using uv" in log or "already exists" in log
+
+
+def _serve_and_compare(store, uri: str, manager: str, env_root: Path, tmp_path: Path,
+                       path_first: Path | None = None, extra: dict[str, str] | None = None,
+                       timeout: float = 300) -> str:
+    """``mlflow models serve --env-manager MANAGER``: /invocations answers the project's own
+    scores; returns the server's log."""
     df = _inputs(store, uri)
     port = free_port()
     env = clean_env(MLFLOW_ENV_ROOT=str(env_root), MLFLOW_TRACKING_URI=store.uri,
-                    MLFLOW_LOGGING_LEVEL="INFO")  # its log says which environment it used
+                    MLFLOW_LOGGING_LEVEL="INFO", **(extra or {}))  # the log names the env
+    if path_first is not None:
+        env["PATH"] = os.pathsep.join([str(path_first), env["PATH"]])
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
-                             "--env-manager", "virtualenv", "--host", "127.0.0.1",
+                             "--env-manager", manager, "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/ping", proc, timeout=300)
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, timeout=timeout)
         r = httpx.post(f"http://127.0.0.1:{port}/invocations",
                        json={"dataframe_split": df.to_dict(orient="split")}, timeout=120)
         assert r.status_code == 200, r.text[:2000]
@@ -125,9 +159,9 @@ def test_mlflow_models_serve_virtualenv_answers_the_same_scores(python, env_root
     finally:
         _stop_group(proc)
         log.close()
-    assert "already exists" in (tmp_path / "serve.log").read_text(errors="replace")
     want = _project_scores(store, uri, df, tmp_path)
     same_frames(got.astype(want.dtypes.to_dict()), want)
+    return (tmp_path / "serve.log").read_text(errors="replace")
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
