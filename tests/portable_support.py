@@ -75,9 +75,12 @@ def portable_store(tmp_path_factory, config) -> Portable:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without what would put this project on a child's path."""
+    """This process's environment without what would put this project on a child's path,
+    nor the MLflow store URIs earlier tests left in it (``mlflow.set_registry_uri`` writes
+    ``MLFLOW_REGISTRY_URI`` into the environment): a child talks to the store it is given."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONSTARTUP")}
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONSTARTUP",
+                        "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if p != venv_bin)
