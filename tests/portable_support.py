@@ -106,9 +106,12 @@ def model_env(env_root: Path, store: Portable, uri: str, workdir: Path) -> Path:
     done = mlflow_cli("models", "prepare-env", "-m", uri, "--env-manager", "virtualenv",
                       env=env, cwd=workdir)
     assert done.returncode == 0, done.stderr[-3000:]
+    # A models:/ URI is resolved by the process-wide registry client whatever the arguments
+    # say, and earlier tests point it elsewhere.
+    mlflow.set_tracking_uri(store.uri)
+    mlflow.set_registry_uri(store.uri)
     local = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=uri, dst_path=str(workdir / "model-files"), tracking_uri=store.uri,
-        registry_uri=store.uri))
+        artifact_uri=uri, dst_path=str(workdir / "model-files"), tracking_uri=store.uri))
     name = _get_virtualenv_name(_get_python_env(local), local)
     python = env_root / name / "bin" / "python"
     assert python.is_file(), f"no environment {name} in {env_root}: {sorted(os.listdir(env_root))}"
