@@ -21,7 +21,6 @@ Resumable: rows already in ``<out>/calibration.csv`` are skipped. Writes
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -181,15 +180,10 @@ def run_calibration(datasets: list[q.Dataset], seeds: Iterable[int], methods: It
                     params: dict[str, Any] | None, tag: str, out_csv: Path,
                     target: float = 0.01) -> pd.DataFrame:
     """Every (dataset, seed, method) not yet in ``out_csv``, appended as it finishes."""
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
     done = {(r.dataset, int(r.seed), r.method, float(r.target_fpr))
             for r in read_results(out_csv).itertuples()}
-    new_file = not out_csv.is_file() or out_csv.stat().st_size == 0
     parsed = [parse_method(m, params, tag) for m in methods]
-    with out_csv.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        if new_file:
-            writer.writeheader()
+    with q.appending_rows(out_csv, FIELDS) as writer:
         for ds in datasets:
             for seed in seeds:
                 for kind, name, p in parsed:
@@ -202,7 +196,6 @@ def run_calibration(datasets: list[q.Dataset], seeds: Iterable[int], methods: It
                         continue
                     row["method"] = name
                     writer.writerow(row)
-                    fh.flush()
                     log.info("%-20s seed %d %-10s n %5d n_cal %4d m %5d FPR %.4f "
                              "all-n [%.4f, %.4f] n_cal [%.4f, %.4f] fit %.1fs",
                              ds.name, seed, name, row["n"], row["n_cal"], row["m"], row["fpr"],

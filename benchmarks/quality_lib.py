@@ -17,11 +17,12 @@ datasets plug in by registering a loader that returns :class:`Dataset` objects w
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,24 +102,22 @@ def load_adbench(data_dir: Path, names: Iterable[str] | None = None) -> list[Dat
     A short name drops the numeric prefix: ``6_cardio.npz`` is ``cardio``. ``names`` selects
     by short name or file stem, case-insensitively.
     """
-    folder = _tables_folder(data_dir)
-    files = _npz_files(folder)
-    if not files:
-        raise FileNotFoundError(f"no .npz tables under {folder}")
-    wanted = _wanted(names)
-    _check_found(wanted, files, str(folder))
-    return _load_npz(files, wanted, "tables")
+    return _load_group(_tables_folder(data_dir), names, "tables")
 
 
 def load_embeddings(data_dir: Path, names: Iterable[str] | None = None) -> list[Dataset]:
     """ADBench embedding sets ``<data_dir>/adbench_embeddings/*.npz``; short name = file stem."""
-    folder = data_dir / "adbench_embeddings"
+    return _load_group(data_dir / "adbench_embeddings", names, "embeddings")
+
+
+def _load_group(folder: Path, names: Iterable[str] | None, group: str) -> list[Dataset]:
+    """Every ``.npz`` of one group's folder (or those ``names`` picks), as ``group``."""
     files = _npz_files(folder)
     if not files:
-        raise FileNotFoundError(f"no .npz embedding sets under {folder}")
+        raise FileNotFoundError(f"no .npz {group} under {folder}")
     wanted = _wanted(names)
     _check_found(wanted, files, str(folder))
-    return _load_npz(files, wanted, "embeddings")
+    return _load_npz(files, wanted, group)
 
 
 def load_all(data_dir: Path, names: Iterable[str] | None = None) -> list[Dataset]:
@@ -346,6 +345,19 @@ def _metrics(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
     return float(roc_auc_score(y, s)), float(average_precision_score(y, s))
 
 
+@contextlib.contextmanager
+def appending_rows(out_csv: Path, fields: list[str]) -> Iterator[csv.DictWriter]:
+    """A CSV writer appending to ``out_csv`` (created with its header if new or empty): how
+    every benchmark run records its rows as they finish, so an interrupted run resumes."""
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not out_csv.is_file() or out_csv.stat().st_size == 0
+    with out_csv.open("a", newline="", buffering=1) as fh:  # line-buffered: each row lands
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        if new_file:
+            writer.writeheader()
+        yield writer
+
+
 def run_benchmark(datasets: list[Dataset], seeds: Iterable[int], methods: dict[str, Method],
                   wanted: dict[str, tuple[str, ...]], out_csv: Path) -> pd.DataFrame:
     """Run every (dataset, seed, method) not yet in ``out_csv``, appending rows as they finish.
@@ -353,13 +365,8 @@ def run_benchmark(datasets: list[Dataset], seeds: Iterable[int], methods: dict[s
     Returns:
         all rows of ``out_csv`` afterwards.
     """
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
     done = {(r.dataset, int(r.seed), r.method) for r in read_results(out_csv).itertuples()}
-    new_file = not out_csv.is_file() or out_csv.stat().st_size == 0
-    with out_csv.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        if new_file:
-            writer.writeheader()
+    with appending_rows(out_csv, FIELDS) as writer:
         for ds in datasets:
             for seed in seeds:
                 split = protocol_split(ds.y, seed)
@@ -400,7 +407,6 @@ def run_benchmark(datasets: list[Dataset], seeds: Iterable[int], methods: dict[s
                             "n_train": len(split.train), "n_test": len(split.test),
                             "anomaly_ratio": round(float(y_test.mean()), 4),
                         })
-                        fh.flush()
                         done.add((ds.name, seed, col))
                         log.info("%-14s seed %d %-16s AUROC %.4f AP %.4f fit %.1fs score %.2fs",
                                  ds.name, seed, col, auroc, ap, fit_s, score_s)

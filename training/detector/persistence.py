@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,17 +25,15 @@ from training.calibration import ScoreCalibration
 from training.detector.registry import DETECTORS, detector_class
 from training.errors import ModelFormatError
 
-if TYPE_CHECKING:
-    from training.detector.base import BaseDetector
-
 FORMAT_VERSION = 3  # bumped whenever what save_detector writes changes meaning
 PRIOR_FILE = "aggregate_prior.pt"
 REFERENCE_FILE = "reference.pt"  # the ``knn`` score's training rows
 _REQUIRED = ("weights.pt", "detector.json", "preprocessing.json")
 
 
-def save_detector(det: BaseDetector, path: str | Path) -> Path:
-    """Write a fitted, calibrated detector into the folder ``path``; returns it."""
+def save_detector(det: Any, path: str | Path) -> Path:
+    """Write a fitted, calibrated detector (a :class:`~training.detector.base.BaseDetector`)
+    into the folder ``path``; returns it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.save(det.network_.state_dict(), path / "weights.pt")
@@ -62,7 +60,7 @@ def save_detector(det: BaseDetector, path: str | Path) -> Path:
     return path
 
 
-def load_detector(path: str | Path) -> BaseDetector:
+def load_detector(path: str | Path) -> Any:
     """The detector saved at ``path``, of whatever data kind its ``detector.json`` names.
 
     Raises:
