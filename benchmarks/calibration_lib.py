@@ -4,9 +4,10 @@ For our Detector, on each (dataset, seed) of the one-class protocol
 (:func:`benchmarks.quality_lib.protocol_split`):
 
 1. the n training normals are cut like the product cuts a training job's normal data
-   (:func:`pipelines.train.splits.cut`, no labels, ``eval_fraction`` 0.2 and
-   ``calibration_fraction`` 0.2): ``fit`` rows train the Detector, ``calibration`` rows
-   (n_cal of them) set its thresholds at the target FPR;
+   (:func:`pipelines.train.splits.cut`, no labels, ``calibration_fraction`` 0.2): ``fit``
+   rows train the Detector, ``calibration`` rows (n_cal of them) set its thresholds at the
+   target FPR; a cross-fitting Detector (an ensemble, by default) fits on all n and
+   calibrates on all of them (n_cal = n);
 2. the m test normals are flagged with the calibrated Detector (``is_anomaly``, the primary
    score); the observed FPR is the flagged fraction;
 3. the reference: an exact conformal threshold calibrated on all n training normals, at
@@ -144,16 +145,17 @@ def run_one(ds: q.Dataset, seed: int, kind: str, params: dict[str, Any], target:
     test_normals = ds.X[split.test][ds.y[split.test] == 0]
     test_normals = test_normals.reshape(len(test_normals), -1)
     n, m = len(train), len(test_normals)
-    c = cut(None, n, CutConfig(seed=seed), "bench")
     det = Detector(kind=kind, **{"seed": seed, "target_fpr": target, **params})
+    c = cut(None, n, CutConfig(seed=seed), "bench", hold_out=not det.calibrated_by_fit)
     t0 = time.perf_counter()
     det.fit(train[c.fit])
     t1 = time.perf_counter()
-    det.calibrate(train[c.calibration])
+    if not det.calibrated_by_fit:
+        det.calibrate(train[c.calibration])
     t2 = time.perf_counter()
     flags, by_kind = _flags(det, test_normals)
     t3 = time.perf_counter()
-    n_cal = len(c.calibration)
+    n_cal = int(det.calibrations_[det.primary_score].scores.size)
     lo_all, hi_all, mean_all = conformal_interval(n, m, target)
     lo_cal, hi_cal, mean_cal = conformal_interval(n_cal, m, target)
     return {
@@ -226,9 +228,9 @@ def to_markdown(r: pd.DataFrame) -> str:
     lines = [f"Thresholds at target FPR {', '.join(f'{t:g}' for t in targets)}, seeds "
              f"{sorted(int(s) for s in r.seed.unique())}. The Detector fits on the product's "
              f"fit split of the n training normals and calibrates on its calibration split "
-             f"(n_cal; pipelines.train.splits.cut, eval_fraction {EVAL_FRACTION}, "
-             f"calibration_fraction {CALIBRATION_FRACTION}); observed FPR = flagged fraction "
-             "(is_anomaly) of the m test normals. Intervals: the "
+             f"(n_cal; pipelines.train.splits.cut, calibration_fraction "
+             f"{CALIBRATION_FRACTION}), or, cross-fitting, on all n (n_cal = n); observed "
+             "FPR = flagged fraction (is_anomaly) of the m test normals. Intervals: the "
              f"{LEVEL:.0%} Beta-binomial interval of the FPR on m normals of an exact conformal "
              "threshold calibrated on all n training normals (all-n) or on n_cal normals."]
 

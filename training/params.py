@@ -27,6 +27,9 @@ DEFAULT_NEIGHBOURS = {"ae": 0, "vae": 0}
 # Ensemble size by kind: three table VAEs trained side by side detect more and vary less across
 # seeds, for more fit and bulk scoring time; the AE stays at 1 (docs/benchmarks/experiments.md).
 DEFAULT_MODELS = {"ae": 1, "vae": 3}
+# An ensemble (n_models >= 2) calibrates on every training normal by cross-fitting: member m
+# trains on all but the m-th fold of the training records and scores that fold, so every
+# training normal gets scores from a network that never saw it (``cross_fit``).
 # Gradient steps the epoch cap allows for; early stopping on the validation rows decides when
 # to stop before that.
 TARGET_STEPS = 10_000
@@ -55,6 +58,7 @@ class DetectorParams:
     mc_samples: int = 8
     n_models: int | None = None
     neighbours: int | None = None
+    cross_fit: bool | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     # Defaults that depend on the (dense) kind; subclasses for other data override them.
@@ -91,6 +95,13 @@ class DetectorParams:
         if self.n_models is None:
             self.n_models = self.default_models[self.kind]
         _check_positive_int("n_models", self.n_models)
+        if self.cross_fit is None:
+            self.cross_fit = self.n_models >= 2
+        if not isinstance(self.cross_fit, bool):
+            raise ConfigError(f"cross_fit: expected true or false, got {shown(self.cross_fit)}")
+        if self.cross_fit and self.n_models < 2:
+            raise ConfigError("cross_fit: needs an ensemble (n_models >= 2): each member is "
+                              "one fold's model")
         _check_range("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         _check_range("noise_std", self.noise_std, 0.0, math.inf)
         _check_range("beta", self.beta, 0.0, math.inf)

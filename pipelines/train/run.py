@@ -13,9 +13,10 @@ section per prefix):
   ``train_neg_elbo``/``val_neg_elbo`` (VAE);
 - ``fit/``: ``seconds``, ``epochs``, ``best_epoch`` (the weights kept),
   ``best_val_<objective>`` and ``best_val_recon_mse`` at that epoch;
-- ``calibration/``: ``n``, ``target_fpr``, and for the primary score ``threshold`` and
-  ``achievable_fpr``; per score kind ``threshold_<kind>``, ``fpr_<kind>``, ``median_<kind>``,
-  ``p99_<kind>``, ``achievable_fpr_<kind>``;
+- ``calibration/``: ``n`` (the normal records the thresholds rest on: the held-out ones, or
+  with cross-fitting every record the detector trained on), ``target_fpr``, and for the
+  primary score ``threshold`` and ``achievable_fpr``; per score kind ``threshold_<kind>``,
+  ``fpr_<kind>``, ``median_<kind>``, ``p99_<kind>``, ``achievable_fpr_<kind>``;
 - ``eval/`` (with labelled data): ``n_normal``, ``n_anomalous``, and ``auroc``, ``ap``,
   ``precision``, ``recall``, ``f1``, ``fpr`` for the primary score (no suffix: these line up
   across kinds) and with a ``_<kind>`` suffix for every score kind.
@@ -33,7 +34,6 @@ from dataclasses import dataclass, field
 
 import mlflow
 import numpy as np
-import pandas as pd
 
 from pipelines.registry.tracking import ensure_experiment, use_tracking_uri
 from pipelines.registry.versions import register
@@ -80,19 +80,22 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
                      on_epoch=lambda record: mlflow.log_metrics(
                          epoch_metrics(record, objective), step=int(record["epoch"])))
         fit_seconds = time.perf_counter() - t0
-        detector.calibrate(splits.calibration, source=cfg.data)
+        if not detector.calibrated_by_fit:
+            detector.calibrate(splits.calibration, source=cfg.data)
+        n_calibration = detector.calibrations_[detector.primary_score].scores.size
 
         logged_params = {**params.to_dict(), **detector.resolved_,
                          "data": cfg.data, "eval_data": cfg.eval_data,
                          "label_column": cfg.label_column, "id_column": cfg.id_column,
                          "n_fit_rows": len(splits.fit),
-                         "n_calibration_rows": len(splits.calibration),
+                         "n_calibration_rows": n_calibration,
+                         "calibration": "cross-fit" if detector.calibrated_by_fit else "held-out",
                          "n_input_columns": len(detector.preprocessor_.input_columns_),
                          "n_features": detector.preprocessor_.n_features_, **prepared.params}
         mlflow.log_params({k: ("" if v is None else v) for k, v in logged_params.items()})
         mlflow.log_input(kind.dataset(prepared, cfg), context="training")
 
-        metrics = _calibration_metrics(detector, splits.calibration, cfg.data)
+        metrics = _calibration_metrics(detector)
         metrics.update(_fit_metrics(detector.history_, objective, fit_seconds))
         eval_scores = None
         if splits.eval_X is not None:
@@ -140,10 +143,9 @@ def _fit_metrics(history: list[dict[str, float]], objective: str, seconds: float
     return out
 
 
-def _calibration_metrics(detector: BaseDetector, calibration: pd.DataFrame, source: str
-                         ) -> dict[str, float]:
-    out: dict[str, float] = {"calibration/n": float(len(calibration))}
+def _calibration_metrics(detector: BaseDetector) -> dict[str, float]:
     primary = detector.primary_score
+    out: dict[str, float] = {"calibration/n": float(detector.calibrations_[primary].scores.size)}
     for kind, cal in detector.calibrations_.items():
         s = cal.scores
         out[f"calibration/threshold_{kind}"] = cal.threshold

@@ -3,7 +3,9 @@
 The same rule for every data kind, on record indices: the normal records are shuffled
 (seeded); with labelled anomalies and no separate evaluation data, ``eval_fraction`` of them go
 to the evaluation set beside every anomaly; ``calibration_fraction`` (at least 10) calibrate the
-thresholds; the rest fit the detector.
+thresholds; the rest fit the detector. A detector that calibrates itself by cross-fitting
+(:attr:`training.params.DetectorParams.cross_fit`) gets every remaining normal record to fit on
+and none held out.
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ class Cut:
 
 
 def cut(labels: np.ndarray | None, n: int, cfg: Any, source: str, what: str = "rows",
-        separate_eval: bool = False) -> Cut:
+        separate_eval: bool = False, hold_out: bool = True) -> Cut:
     """Split ``n`` records with optional 0/1 ``labels`` (1 = anomaly) by the rule above.
 
     Args:
         cfg: the training configuration (``seed``, ``eval_fraction``, ``calibration_fraction``).
         separate_eval: evaluation data come from elsewhere; no normal record is held out.
+        hold_out: hold out the calibration records (False: the detector cross-fits, and
+            ``calibration`` is empty).
     """
     rng = np.random.default_rng(cfg.seed)
     normal = np.arange(n) if labels is None else np.flatnonzero(labels == 0)
@@ -63,7 +67,7 @@ def cut(labels: np.ndarray | None, n: int, cfg: Any, source: str, what: str = "r
     if len(anomalies) and not separate_eval:
         n_eval = int(round(cfg.eval_fraction * len(normal)))
         evaluation = np.r_[normal[:n_eval], anomalies]
-    n_cal = max(10, int(round(cfg.calibration_fraction * len(normal))))
+    n_cal = max(10, int(round(cfg.calibration_fraction * len(normal)))) if hold_out else 0
     return Cut(fit=normal[n_eval + n_cal :], calibration=normal[n_eval : n_eval + n_cal],
                evaluation=evaluation)
 

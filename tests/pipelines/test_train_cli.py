@@ -65,6 +65,16 @@ def test_runs_share_metric_and_param_names(store):
     assert {"eval/auroc_agg_elbo", "eval/auroc_elbo", "calibration/threshold_elbo"} <= set(
         vae.data.metrics)
     assert vae.data.metrics["eval/auroc"] == vae.data.metrics["eval/auroc_elbo"]
+    # The VAE ensemble cross-fits: its thresholds rest on every normal row it trained on, the
+    # AE's on the held-out fifth, and each run says which.
+    assert (ae.data.params["calibration"], vae.data.params["calibration"]) == (
+        "held-out", "cross-fit")
+    assert vae.data.params["n_fit_rows"] == vae.data.params["n_calibration_rows"]
+    assert vae.data.metrics["calibration/n"] == float(vae.data.params["n_fit_rows"])
+    assert ae.data.metrics["calibration/n"] == float(ae.data.params["n_calibration_rows"])
+    # The VAE fits on the rows the AE splits between fitting and calibrating.
+    assert int(vae.data.params["n_fit_rows"]) == int(ae.data.params["n_fit_rows"]) + int(
+        ae.data.params["n_calibration_rows"])
     for run, objective in ((ae, "val_mse"), (vae, "val_neg_elbo")):
         epochs = int(run.data.metrics["fit/epochs"])
         recon = client.get_metric_history(run.info.run_id, "val_recon_mse")

@@ -26,6 +26,11 @@ TINY = {"kind": "ae", "max_epochs": 2, "n_models": 1, "hidden_sizes": [8], "late
 EXPECTED_FAILURES = {
     "check_fit2d_1feature": "fits on 10 records; fitting needs at least 12 (10 to train, "
                             "2 held out to calibrate the thresholds)",
+    # float32 matrix products: on some CPUs the math library picks a kernel by the number of
+    # rows in the pass, so the last bits of a score (about 1e-6 relative) depend on which
+    # records are scored together; the check allows 1e-7.
+    "check_methods_subset_invariance": "float32 scores agree to about 1e-6 relative across "
+                                       "batch sizes, not the 1e-7 the check asks",
 }
 
 

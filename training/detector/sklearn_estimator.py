@@ -6,8 +6,9 @@
 estimator protocol, so it can be cloned, grid-searched and put in a ``Pipeline``: the
 constructor only stores its keyword arguments (every
 :class:`~training.params.DetectorParams` field, plus ``calibration_fraction``), ``get_params``
-and ``set_params`` work, ``fit(X)`` learns and calibrates in one call (holding out a random
-``calibration_fraction`` of the records for the thresholds) and returns ``self``.
+and ``set_params`` work, ``fit(X)`` learns and calibrates in one call (an ensemble cross-fits and
+calibrates on every record; a single network holds out a random ``calibration_fraction`` of the
+records for the thresholds) and returns ``self``.
 
 Its scoring methods follow scikit-learn's outlier conventions (``IsolationForest``,
 ``LocalOutlierFactor``), which point the other way from ours:
@@ -95,12 +96,16 @@ class SklearnDetector(OutlierMixin, BaseEstimator):
             self
         """
         frame = self._frame(X, reset=True)
-        n = len(frame)
-        n_cal = max(MIN_CALIBRATION_ROWS, int(round(self.calibration_fraction * n)))
-        order = np.random.default_rng(self.seed).permutation(n)
         params = {name: getattr(self, name) for name in PARAMS if name not in _OWN}
-        det = Detector(**params).fit(frame.iloc[np.sort(order[n_cal:])], source="X")
-        det.calibrate(frame.iloc[np.sort(order[:n_cal])], source="X (calibration)")
+        det = Detector(**params)
+        if det.calibrated_by_fit:  # cross-fitting: thresholds from every record
+            det.fit(frame, source="X")
+        else:
+            n = len(frame)
+            n_cal = max(MIN_CALIBRATION_ROWS, int(round(self.calibration_fraction * n)))
+            order = np.random.default_rng(self.seed).permutation(n)
+            det.fit(frame.iloc[np.sort(order[n_cal:])], source="X")
+            det.calibrate(frame.iloc[np.sort(order[:n_cal])], source="X (calibration)")
         self.detector_ = det
         self.offset_ = -float(det.thresholds_[det.primary_score])
         return self

@@ -52,7 +52,7 @@ class Images(DataKind):
                                 "folder per defect, or an .npz/IDX with labels",
                                 source=cfg.eval_data)
         parts = cut(data.labels, len(data), cfg, cfg.data, "images",
-                    separate_eval=given_eval is not None)
+                    separate_eval=given_eval is not None, hold_out=not params.cross_fit)
         evaluation = given_eval if given_eval is not None else (
             None if parts.evaluation is None else data.subset(parts.evaluation))
         splits = Splits(fit=data.images[parts.fit], calibration=data.images[parts.calibration])

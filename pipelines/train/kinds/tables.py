@@ -38,7 +38,8 @@ class Tables(DataKind):
         labels = None
         if cfg.label_column and (cfg.label_column in df.columns or not cfg.eval_data):
             labels = labels_of(df, cfg.label_column, cfg.data).to_numpy()
-        parts = cut(labels, len(df), cfg, cfg.data, "rows", separate_eval=bool(cfg.eval_data))
+        parts = cut(labels, len(df), cfg, cfg.data, "rows", separate_eval=bool(cfg.eval_data),
+                    hold_out=not params.cross_fit)
         splits = Splits(fit=df.iloc[parts.fit], calibration=df.iloc[parts.calibration])
         if parts.evaluation is not None:
             splits.eval_X = df.iloc[parts.evaluation].reset_index(drop=True)
