@@ -26,8 +26,11 @@ def store(tmp_path_factory):
     common = ["--experiment", EXPERIMENT, "--tracking-uri", uri]
     assert main(["train", "--data", str(root), "--kind", "conv_ae", "--name", "blob",
                  "--epochs", "25", *common]) == 0
-    assert main(["train", "--data", str(digits), "--kind", "conv_vae", "--name", "digits",
-                 "--normal-class", "0", "--epochs", "4", *common]) == 0
+    # The VAE as a two-member ensemble: it cross-fits, holding no images out for calibration.
+    config = folder / "digits.yaml"
+    config.write_text("model:\n  n_models: 2\n")
+    assert main(["train", "--config", str(config), "--data", str(digits), "--kind", "conv_vae",
+                 "--name", "digits", "--normal-class", "0", "--epochs", "4", *common]) == 0
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return {"uri": uri, "root": root, "folder": folder}
@@ -58,6 +61,8 @@ def test_runs_log_table_metric_names_and_pictures(store):
     assert runs["conv_ae"].data.metrics["eval/auroc"] > 0.9  # the painted patches are obvious
     assert runs["conv_ae"].data.params["image_shape"] == "1x16x16"
     assert runs["conv_vae"].data.params["image_shape"] == "1x8x8"
+    assert (runs["conv_ae"].data.params["calibration"],
+            runs["conv_vae"].data.params["calibration"]) == ("held-out", "cross-fit")
     assert runs["conv_vae"].data.params["normal_class"] == "0"
     assert "eval/auroc_elbo" in runs["conv_vae"].data.metrics
     vae_pics = {a.path for a in client.list_artifacts(runs["conv_vae"].info.run_id, "images")}

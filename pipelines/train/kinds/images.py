@@ -80,7 +80,9 @@ class Images(DataKind):
 def log_pictures(detector: ImageDetector, splits: Splits, cfg: TrainConfig) -> None:
     """Reconstructions and maps, VAE samples and interpolation, the latent space."""
     rng = np.random.default_rng(cfg.seed)
-    groups = [("normal", splits.calibration)]
+    # Normal images the detector never trained on; a cross-fitting ensemble holds none out.
+    normal = splits.calibration if len(splits.calibration) >= 2 else splits.fit
+    groups = [("normal", normal)]
     if splits.eval_X is not None:
         groups = [("normal", splits.eval_X[splits.eval_y == 0]),
                   ("anomalous", splits.eval_X[splits.eval_y == 1])]
@@ -99,7 +101,7 @@ def log_pictures(detector: ImageDetector, splits: Splits, cfg: TrainConfig) -> N
         fig = image_plots.image_strip(detector.sample(16, seed=cfg.seed),
                                       "samples from the prior N(0, I)", columns=8)
         _log(fig, "images/prior_samples.png")
-        a, b = splits.calibration[:1], splits.calibration[1:2]
+        a, b = normal[:1], normal[1:2]
         fig = image_plots.image_strip(detector.interpolate(a, b, steps=10),
                                       "interpolation between two normal images")
         _log(fig, "images/interpolation.png")
