@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from training import ConfigError, Detector
-from training.detector.base import _Member
+from training.detector.base import CROSS_FIT_COVERAGE, _folds, _Member
 from training.params import DetectorParams
 
 
@@ -42,8 +42,10 @@ def test_fit_calibrates_every_score_kind_on_every_record(crossfitted):
     det = crossfitted
     assert det.calibrated_by_fit
     assert set(det.calibrations_) == set(det.score_kinds)
+    n_val = int(round(0.15 * 1500))
+    n_folds = int(round(CROSS_FIT_COVERAGE * (1500 - n_val)))
     for cal in det.calibrations_.values():
-        assert cal.scores.size == 1500  # the validation rows and every fold
+        assert cal.scores.size == n_val + n_folds  # the validation rows and every fold
         assert cal.method == "conformal" and cal.achievable_fpr <= 0.01
     assert not hasattr(det, "_reference_rows")  # fit's bookkeeping is not kept
 
@@ -67,12 +69,12 @@ def test_a_member_never_trains_on_its_own_fold():
     n_val = max(2, int(round(0.1 * len(X))))
     order = np.random.default_rng(0).permutation(len(X))
     X_train = X[order[n_val:]]
-    folds = np.random.default_rng(3).permutation(len(X_train)) % 3
+    folds = _folds(len(X_train), 3, 0)
     with torch.no_grad():
         for m in range(3):
             err = (_Member(det.network_, m)(torch.from_numpy(X_train)) - torch.from_numpy(
                 X_train)).pow(2).mean(dim=(0, 2)).numpy()
-            assert err[folds == m].mean() > 3 * err[folds != m].mean()
+            assert err[folds == m].mean() > 3 * err[(folds != m)].mean()
 
 
 def test_a_member_view_gives_that_members_scores():

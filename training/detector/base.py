@@ -70,6 +70,8 @@ _SCORE_CHUNK = 8192  # most records scored in one pass
 # inputs and ensembles get smaller chunks instead of gigabytes of intermediates.
 _SCORE_BUDGET = 2**20
 MIN_FIT_ROWS = 10
+# Share of the training records dealt into cross-fitting folds (the rest train every member).
+CROSS_FIT_COVERAGE = 1.0
 REFERENCE_ROWS = 10_000  # training rows kept for the ``knn`` score (a random subset beyond)
 
 
@@ -158,8 +160,7 @@ class BaseDetector:
         n_val = max(2, int(round(p.validation_fraction * len(X))))
         X_val, X_train = X[order[:n_val]], X[order[n_val:]]
         self.resolved_ = self._resolve(len(X_train), X.shape[1])
-        folds = (np.random.default_rng(p.seed + 3).permutation(len(X_train)) % p.n_models
-                 if p.cross_fit else None)
+        folds = _folds(len(X_train), p.n_models, p.seed) if p.cross_fit else None
         torch.manual_seed(p.seed)
         self.network_ = self._build(X.shape[1])
         self.history_ = self._train(torch.from_numpy(X_train), torch.from_numpy(X_val), on_epoch,
@@ -599,6 +600,13 @@ class BaseDetector:
         if not isinstance(det, cls):
             raise DataError(f"{path}: holds a {type(det).__name__}, not a {cls.__name__}")
         return det
+
+
+def _folds(n: int, n_models: int, seed: int) -> np.ndarray:
+    """(n,) the fold of each training record, 0..M-1 (the member that skips it), or -1 for
+    records every member trains on: a random ``CROSS_FIT_COVERAGE`` of them get a fold."""
+    rank = np.random.default_rng(seed + 3).permutation(n)
+    return np.where(rank < int(round(CROSS_FIT_COVERAGE * n)), rank % n_models, -1)
 
 
 class _Member(torch.nn.Module):
