@@ -1,11 +1,15 @@
 """Serving speed: this service against ``mlflow models serve``, same model, same machine.
 
 Both servers run the same registered model as separate processes on loopback (one worker
-each); concurrent clients (threads with keep-alive connections) send single-record and
-1,000-record requests. Printed: p50/p99 latency, requests/s and records/s per server, and the
-ratios (mlflow / service for latency, service / mlflow for throughput).
+each); beside them runs the floor: a bare FastAPI route on the same uvicorn that reads the
+body and answers a fixed JSON. Load comes from Python clients (threads with keep-alive
+connections) and from ``wrk`` (an outside load generator, when it is on the PATH), each sending
+single-record and 1,000-record requests to every server in alternated rounds. Printed: p50/p99
+latency, requests/s and records/s per server, and the ratios (mlflow / service for latency,
+service / mlflow for throughput, service / floor for latency).
 
     python benchmarks/serving.py       # trains a small AE and VAE in temporary stores
+    python benchmarks/serving.py --load wrk --wrk-seconds 2 --rounds 3
     python benchmarks/serving.py --tracking-uri sqlite:///demo-run/mlflow.db \\
         --model models:/breast-cancer@champion
 
@@ -19,6 +23,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -74,6 +79,32 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen, timeout: float = 30
     raise TimeoutError(f"port {port} not ready after {timeout}s")
 
 
+# The framework's floor: what uvicorn and FastAPI cost a request that does no work of its own.
+_FLOOR_APP = """
+import sys, uvicorn
+from fastapi import FastAPI, Request, Response
+app = FastAPI()
+@app.get("/readyz")
+async def ready():
+    return {"ready": True}
+@app.post("/score")
+async def score(request: Request):
+    await request.body()
+    return Response(b'{"results": []}', media_type="application/json")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+            access_log=False, log_config=None)
+"""
+
+
+def start_floor(workdir: Path) -> Server:
+    """The bare FastAPI route (``_FLOOR_APP``) on its own uvicorn process."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _FLOOR_APP, str(port)],
+                            stdout=open(workdir / "floor.log", "wb"), stderr=subprocess.STDOUT)
+    wait_ready(port, "/readyz", proc)
+    return Server("floor", port, "/score", proc)
+
+
 def start_servers(model: str, tracking_uri: str, workdir: Path) -> tuple[Server, Server]:
     """``anomaly serve`` and ``mlflow models serve --env-manager local`` for ``model``."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
@@ -97,10 +128,11 @@ def start_servers(model: str, tracking_uri: str, workdir: Path) -> tuple[Server,
 
 def bodies(df: pd.DataFrame) -> dict[str, dict[str, bytes]]:
     """Request bodies per server label for the same records."""
+    ours = (json.dumps({"records": df.to_dict(orient="records")}).encode() if len(df) == 1
+            else json.dumps({"columns": df.to_dict(orient="list")}).encode())
     return {
-        "service": {"records": json.dumps({"records": df.to_dict(orient="records")}).encode()
-                    if len(df) == 1 else
-                    json.dumps({"columns": df.to_dict(orient="list")}).encode()},
+        "service": {"records": ours},
+        "floor": {"records": ours},
         "mlflow serve": {"records": json.dumps({"dataframe_split": {
             "columns": list(df.columns), "data": df.to_numpy().tolist()}}).encode()},
     }
@@ -133,7 +165,61 @@ def run_load(server: Server, body: bytes, clients: int, per_client: int,
     return [x for lat in latencies for x in lat], time.perf_counter() - start
 
 
-def compare(servers: tuple[Server, Server], bodies_: dict[str, bytes], clients: int,
+_WRK_SCRIPT = """
+local f = io.open(os.getenv("WRK_BODY"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def run_wrk(server: Server, body: bytes, clients: int, seconds: int, workdir: Path
+            ) -> dict[str, float]:
+    """p50/p99 latency (ms) and requests/s of ``wrk`` (one thread, ``clients`` connections)
+    posting ``body`` for ``seconds``."""
+    script, body_file = workdir / "post.lua", workdir / "body.json"
+    script.write_text(_WRK_SCRIPT)
+    body_file.write_bytes(body)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "-s", str(script),
+         f"http://127.0.0.1:{server.port}{server.path}"],
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
+        env={**os.environ, "WRK_BODY": str(body_file)}).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"{server.label}: wrk got errors:\n{out}")
+    got = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("50%", "99%"):
+            got["p50" if parts[0] == "50%" else "p99"] = _ms(parts[1])
+        elif line.startswith("Requests/sec:"):
+            got["rps"] = float(parts[1])
+    return got
+
+
+def _ms(text: str) -> float:
+    """wrk's latency ("512.00us", "1.20ms", "2.01s") in ms."""
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    raise ValueError(f"unknown latency {text!r}")
+
+
+def compare_wrk(servers: tuple[Server, ...], bodies_: dict[str, bytes], clients: int,
+                seconds: int, rounds: int, workdir: Path) -> dict[str, dict[str, float]]:
+    """:func:`compare` with ``wrk`` as the client: per server, the median over the rounds of
+    p50, p99 and requests/s."""
+    got: dict[str, list[dict[str, float]]] = {s.label: [] for s in servers}
+    for _ in range(rounds):
+        for server in servers:
+            got[server.label].append(run_wrk(server, bodies_[server.label], clients, seconds,
+                                             workdir))
+    return {k: {m: float(np.median([r[m] for r in v])) for m in ("p50", "p99", "rps")}
+            for k, v in got.items()}
+
+
+def compare(servers: tuple[Server, ...], bodies_: dict[str, bytes], clients: int,
             per_client: int, rounds: int) -> dict[str, dict[str, float]]:
     """Alternate the servers for ``rounds`` rounds, so load from elsewhere hits both alike.
 
@@ -181,32 +267,46 @@ def train_model(workdir: Path, kind: str) -> tuple[str, str]:
 
 def bench_model(model: str, uri: str, label: str, workdir: Path, features: pd.DataFrame,
                 args: argparse.Namespace) -> list[dict]:
-    """Table rows for one model: both servers, every scenario, and the ratios."""
+    """Table rows for one model: every server, every scenario and load generator, the ratios."""
     batch = pd.concat([features] * (args.batch_size // len(features) + 1)).head(args.batch_size)
     ours, theirs = start_servers(model, uri, workdir)
+    floor = start_floor(workdir)
     rows = []
+    loads = ["python", "wrk"] if args.load == "both" else [args.load]
     try:
         print(f"{label}: same scores from both servers (largest relative difference "
               f"{check_same_scores(ours, theirs, features.head(50)):.1e})", flush=True)
         scenarios = [("1 record", features.head(1), 1, args.single_requests),
                      ("1 record", features.head(1), args.clients, args.single_requests),
                      (f"{args.batch_size} records", batch, args.clients, args.batch_requests)]
-        for request, df, clients, per_client in scenarios:
-            b = {k: v["records"] for k, v in bodies(df).items()}
-            result = compare((theirs, ours), b, clients, per_client, args.rounds)
-            for server in (theirs, ours):
-                r = {**result[server.label], "records/s": result[server.label]["rps"] * len(df)}
-                rows.append({"model": label, "request": request, "clients": clients,
-                             "server": server.label, **{k: f"{v:,.1f}" for k, v in r.items()}})
-            o, t = result["service"], result["mlflow serve"]
-            rows.append({"model": label, "request": request, "clients": clients,
-                         "server": "ratio", "p50": f"{t['p50'] / o['p50']:.1f}x lower",
-                         "p99": f"{t['p99'] / o['p99']:.1f}x lower",
-                         "rps": f"{o['rps'] / t['rps']:.1f}x more",
-                         "records/s": f"{o['rps'] / t['rps']:.1f}x more"})
-            print(f"  {label}: {request}, {clients} client(s) done", flush=True)
+        for load in loads:
+            for request, df, clients, per_client in scenarios:
+                b = {k: v["records"] for k, v in bodies(df).items()}
+                servers = (theirs, ours, floor)
+                if load == "wrk":
+                    result = compare_wrk(servers, b, clients, args.wrk_seconds, args.rounds,
+                                         workdir)
+                else:
+                    result = compare(servers, b, clients, per_client, args.rounds)
+                base = {"model": label, "load": load, "request": request, "clients": clients}
+                for server in servers:
+                    r = {**result[server.label],
+                         "records/s": result[server.label]["rps"] * len(df)}
+                    rows.append({**base, "server": server.label,
+                                 **{k: f"{v:,.2f}" for k, v in r.items()}})
+                o, t, f = result["service"], result["mlflow serve"], result["floor"]
+                rows.append({**base, "server": "mlflow / service",
+                             "p50": f"{t['p50'] / o['p50']:.1f}x lower",
+                             "p99": f"{t['p99'] / o['p99']:.1f}x lower",
+                             "rps": f"{o['rps'] / t['rps']:.1f}x more",
+                             "records/s": f"{o['rps'] / t['rps']:.1f}x more"})
+                rows.append({**base, "server": "service / floor",
+                             "p50": f"{o['p50'] / f['p50']:.2f}x",
+                             "p99": f"{o['p99'] / f['p99']:.2f}x",
+                             "rps": f"{o['rps'] / f['rps']:.2f}x", "records/s": ""})
+                print(f"  {label}: {load}, {request}, {clients} client(s) done", flush=True)
     finally:
-        for s in (ours, theirs):
+        for s in (ours, theirs, floor):
             s.proc.terminate()
             s.proc.wait(timeout=30)
     return rows
@@ -223,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-requests", type=int, default=15, help="per client")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=5, help="alternations between the servers")
+    p.add_argument("--load", choices=["python", "wrk", "both"],
+                   default="both" if shutil.which("wrk") else "python",
+                   help="load generator: Python client threads, wrk, or both")
+    p.add_argument("--wrk-seconds", type=int, default=3,
+                   help="seconds of each wrk run (one per server, scenario and round)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -241,9 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         uri, model = train_model(workdir, kind)
         rows += bench_model(model, uri, kind, workdir, features, args)
     print()
-    print(format_table(rows, ["model", "request", "clients", "server", "p50", "p99", "rps",
-                              "records/s"]))
-    print("(p50/p99 in ms; loopback; one worker each; same model, same machine, same run)")
+    print(format_table(rows, ["model", "load", "request", "clients", "server", "p50", "p99",
+                              "rps", "records/s"]))
+    print("(p50/p99 in ms; loopback; one worker each; same model, same machine, same run; "
+          f"wrk: medians over the rounds; load average {os.getloadavg()[0]:.2f})")
     return 0
 
 

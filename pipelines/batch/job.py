@@ -55,7 +55,10 @@ def run_batch(opts: ScoreOptions) -> BatchResult:
         ensure_experiment(EXPERIMENT)
         start = time.perf_counter()
         sample = ScoreSample()
-        with mlflow.start_run(run_name=f"score-{model.name.rsplit('/', 1)[-1]}") as run:
+        # Tags go with the run's creation: each separate call is one more database commit.
+        tags = {"model_name": model.name, "model_version": model.version, "engine": opts.engine}
+        with mlflow.start_run(run_name=f"score-{model.name.rsplit('/', 1)[-1]}",
+                              tags=tags) as run:
             result.run_id = run.info.run_id
             _log_params(opts, model, pairs)
             try:
@@ -72,8 +75,6 @@ def run_batch(opts: ScoreOptions) -> BatchResult:
 
 
 def _log_params(opts: ScoreOptions, model: BatchModel, pairs: list[tuple[Path, Path]]) -> None:
-    mlflow.set_tags({"model_name": model.name, "model_version": model.version,
-                     "engine": opts.engine})
     mlflow.log_params({
         "model_uri": opts.model, "model_name": model.name, "model_version": model.version,
         "input": opts.input[:500], "output": opts.output[:500], "n_inputs": len(pairs),

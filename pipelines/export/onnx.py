@@ -34,7 +34,6 @@ import torch
 
 from training.detector.base import BaseDetector
 from training.errors import ConfigError
-from training.nn.losses import gaussian_nll, kl_to_mixture_bound, kl_to_standard_normal
 
 SIDECAR_VERSION = 1
 OPSET = 18
@@ -53,7 +52,7 @@ class ScoreGraph(torch.nn.Module):
     """The detector's scoring pass on a preprocessed matrix, as one traceable module.
 
     The same tensor operations as :meth:`BaseDetector._raw_from_matrix` (through the detector's
-    own ``_squared_errors`` and ``_negative_elbos``), with the random draws and the stored
+    own ``_squared_errors`` and ``_variational_terms``), with the random draws and the stored
     tensors held as constants.
     """
 
@@ -77,31 +76,18 @@ class ScoreGraph(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         det = self.detector[0]
-        posterior = self.network.encode(x) if self.variational else None
-        err = det._squared_errors(x, posterior) / self.scale
-        raw = {"recon": err.mean(dim=1).double()}
-        if posterior is not None:
-            raw.update(self._negative_elbos(x, posterior))
+        elbos: dict[str, torch.Tensor] = {}
+        if self.variational:  # the draws as a constant: a graph cannot hold a seeded generator
+            err, elbos = det._variational_terms(x, self.network.encode(x), self.eps)
+        else:
+            err = det._squared_errors(x)
+        raw = {"recon": (err / self.scale).mean(dim=1).double(), **elbos}
         if self.reference:
             raw["knn"] = self._neighbour_distance(x)
         if "combined" in self.kinds:
             parts = [(raw[k] - loc) / scale for k, (loc, scale) in self.combination.items()]
             raw["combined"] = torch.stack(parts).mean(dim=0)
         return tuple(raw[k].double() for k in self.kinds)
-
-    def _negative_elbos(self, x, posterior) -> dict[str, torch.Tensor]:
-        """:meth:`BaseDetector._negative_elbos` with the draws as a constant (its formula; the
-        detector draws them from a seeded generator, which a graph cannot hold)."""
-        det, net = self.detector[0], self.network
-        mu, logvar = posterior
-        z = mu.unsqueeze(1) + self.eps[None, :, None, :] * torch.exp(0.5 * logvar).unsqueeze(1)
-        lv = net.decoder_logvar[:, None, None, :]
-        nll = gaussian_nll(x, net.decode(z), lv).sum(dim=-1).mean(dim=1)
-        out = {"elbo": (nll + kl_to_standard_normal(mu, logvar)).mean(dim=0)}
-        if det.prior_ is not None:
-            kl = kl_to_mixture_bound(mu, logvar, det.prior_["mu"], det.prior_["logvar"])
-            out["agg_elbo"] = (nll.double() + kl).mean(dim=0)
-        return out
 
     def _neighbour_distance(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`BaseDetector._neighbour_distance`, as tensors."""

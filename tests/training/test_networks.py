@@ -4,7 +4,12 @@ import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal, kl_divergence
 
 from training.nn.dense import EnsembleAE, EnsembleVAE
-from training.nn.losses import gaussian_nll, kl_to_mixture_bound, kl_to_standard_normal
+from training.nn.losses import (
+    gaussian_nll,
+    gaussian_nll_rows,
+    kl_to_mixture_bound,
+    kl_to_standard_normal,
+)
 
 
 def test_kl_matches_torch_distributions():
@@ -34,6 +39,21 @@ def test_gaussian_nll_matches_log_prob():
 
 def _gaussians(g: torch.Generator, *shape: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(*shape, generator=g) * 1.5, torch.randn(*shape, generator=g) * 0.5 - 1
+
+
+def test_gaussian_nll_rows_is_the_feature_sum_of_gaussian_nll():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 4, generator=g)
+    mean = torch.randn(3, 2, 5, 4, generator=g)  # (M, K, n, d)
+    logvar = torch.randn(3, 4, generator=g)  # (M, d)
+    expected = gaussian_nll(x, mean, logvar[:, None, None, :]).sum(dim=-1)
+    got = gaussian_nll_rows(x, mean, logvar)
+    assert got.shape == (3, 2, 5)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+    # a view's decoder means are left as they were
+    whole = mean.clone()
+    gaussian_nll_rows(x, whole[:, 1:], logvar)
+    torch.testing.assert_close(whole, mean, rtol=0, atol=0)
 
 
 def test_kl_to_mixture_bound_is_the_closed_form_of_its_definition():

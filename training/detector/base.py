@@ -56,14 +56,20 @@ import torch
 from training.calibration import ScoreCalibration
 from training.detector.registry import DETECTORS
 from training.errors import DataError, NotFittedError
-from training.nn.losses import gaussian_nll, kl_to_mixture_bound, kl_to_standard_normal
+from training.nn.losses import (
+    gaussian_nll,
+    gaussian_nll_rows,
+    kl_to_mixture_bound,
+    kl_to_standard_normal,
+)
 from training.params import DetectorParams
 
 log = logging.getLogger(__name__)
 
 # Training records whose posteriors make up the aggregate prior of the ``agg_elbo`` score; its
-# cost per scored record grows with this (docs/benchmarks/experiments.md).
-AGGREGATE_PRIOR_ROWS = 1024
+# cost per scored record grows with this, and 256 codes cost a quarter of 1,024 for 0.003 of
+# that score's mean AUROC (docs/benchmarks/experiments.md).
+AGGREGATE_PRIOR_ROWS = 256
 _SCORE_CHUNK = 8192  # most records scored in one pass
 # Largest intermediate tensor a scoring pass may build, in elements: the decoder's output over
 # every member and draw (M × K × rows × d) and the aggregate-prior pairs (M × rows × R). Wide
@@ -366,22 +372,26 @@ class BaseDetector:
             return (net.decode(mu) - x).pow(2).mean(dim=0)
         return (net(x) - x).pow(2).mean(dim=0)
 
-    def _negative_elbos(self, x: torch.Tensor, posterior: tuple[torch.Tensor, torch.Tensor]
-                        ) -> dict[str, torch.Tensor]:
-        """(n,) −ELBO under the N(0, I) prior (``elbo``) and, where the model has one, under
-        the aggregate prior (``agg_elbo``), over the same fixed Monte-Carlo draws; each
-        averaged over the ensemble's members. ``posterior``: ``network_.encode(x)``."""
+    def _variational_terms(self, x: torch.Tensor, posterior: tuple[torch.Tensor, torch.Tensor],
+                           eps: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A VAE's scores from one decoder pass over the posterior mean and the draws ``eps``
+        (K, k): the (n, d) squared errors of the posterior mean's reconstruction (as
+        :meth:`_squared_errors`), and the (n,) −ELBO under the N(0, I) prior (``elbo``) and,
+        where the model has one, under the aggregate prior (``agg_elbo``), each averaged over
+        the ensemble's members. ``posterior``: ``network_.encode(x)``."""
         net = self.network_
         mu, logvar = posterior  # (M, n, k)
-        eps = self._eps(self.params.mc_samples)[None, :, None, :]  # (1, K, 1, k)
-        z = mu.unsqueeze(1) + eps * torch.exp(0.5 * logvar).unsqueeze(1)  # (M, K, n, k)
-        lv = net.decoder_logvar[:, None, None, :]  # (M, 1, 1, d)
-        nll = gaussian_nll(x, net.decode(z), lv).sum(dim=-1).mean(dim=1)  # (M, n)
+        # Draw 0 is the posterior mean itself (a zero draw): one batched decode serves recon too.
+        eps = torch.cat([eps.new_zeros(1, eps.shape[1]), eps])[None, :, None, :]  # (1, 1+K, 1, k)
+        z = mu.unsqueeze(1) + eps * torch.exp(0.5 * logvar).unsqueeze(1)  # (M, 1+K, n, k)
+        x_hat = net.decode(z)  # (M, 1+K, n, d)
+        err = (x_hat[:, 0] - x).pow(2).mean(dim=0)
+        nll = gaussian_nll_rows(x, x_hat[:, 1:], net.decoder_logvar).mean(dim=1)  # (M, n)
         out = {"elbo": (nll + kl_to_standard_normal(mu, logvar)).mean(dim=0)}
         if self.prior_ is not None:
             kl = kl_to_mixture_bound(mu, logvar, self.prior_["mu"], self.prior_["logvar"])
             out["agg_elbo"] = (nll.double() + kl).mean(dim=0)
-        return out
+        return err, out
 
     def _matrix(self, data: Any, source: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The preprocessing's one way in: (n, n_features) float32 and the kind's extras."""
@@ -392,16 +402,18 @@ class BaseDetector:
         """Every score kind of encoded rows X, chunk by chunk (memory bounded)."""
         out: dict[str, list[np.ndarray]] = {k: [] for k in self.score_kinds}
         scale = torch.from_numpy(self.feature_scale_.astype(np.float32))
+        eps = self._eps(self.params.mc_samples) if self._variational else None
         with torch.inference_mode():
             step = self._score_chunk(X.shape[1])
             for i in range(0, len(X), step):
                 x = torch.from_numpy(X[i : i + step])
-                posterior = self.network_.encode(x) if self._variational else None
-                err = self._squared_errors(x, posterior) / scale
-                out["recon"].append(err.mean(dim=1).double().numpy())
-                if posterior is not None:
-                    for k, v in self._negative_elbos(x, posterior).items():
+                if self._variational:
+                    err, elbos = self._variational_terms(x, self.network_.encode(x), eps)
+                    for k, v in elbos.items():
                         out[k].append(v.double().numpy())
+                else:
+                    err = self._squared_errors(x)
+                out["recon"].append((err / scale).mean(dim=1).double().numpy())
                 if self.reference_ is not None:
                     out["knn"].append(self._neighbour_distance(x))
         raw = {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
@@ -423,7 +435,7 @@ class BaseDetector:
         """Records per scoring pass: up to ``_SCORE_CHUNK``, fewer when one record's
         intermediates are large (see ``_SCORE_BUDGET``)."""
         p = self.params
-        per_record = p.n_models * n_features * (p.mc_samples if self._variational else 1)
+        per_record = p.n_models * n_features * (1 + p.mc_samples if self._variational else 1)
         if self.prior_ is not None:
             per_record = max(per_record, 2 * self.prior_["mu"].shape[:2].numel())
         if self.reference_ is not None:
