@@ -97,36 +97,48 @@ class SequenceDetector(BaseDetector):
         return int(self.preprocessor_.window_)
 
     # -- per timestamp -----------------------------------------------------------------------
-    def score_series(self, data: Any, source: str = "data", explain: bool = False
-                     ) -> pd.DataFrame:
-        """Score every row of a table of series: one output row per input row, in input order.
+    def series_columns(self, data: Any, source: str = "data", explain: bool = False
+                       ) -> dict[str, np.ndarray]:
+        """Score every row of a table of series (the one per-timestamp path: the pyfunc, the
+        service, batch and streams call it).
 
         Args:
-            data: a DataFrame with the model's time, series and channel columns (or a 2-D
-                array of channels, rows in time order).
-            explain: add ``explain_<channel>``: each channel's share of the row's window error.
+            data: a DataFrame with the model's time, series and channel columns, validated
+                request records, or a 2-D array of channels (rows in time order).
+            explain: add ``explanation`` (n_rows, n_channels): each channel's error in the
+                row's window.
 
         Returns:
-            ``warm_up`` (bool: no full window ends at this row yet), then the
-            :meth:`score_columns` columns; warm-up rows have NaN scores and p-values and
-            ``is_anomaly`` false.
+            columns, each (n_rows,), in input order: ``warm_up`` (no full window ends at this
+            row yet), then the :meth:`score_columns` columns; warm-up rows have NaN scores,
+            p-values and explanations, and ``is_anomaly`` false.
         """
+        self._check_calibrated()
+        data = self.preprocessor_.frame(data, source)
         cols = self.score_columns(data, source, explain=explain)
         n = len(data)
         rows = cols.pop("row")
         out: dict[str, np.ndarray] = {"warm_up": np.ones(n, dtype=bool)}
         out["warm_up"][rows] = False
-        explanation = cols.pop("explanation", None)
         for k, v in cols.items():
-            full = np.zeros(n, dtype=bool) if v.dtype == bool else np.full(n, np.nan)
+            if v.dtype == bool:
+                full = np.zeros(n, dtype=bool)
+            else:
+                full = np.full((n, *v.shape[1:]), np.nan)
             full[rows] = v
             out[k] = full
+        return out
+
+    def score_series(self, data: Any, source: str = "data", explain: bool = False
+                     ) -> pd.DataFrame:
+        """:meth:`series_columns` as a DataFrame, one row per input row (the input's index);
+        with ``explain``, one column ``explain_<channel>`` per channel."""
+        cols = self.series_columns(data, source, explain)
+        explanation = cols.pop("explanation", None)
         if explanation is not None:
             for j, c in enumerate(self.preprocessor_.channels_):
-                full = np.full(n, np.nan)
-                full[rows] = explanation[:, j]
-                out[f"explain_{c}"] = full
-        frame = pd.DataFrame(out)
+                cols[f"explain_{c}"] = explanation[:, j]
+        frame = pd.DataFrame(cols)
         if isinstance(data, pd.DataFrame):
             frame.index = data.index
         return frame

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from training.errors import DataError, shown
+from training.preprocessing.tabular import CATEGORICAL, NUMERIC, ColumnSpec
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,13 @@ class SequencePreprocessor:
             raise DataError("no channel columns: every column is the time, series, label or "
                             "id column", source=source)
         for c in channels:
-            if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
+            if not _is_number(df[c]):
                 raise DataError(f"a sequence channel must be numeric, found {df[c].dtype}: drop "
                                 "the column or set it as the id, label or series column",
                                 source=source, column=c)
         self.channels_ = channels
+        self.key_kinds_ = {c: NUMERIC if _is_number(df[c]) else CATEGORICAL
+                           for c in (self.time_column, self.series_column) if c}
         self.gaps_ = self.check_order(df, source)
         values = self._values(df, source, standardise=False)
         self.mean_ = values.mean(axis=0)
@@ -137,6 +140,15 @@ class SequencePreprocessor:
     def input_columns_(self) -> list[str]:
         """The columns a scored table must have: time and series columns, then the channels."""
         return [c for c in (self.time_column, self.series_column) if c] + list(self.channels_)
+
+    @property
+    def columns_(self) -> list[ColumnSpec]:
+        """The input schema as the tables' column specs: time and series columns (numbers or
+        text, as in training), then the numeric channels."""
+        keys = [ColumnSpec(c, k, "float64" if k == NUMERIC else "object")
+                for c, k in self.key_kinds_.items()]
+        return keys + [ColumnSpec(c, NUMERIC, "float64", mean=float(m), std=float(sd))
+                       for c, m, sd in zip(self.channels_, self.mean_, self.std_)]
 
     # -- checks ------------------------------------------------------------------------------
     def check_order(self, df: pd.DataFrame, source: str = "data",
@@ -195,7 +207,7 @@ class SequencePreprocessor:
             raise DataError(f"time column '{col}' not found; columns are {list(df.columns)}",
                             source=source)
         s = df[col]
-        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        if _is_number(s):
             t = s.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
             parsed = pd.to_datetime(s, errors="coerce", utc=True)
@@ -267,7 +279,7 @@ class SequencePreprocessor:
             one (series by series, in time); extras ``row``, (n_windows,) the position in the
             input of each window's last row.
         """
-        df = _frame(df, source, self.channels_)
+        df = self.frame(df, source)
         self.check_order(df, source)
         z = self._values(df, source).astype(np.float32)
         idx = self.index(df)
@@ -282,6 +294,13 @@ class SequencePreprocessor:
             i += len(win)
         return X, {"row": idx.ends.astype(np.int64)}
 
+    def frame(self, data: Any, source: str = "data") -> pd.DataFrame:
+        """A DataFrame as given; validated request records (anything with ``frame``) as a
+        frame of the input columns; a 2-D array as a frame of the channels."""
+        if not isinstance(data, pd.DataFrame) and hasattr(data, "frame"):
+            return data.frame(self.input_columns_)
+        return _frame(data, source, self.channels_)
+
     def inverse_transform(self, X: np.ndarray) -> np.ndarray:
         """Window rows (n, window * C) back to (n, window, C) in the channels' units."""
         w = np.asarray(X, dtype=np.float64).reshape(-1, self.window_, self.n_channels_)
@@ -292,7 +311,8 @@ class SequencePreprocessor:
         return {"time_column": self.time_column, "series_column": self.series_column,
                 "window": self.window_, "label_column": self.label_column,
                 "id_column": self.id_column, "channels": self.channels_,
-                "mean": self.mean_.tolist(), "std": self.std_.tolist(), "gaps": self.gaps_}
+                "mean": self.mean_.tolist(), "std": self.std_.tolist(), "gaps": self.gaps_,
+                "key_kinds": self.key_kinds_}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SequencePreprocessor:
@@ -303,6 +323,7 @@ class SequencePreprocessor:
         pre.mean_ = np.asarray(data["mean"], dtype=np.float64)
         pre.std_ = np.asarray(data["std"], dtype=np.float64)
         pre.gaps_ = dict(data["gaps"])
+        pre.key_kinds_ = dict(data["key_kinds"])
         return pre
 
 
@@ -317,6 +338,10 @@ def _frame(data: Any, source: str, channels: list[str] | None = None) -> pd.Data
     names = channels if channels and len(channels) == arr.shape[1] else \
         [f"x{i}" for i in range(arr.shape[1])]
     return pd.DataFrame(arr, columns=names)
+
+
+def _is_number(s: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
 
 
 def _plain_key(key: Any) -> Any:
