@@ -79,3 +79,32 @@ def test_a_folder_is_one_series_per_file(store, tmp_path):
     model = mlflow.pyfunc.load_model("models:/units@challenger")
     new = pd.read_csv(folder / "unit0.csv", sep=";").assign(series="unit0").iloc[:50]
     assert model.predict(new)["warm_up"].sum() < 50
+
+
+@pytest.mark.parametrize("chunk", ["37", "100000"])
+def test_batch_streams_a_long_series_in_chunks_with_the_pyfunc_scores(store, tmp_path, chunk):
+    frame, _ = rotating(700, seed=4, t0=10_000)
+    src, out = tmp_path / "long.csv", tmp_path / "scored.parquet"
+    frame.to_csv(src, index=False)
+    assert main(["score", "--model", "models:/pump@challenger", "--tracking-uri",
+                 store["uri"], "--input", str(src), "--output", str(out),
+                 "--chunk-rows", chunk]) == 0
+    got = pd.read_parquet(out)
+    expected = mlflow.pyfunc.load_model("models:/pump@challenger").predict(frame)
+    assert len(got) == len(frame) and got["warm_up"].sum() == 15
+    np.testing.assert_array_equal(got["warm_up"], expected["warm_up"])
+    np.testing.assert_allclose(got["score"], expected["score"], rtol=1e-5)
+    np.testing.assert_array_equal(got["t"], frame["t"])
+
+
+def test_batch_names_the_record_whose_time_goes_back(store, tmp_path, capsys):
+    frame, _ = rotating(200, seed=4, t0=10_000)
+    frame.loc[150, "t"] = 10_001
+    src = tmp_path / "bad.csv"
+    frame.to_csv(src, index=False)
+    code = main(["score", "--model", "models:/pump@challenger", "--tracking-uri", store["uri"],
+                 "--input", str(src), "--output", str(tmp_path / "o.parquet"),
+                 "--chunk-rows", "64"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "record 150" in err and "column 't'" in err
