@@ -10,16 +10,19 @@ PERIOD = 20  # steps per turn of the normal rotation
 
 def rotating(n: int, seed: int = 0, anomalies: list[tuple[int, int]] = (), t0: int = 0
              ) -> tuple[pd.DataFrame, np.ndarray]:
-    """A point turning on the unit circle, (sin, cos), plus a third channel that is their
-    product: every row lies on the same curve. In the ``anomalies`` segments [start, stop) the
-    point turns backwards at the same speed: each row is still a normal row, only the order
-    over time is wrong, which a row-wise model cannot see.
+    """A point turning on the unit circle, (sin, cos), about once every ``PERIOD`` steps,
+    plus a third channel that is their product: every row lies on the same curve. In the
+    ``anomalies`` segments [start, stop) the point turns backwards at the same speed: each row
+    is still a normal row, only the order over time is wrong, which a row-wise model cannot
+    see.
 
     Returns:
         ``(frame with t, a, b, c; labels (n,) 0/1)``.
     """
     rng = np.random.default_rng(seed)
-    step = np.full(n, 2 * np.pi / PERIOD)
+    # The speed varies a little from step to step, so windows start at every phase (a fixed
+    # speed would visit PERIOD phases only, and a new series' windows would all be unseen).
+    step = 2 * np.pi / PERIOD * rng.uniform(0.8, 1.2, size=n)
     labels = np.zeros(n, dtype=int)
     for start, stop in anomalies:
         step[start:stop] *= -1

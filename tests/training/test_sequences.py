@@ -196,7 +196,9 @@ def test_save_load_gives_the_same_scores(fitted, series, tmp_path):
 @pytest.mark.parametrize("kind", ["seq_ae", "seq_vae"])
 def test_quality_floor_on_patterns_a_row_wise_model_cannot_see(series, kind):
     """Backward turns: every row is normal, the order is not. Measured (window 16, 25
-    epochs): seq_ae AUROC ~0.99, seq_vae ~0.97; the row-wise ``ae`` ~0.5."""
+    epochs): AUROC seq_ae 0.99, seq_vae 0.98; the row-wise ``ae`` 0.49. The thresholds
+    flag 6-9% of the wholly normal windows (calibrated at 1% on 285 overlapping windows of one
+    series: the rate holds only roughly)."""
     normal, test, labels = series
     det = SequenceDetector(kind=kind, time_column="t", window=16, **FAST)
     det.fit(normal.iloc[:600]).calibrate(normal.iloc[600:])
@@ -210,4 +212,6 @@ def test_quality_floor_on_patterns_a_row_wise_model_cannot_see(series, kind):
     assert seq_auroc > 0.9, seq_auroc
     flagged = out["is_anomaly"].to_numpy()[scored]
     assert flagged[labels[scored] == 1].mean() > 0.5  # its own threshold finds them
-    assert flagged[labels[scored] == 0].mean() < 0.25
+    # Windows wholly normal (not those still holding the end of an anomaly) are rarely flagged.
+    touched = pd.Series(labels).rolling(det.window_, min_periods=1).max().to_numpy()[scored]
+    assert flagged[touched == 0].mean() < 0.15
