@@ -4,6 +4,7 @@ pyfunc and the detector's one pass."""
 
 from __future__ import annotations
 
+import io
 import time
 
 import mlflow
@@ -37,7 +38,8 @@ def svc(tmp_path_factory, service_factory):
     run_training(cfg, tracking_uri=uri)
     service = service_factory(["models:/pumps@champion"], uri,
                               env={"ANOMALY_STREAM_MAX_KEYS": "3",
-                                   "ANOMALY_STREAM_IDLE_S": str(IDLE_S)})
+                                   "ANOMALY_STREAM_IDLE_S": str(IDLE_S),
+                                   "ANOMALY_FILE_CHUNK_ROWS": "25"})
     return service, uri
 
 
@@ -77,6 +79,20 @@ def test_stream_in_pieces_scores_as_one_request(svc):
     assert [x["warm_up"] for x in pieces] == [x["warm_up"] for x in whole]
     got = np.array([x["score"] or 0.0 for x in pieces])
     np.testing.assert_allclose(got, [x["score"] or 0.0 for x in whole], rtol=1e-5)
+
+
+def test_score_file_in_chunks_scores_as_one_request(svc):
+    service, _ = svc
+    new = _series(60, seed=6, t0=7000)
+    with service.client() as c:
+        whole = c.post("/v1/models/pumps/score", json=_records(new)).json()["results"]
+        r = c.post("/v1/models/pumps/score-file",
+                   files={"file": ("units.csv", new.to_csv(index=False), "text/csv")})
+    assert r.status_code == 200, r.text
+    got = pd.read_csv(io.StringIO(r.text))  # 120 rows read 25 at a time
+    assert got["warm_up"].tolist() == [x["warm_up"] for x in whole]
+    np.testing.assert_allclose(got["score"].fillna(0).to_numpy(),
+                               [x["score"] or 0.0 for x in whole], rtol=1e-5)
 
 
 def test_stream_state_is_bounded_expires_and_a_reload_resets_it(svc):

@@ -143,6 +143,14 @@ class SequenceDetector(BaseDetector):
             frame.index = data.index
         return frame
 
+    def score(self, data: Any, source: str = "data") -> pd.DataFrame:
+        """Per timestamp: :meth:`score_series` (one row per input row, warm-up marked)."""
+        return self.score_series(data, source)
+
+    def predict(self, data: Any, source: str = "data") -> np.ndarray:
+        """(n_rows,) booleans: is each row an anomaly (false during warm-up)."""
+        return self.series_columns(data, source)["is_anomaly"]
+
     def stream(self, max_keys: int | None = None, idle_seconds: float | None = None,
                clock: Callable[[], float] = time.monotonic) -> SeriesStream:
         """A :class:`SeriesStream` scoring this detector's series point by point or chunk by
