@@ -108,3 +108,13 @@ def test_batch_names_the_record_whose_time_goes_back(store, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "record 150" in err and "column 't'" in err
+
+
+def test_spark_engine_refuses_a_sequence_model(store, tmp_path, capsys):
+    src = tmp_path / "in.csv"
+    store["frame"].head(50).to_csv(src, index=False)
+    code = main(["score", "--model", "models:/pump@challenger", "--tracking-uri", store["uri"],
+                 "--input", str(src), "--output", str(tmp_path / "o.parquet"),
+                 "--engine", "spark"])
+    assert code == 2
+    assert "--engine local" in capsys.readouterr().err
