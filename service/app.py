@@ -16,6 +16,7 @@ from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics, RequestTimeout
 from service.routes import mlflow, v2
 from service.routes.v1 import probes, v1
+from service.scoring.streams import StreamStates
 from service.settings import Settings, load_settings
 from service.store import ModelStore
 
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
                   "detectors. Higher scores are more abnormal. Also speaks MLflow's scoring "
                   "protocol (/invocations) and the Open Inference Protocol (/v2).")
     app.state.settings = settings
+    app.state.streams = StreamStates(settings.stream_max_keys, settings.stream_idle_s)
     app.state.startup_error = None
     app.state.metrics = Metrics(lambda: app.state.store.loaded())
     errors.install(app)

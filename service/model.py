@@ -12,7 +12,7 @@ import numpy as np
 
 from pipelines.registry.download import ModelSource
 from service.scoring.inputs import ModelInputs
-from training.detector import BaseDetector, ImageDetector, load_detector
+from training.detector import BaseDetector, ImageDetector, SequenceDetector, load_detector
 from training.preprocessing.tabular import Records
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,18 @@ class ServedModel:
         return self.source.name
 
     def score(self, records: Records, explain: bool = False) -> dict[str, np.ndarray]:
-        """The columns of ``Detector.score_columns`` for validated request records."""
+        """The columns of ``Detector.score_columns`` for validated request records; for a
+        sequence model those of ``SequenceDetector.series_columns``, one per record."""
+        if isinstance(self.detector, SequenceDetector):
+            return self.detector.series_columns(records, source="request", explain=explain)
         return self.detector.score_columns(records, source="request", explain=explain)
+
+    @property
+    def explained_columns(self) -> list[str]:
+        """What an explanation's entries name: the input columns, or a sequence's channels."""
+        pre = self.detector.preprocessor_
+        return pre.channels_ if isinstance(self.detector, SequenceDetector) \
+            else pre.input_columns_
 
     def metadata(self) -> dict[str, Any]:
         """What identifies the version in every answer."""

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         1, ge=1, description="torch intra-op threads per request (None: torch's default). "
         "Large requests run in worker threads side by side, so one each uses the cores "
         "without threads contending for them")
+    stream_max_keys: int = Field(
+        10_000, ge=1, description="series a sequence model's /stream keeps state for (the "
+        "least recently seen is dropped first)")
+    stream_idle_s: float = Field(
+        3600.0, gt=0, description="seconds after which an idle series' /stream state is "
+        "dropped")
     log_level: str = "info"
 
     _split = field_validator("models", "api_keys", "admin_api_keys", "cors_origins",

@@ -18,6 +18,7 @@ import pyarrow as pa
 from pipelines.registry.download import load_model
 from training.detector import Detector
 from training.detector.image import ImageDetector
+from training.detector.sequence import SequenceDetector
 from training.preprocessing.tabular import NUMERIC
 
 MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN = "model_name", "model_version"
@@ -39,6 +40,12 @@ class BatchModel:
         return isinstance(self.detector, ImageDetector)
 
     @property
+    def is_sequence(self) -> bool:
+        """Whether the model scores series: one output row per input row, each scored with
+        the rows before it in its series (across chunks), the first ``window - 1`` warm-up."""
+        return isinstance(self.detector, SequenceDetector)
+
+    @property
     def input_columns(self) -> list[str]:
         """Columns every input must carry."""
         return self.detector.preprocessor_.input_columns_
@@ -51,6 +58,8 @@ class BatchModel:
     def output_probe(self) -> pd.DataFrame:
         """The detector's output for one synthetic record: its columns and dtypes."""
         pre = self.detector.preprocessor_
+        if self.is_sequence:
+            return self.detector.score_series(_sequence_probe(pre), source="probe")
         record = pre.inverse_transform(np.zeros((1, pre.n_features_), dtype=np.float32))
         return self.detector.score(record, source="probe")
 
@@ -59,6 +68,21 @@ class BatchModel:
         probe = pa.Table.from_pandas(self.output_probe(), preserve_index=False).schema
         return pa.schema(list(probe) + [pa.field(MODEL_NAME_COLUMN, pa.string()),
                                         pa.field(MODEL_VERSION_COLUMN, pa.string())])
+
+
+def _sequence_probe(pre) -> pd.DataFrame:
+    """One window of synthetic records at the channels' means, one step apart, in the
+    types the model was trained with."""
+    w = pre.window_
+    frame = pd.DataFrame({c: np.full(w, m) for c, m in zip(pre.channels_, pre.mean_)})
+    for c, kind in pre.key_kinds_.items():
+        if c == pre.time_column:
+            values = np.arange(w) if kind == NUMERIC else \
+                pd.date_range("2000-01-01", periods=w, freq="s").astype(str)
+        else:
+            values = np.zeros(w) if kind == NUMERIC else ["probe"] * w
+        frame.insert(0, c, values)
+    return frame
 
 
 def load_batch_model(uri: str, workdir: Path | None = None, *, tracking_uri: str | None = None,

@@ -11,7 +11,9 @@ from pipelines.cli.options import Command, Globals, IntList
 from pipelines.cli.text import format_training
 from pipelines.train.config import TrainConfig
 from training.detector.image_params import DENSE_TWIN, IMAGE_KINDS, ImageDetectorParams
+from training.detector.sequence_params import SEQUENCE_KINDS
 from training.nn.dense import ACTIVATIONS
+from training.nn.sequence import ARCHITECTURES
 from training.params import DEFAULT_PRIMARY, KINDS, MAX_EPOCHS, SCORE_KINDS, DetectorParams
 
 # The flags, by the config keys they override (MODEL_FLAGS: keys under ``model:``).
@@ -19,7 +21,8 @@ TOP_FLAGS = ("data", "kind", "name", "label_column", "id_column", "eval_data", "
              "alias", "experiment", "seed", "register", "normal_class")
 MODEL_FLAGS = ("hidden_sizes", "latent_dim", "activation", "dropout", "batch_size",
                "learning_rate", "max_epochs", "patience", "noise_std", "beta", "primary_score",
-               "image_size", "channels")
+               "image_size", "channels", "time_column", "series_column", "window",
+               "architecture")
 
 _FIELDS = TrainConfig.__dataclass_fields__
 _PRIMARY_DEFAULTS = ", ".join(
@@ -38,8 +41,10 @@ def _default(name: str) -> Any:
 @click.option("--data", metavar="PATH",
               help="CSV or Parquet file of normal records; for conv_ae/conv_vae a folder of "
               "images (MVTec layout too), an .npz or an IDX file.")
-@click.option("--kind", type=click.Choice([*KINDS, *IMAGE_KINDS]), default=_default("kind"),
-              help="Model kind: ae, vae for tables; conv_ae, conv_vae for images.")
+@click.option("--kind", type=click.Choice([*KINDS, *IMAGE_KINDS, *SEQUENCE_KINDS]),
+              default=_default("kind"),
+              help="Model kind: ae, vae for tables; conv_ae, conv_vae for images; seq_ae, "
+              "seq_vae for multivariate time series.")
 @click.option("--name", help="Registered model name (not empty, no '/' or ':').")
 @click.option("--label-column", metavar="COLUMN",
               help="Column of labels (1 = anomaly): anomalies are held out for evaluation, "
@@ -89,6 +94,16 @@ def _default(name: str) -> Any:
               help="Images: HEIGHT,WIDTH (or one number) to resize to.")
 @click.option("--channels", type=click.Choice(["1", "3"]), show_default="from the images",
               help="Images: 1 grayscale or 3 RGB.")
+@click.option("--time-column", metavar="COLUMN",
+              help="Sequences: column of timestamps (numbers or dates), strictly increasing "
+              "per series; without it the rows are in time order.")
+@click.option("--series-column", metavar="COLUMN",
+              help="Sequences: column naming the series (one model for many series); a "
+              "--data folder makes each file a series.")
+@click.option("--window", type=int, show_default="from the series' autocorrelation",
+              help="Sequences: steps per window.")
+@click.option("--architecture", type=click.Choice(ARCHITECTURES), show_default="conv",
+              help="Sequences: 1-D convolutions or a GRU.")
 @click.pass_context
 def train(ctx: click.Context, config: str | None, no_register: bool, channels: str | None,
           **flags: Any) -> int:

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from service.metrics import Metrics
 from service.model import ServedModel
+from service.scoring.streams import StreamStates
 from service.settings import Settings
 from service.store import ModelStore
 
@@ -35,9 +36,15 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+async def get_streams(request: Request) -> StreamStates:
+    """Dependency: the sequence models' stream state."""
+    return request.app.state.streams
+
+
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+StreamsDep = Annotated[StreamStates, Depends(get_streams)]
 
 
 class JSONBytes(Response):

@@ -13,7 +13,14 @@ from starlette.background import BackgroundTask
 
 from service.auth import API_KEY_HEADER, AdminAccess, ScoreAccess, may_see_details
 from service.model import ServedModel
-from service.routes.deps import JSONBytes, MetricsDep, SettingsDep, StoreDep, run_sized
+from service.routes.deps import (
+    JSONBytes,
+    MetricsDep,
+    SettingsDep,
+    StoreDep,
+    StreamsDep,
+    run_sized,
+)
 from service.schemas import (
     EncodeResponse,
     ErrorResponse,
@@ -27,7 +34,7 @@ from service.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
-from service.scoring import images
+from service.scoring import images, streams
 from service.scoring import records as scoring
 from service.scoring.files import MEDIA_TYPES, UploadLimits, file_format, score_file, scored_name
 from service.scoring.inputs import require_json
@@ -92,6 +99,23 @@ async def score(name: str, request: Request, store: StoreDep, settings: Settings
     model, batch = await _parsed(name, request, store, settings, strict)
     scored = await run_sized(model, batch.n, scoring.score_batch, batch, explain,
                         settings.explain_top_k)
+    metrics.observe_scores(model, scored.primary, scored.flagged)
+    return Response(scored.to_json(), media_type="application/json")
+
+
+@v1.post("/models/{name}/stream", response_model=ScoreResponse, openapi_extra=_BODY,
+         summary="sequence models: append records to their series (in time order) and score "
+         "each once its window is full")
+async def stream(name: str, request: Request, store: StoreDep, settings: SettingsDep,
+                 metrics: MetricsDep, states: StreamsDep, strict: Strict = None,
+                 explain: Annotated[bool, Query(description="add each record's top "
+                                                "deviating channels")] = False) -> JSONBytes:
+    """State is kept per series key (the model's series column) for the version served now:
+    at most ``stream_max_keys`` series of ``window - 1`` records, each dropped after
+    ``stream_idle_s`` seconds idle; a reload starts every series afresh."""
+    model, batch = await _parsed(name, request, store, settings, strict)
+    scored = await run_in_threadpool(streams.stream_batch, model, batch, states, explain,
+                                     settings.explain_top_k)
     metrics.observe_scores(model, scored.primary, scored.flagged)
     return Response(scored.to_json(), media_type="application/json")
 

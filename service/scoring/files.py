@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from service.model import ServedModel
 from training.data.tables import check_columns, check_types, csv_header, not_utf8
+from training.detector.sequence import SequenceDetector
 from training.errors import DataError, TooLargeError, UnsupportedMediaError
 
 QUANTILE_NAMES = ["min", "p50", "p90", "p99", "max"]
@@ -216,12 +217,15 @@ def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_r
     writer = None if summary else _Writer(fmt, out_dir)
     result = FileResult(path=writer.path if writer else None)
     columns = model.inputs.columns
+    # A sequence model carries each series' last window - 1 rows from chunk to chunk.
+    stream = model.detector.stream() if isinstance(model.detector, SequenceDetector) else None
     try:
         for chunk in chunks:
             chunk.columns = [str(c) for c in chunk.columns]
             ignored = sorted(set(chunk.columns) - set(columns))
             try:
-                scores = model.detector.score(chunk, source=filename)
+                scores = model.detector.score(chunk, source=filename) if stream is None else \
+                    stream.push(chunk, filename).reset_index(drop=True)
             except DataError as e:  # records counted over the whole file, not the chunk
                 raise e.located(offset=result.n_records) from None
             clash = sorted(set(chunk.columns) & set(scores.columns))
@@ -229,7 +233,9 @@ def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_r
                 raise DataError("has the name of an output column; rename it",
                                 source=filename, column=clash[0])
             flags = scores["is_anomaly"].to_numpy()
-            result.primary.append(scores["score"].to_numpy())
+            primary = scores["score"].to_numpy()
+            result.primary.append(primary if stream is None else
+                                  primary[~scores["warm_up"].to_numpy()])
             result.n_records += len(chunk)
             result.n_anomalies += int(flags.sum())
             result.ignored = sorted(set(result.ignored) | set(ignored))

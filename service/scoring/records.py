@@ -16,6 +16,7 @@ import pydantic_core
 
 from service.model import ServedModel
 from service.scoring.render import render_results
+from training.detector.sequence import SequenceDetector
 from training.errors import DataError
 from training.preprocessing.tabular import Records
 
@@ -58,6 +59,10 @@ def _check_finite(model: ServedModel, records: Records | pd.DataFrame,
     if not bad.size:
         return
     i = int(bad[0])
+    if isinstance(model.detector, SequenceDetector):  # a window's score, not a row's
+        raise DataError("values too far outside the training data to score (the "
+                        "reconstruction of the window ending here overflows); check the units",
+                        record=i)
     frame = records if isinstance(records, pd.DataFrame) else records.frame(model.inputs.columns)
     row = frame.iloc[[i]]
     X, _ = model.detector.preprocessor_.transform(row, source="request")
@@ -79,7 +84,10 @@ def score_columns(model: ServedModel, records: Records | pd.DataFrame,
         DataError: a record whose score overflows (its most extreme column named).
     """
     cols = model.score(records, explain=explain)
-    _check_finite(model, records, cols["score"])
+    scores = cols["score"]
+    if "warm_up" in cols:  # a sequence's first rows have no window, hence no score
+        scores = np.where(cols["warm_up"], 0.0, scores)
+    _check_finite(model, records, scores)
     return cols
 
 
@@ -96,8 +104,9 @@ def score_batch(model: ServedModel, records: Records, explain: bool = False,
     flagged = int(cols["is_anomaly"].sum())
     body = {"model": model.metadata(), "n_records": records.n, "n_anomalies": flagged,
             "ignored_columns": records.ignored}
-    rendered = render_results(cols, model.detector.preprocessor_.input_columns_, top_k)
-    return Scored(body=body, primary=cols["score"], flagged=flagged, rendered_results=rendered)
+    rendered = render_results(cols, model.explained_columns, top_k)
+    primary = cols["score"] if "warm_up" not in cols else cols["score"][~cols["warm_up"]]
+    return Scored(body=body, primary=primary, flagged=flagged, rendered_results=rendered)
 
 
 def encode_batch(model: ServedModel, records: Records) -> dict[str, Any]:

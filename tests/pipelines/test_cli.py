@@ -53,7 +53,7 @@ def test_help_lists_the_choices_and_defaults(capsys):
     assert main(["train", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert f"--activation [{'|'.join(sorted(ACTIVATIONS))}]" in out
-    assert "--kind [ae|vae|conv_ae|conv_vae]" in out
+    assert "--kind [ae|vae|conv_ae|conv_vae|seq_ae|seq_vae]" in out
     assert "--primary-score [agg_elbo|elbo|recon]" in out
     assert "[default: vae]" in out and "[default: challenger]" in out
     assert main(["score", "--help"]) == 0

@@ -7,6 +7,8 @@ Importing this package registers every data kind's detector for
 from training.detector.base import BaseDetector
 from training.detector.image import ImageDetector
 from training.detector.persistence import load_detector, save_detector
+from training.detector.sequence import SequenceDetector
 from training.detector.tabular import Detector
 
-__all__ = ["BaseDetector", "Detector", "ImageDetector", "load_detector", "save_detector"]
+__all__ = ["BaseDetector", "Detector", "ImageDetector", "SequenceDetector", "load_detector",
+           "save_detector"]

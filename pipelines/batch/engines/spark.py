@@ -27,7 +27,7 @@ from pipelines.batch.options import ScoreOptions
 from pipelines.batch.results import EXPERIMENT, QUANTILES, BatchResult, InputResult, log_metrics
 from pipelines.registry.tracking import ensure_experiment, use_tracking_uri
 from training.data.tables import table_format
-from training.errors import DataError
+from training.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,9 @@ def run_spark(opts: ScoreOptions) -> BatchResult:
         # Resolved once on the driver: the executors score the pinned version's files.
         model = load_batch_model(opts.model, Path(tmp), tracking_uri=tracking_uri,
                                  cache_dir=opts.cache_dir)
+        if model.is_sequence:  # a UDF sees partitions in no order: windows would break
+            raise ConfigError(f"{opts.model}: a sequence model scores series in time order; "
+                              "use the local engine (--engine local), which streams them")
         spark = spark_session(opts.spark_master)
         out_path, fs = _hadoop_path(spark, out)
         if opts.resume and fs.exists(out_path):

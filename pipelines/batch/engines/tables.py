@@ -17,6 +17,7 @@ from pipelines.batch.options import ScoreOptions
 from pipelines.batch.plan import _prepare_output
 from pipelines.batch.results import InputResult, ScoreSample
 from training.data.tables import check_types
+from training.detector.sequence import SeriesStream
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ def score_file(model: BatchModel, job: _Prepared, on_error: str, sample: ScoreSa
     start = last_log = time.perf_counter()
     rejects = RejectsWriter(job.out)
     bar = _progress(job.reader.num_rows, job.src.name)
+    # A series carries its last window - 1 rows from chunk to chunk: one pass's scores.
+    stream = model.detector.stream() if model.is_sequence else None
     try:
         with AtomicTableWriter(job.out, job.schema) as writer:
             for chunk in job.reader.chunks(read_cols):
@@ -88,7 +91,8 @@ def score_file(model: BatchModel, job: _Prepared, on_error: str, sample: ScoreSa
                                 job.src, len(chunk.rejects), chunk.rejects[0].record,
                                 chunk.rejects[0].message)
                 if chunk.batch.num_rows:
-                    writer.write(_scored_batch(model, chunk.batch, job, n_keep, sample, res))
+                    writer.write(_scored_batch(model, chunk.batch, job, n_keep, sample, res,
+                                               stream))
                 if bar is not None:
                     bar.update(chunk.batch.num_rows + len(chunk.rejects))
                 elif time.perf_counter() - last_log > _LOG_EVERY_S:
@@ -112,15 +116,23 @@ def score_file(model: BatchModel, job: _Prepared, on_error: str, sample: ScoreSa
 
 
 def _scored_batch(model: BatchModel, batch: pa.RecordBatch, job: _Prepared, n_keep: int,
-                  sample: ScoreSample, res: InputResult) -> pa.RecordBatch:
+                  sample: ScoreSample, res: InputResult, stream: SeriesStream | None = None
+                  ) -> pa.RecordBatch:
     """Input columns to keep + the detector's scores + model name and version."""
     frame = batch.select(model.input_columns).to_pandas()
-    scores = model.detector.score(frame, source=str(job.src))
+    if stream is None:
+        scores = model.detector.score(frame, source=str(job.src))
+    else:
+        try:
+            scores = stream.push(frame, str(job.src)).reset_index(drop=True)
+        except DataError as e:
+            raise e.located(offset=res.rows) from None
     n = batch.num_rows
     arrays = [batch.column(batch.schema.get_field_index(c)) for c in job.keep]
     arrays += result_arrays(model, list(job.schema)[n_keep:], scores)
     res.rows += n
     res.anomalies += int(scores["is_anomaly"].sum())
-    sample.add(scores["score"].to_numpy())
+    primary = scores["score"].to_numpy()
+    sample.add(primary[~scores["warm_up"].to_numpy()] if stream is not None else primary)
     return pa.RecordBatch.from_arrays(arrays, schema=job.schema)
 

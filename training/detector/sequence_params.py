@@ -1,0 +1,107 @@
+"""Hyperparameters of a SequenceDetector: the tabular ones plus the series' layout and window.
+
+``seq_ae`` and ``seq_vae`` share every option of ``ae`` and ``vae`` where it applies;
+``hidden_sizes`` are the channel widths of the convolutional stages (``conv``) or the hidden
+size (``gru``, the last width).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from training.errors import ConfigError, shown
+from training.nn.sequence import ARCHITECTURES
+from training.params import SCORE_KINDS, DetectorParams
+
+SEQUENCE_KINDS = ("seq_ae", "seq_vae")
+DENSE_TWIN = {"seq_ae": "ae", "seq_vae": "vae"}
+MAX_SEQUENCE_EPOCHS = 200
+
+
+@dataclass
+class SequenceDetectorParams(DetectorParams):
+    """:class:`DetectorParams` for multivariate series.
+
+    Extra fields:
+        time_column: column of timestamps, checked strictly increasing per series; None: the
+            rows are in time order.
+        series_column: column naming the series (one model for many series); None: one.
+        window: steps per window; None: from the training series' autocorrelation
+            (:func:`training.preprocessing.sequences.choose_window`), recorded with the model.
+        architecture: ``conv`` (1-D convolutions, the default) or ``gru``.
+    """
+
+    kind: str = "seq_ae"
+    patience: int = 10
+    mc_samples: int = 4
+    time_column: str | None = None
+    series_column: str | None = None
+    window: int | None = None
+    architecture: str = "conv"
+    default_primary: ClassVar[dict[str, str]] = {"ae": "recon", "vae": "recon"}
+    default_models: ClassVar[dict[str, int]] = {"ae": 1, "vae": 1}
+    default_neighbours: ClassVar[dict[str, int]] = {"ae": 0, "vae": 0}
+
+    def __post_init__(self) -> None:
+        if self.kind not in SEQUENCE_KINDS:
+            raise ConfigError(f"kind: expected one of {list(SEQUENCE_KINDS)} for sequences, got "
+                              f"{self.kind!r}")
+        if self.cross_fit:
+            raise ConfigError("cross_fit: not available for sequences (overlapping windows: a "
+                              "member would score windows that share rows with its own "
+                              "training windows)")
+        self.cross_fit = False
+        kind, self.kind = self.kind, DENSE_TWIN[self.kind]
+        try:
+            super().__post_init__()
+        finally:
+            self.kind = kind
+        if self.neighbours:
+            raise ConfigError("neighbours: not available for sequences (windows of one series "
+                              "overlap, so a near training window is no evidence of normality)")
+        if self.window is not None and (isinstance(self.window, bool)
+                                        or not isinstance(self.window, int) or self.window < 2):
+            raise ConfigError(f"window: expected an integer >= 2, got {shown(self.window)}")
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture: expected one of {list(ARCHITECTURES)}, got "
+                              f"{self.architecture!r}")
+        for name in ("time_column", "series_column"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name}: expected a column name, got {shown(value)}")
+
+    @property
+    def score_kinds(self) -> tuple[str, ...]:
+        """Scores this kind of model produces (those of its dense twin)."""
+        return SCORE_KINDS[DENSE_TWIN.get(self.kind, self.kind)]
+
+    @property
+    def network_primary(self) -> str:
+        return self.default_primary[DENSE_TWIN.get(self.kind, self.kind)]
+
+
+def resolve_sequence(params: SequenceDetectorParams, n_windows: int, window: int,
+                     channels: int) -> dict[str, Any]:
+    """Fill the ``None`` parameters from the windows' shape (W, C) and count.
+
+    Heuristics (no dataset-specific tuning): ``conv``: two stride-2 stages of 32 and 16
+    channels (one stage for windows under 16 steps); ``gru``: 64 hidden units; a code of about
+    a quarter of the values of a window's quarter (W*C/16, 4 to 32); batches of about n/16
+    windows (16 to 64); an epoch cap of ~3,000 gradient steps (20 to 200 epochs), early
+    stopping deciding the rest.
+    """
+    if params.hidden_sizes is not None:
+        widths = list(params.hidden_sizes)
+    elif params.architecture == "gru":
+        widths = [64]
+    else:
+        widths = [32, 16] if window >= 16 else [32]
+    latent = params.latent_dim or int(min(32, max(4, round(window * channels / 16))))
+    batch = params.batch_size or int(min(64, max(16, 2 ** round(math.log2(max(n_windows / 16,
+                                                                                  1))))))
+    epochs = params.max_epochs or int(min(MAX_SEQUENCE_EPOCHS, max(
+        20, math.ceil(3000 / math.ceil(n_windows / batch)))))
+    return {"hidden_sizes": widths, "latent_dim": latent, "batch_size": batch,
+            "max_epochs": epochs, "window": window}

@@ -1,0 +1,352 @@
+"""Multivariate time series as sliding windows, fitted on normal series only, saved as JSON.
+
+A series is a table with one row per timestamp: an optional time column, an optional series key
+(one model for many series of the same machine type) and numeric channels (every other column
+but the label and id columns). Per series, the time column must increase strictly: a duplicate
+or an earlier timestamp is a :class:`~training.errors.DataError` naming the record and the
+column, since a window over shuffled rows is no window of the process. Gaps (a step longer
+than :data:`GAP_FACTOR` times the median step) are counted and reported, not refused: windows
+span them, as the sensors' own pauses do.
+
+Channels are standardised with the mean and standard deviation of the training rows. A window
+of ``window`` consecutive rows of one series is one flat float32 row, time-major: the value of
+channel ``c`` at step ``t`` of the window is column ``t * C + c``. The window ending at row i is
+that row's window; the first ``window - 1`` rows of a series have none (warm-up).
+
+Default window (``window=None``): from the training series' autocorrelation, see
+:func:`choose_window`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.errors import DataError, shown
+from training.preprocessing.tabular import CATEGORICAL, NUMERIC, ColumnSpec
+
+log = logging.getLogger(__name__)
+
+GAP_FACTOR = 1.5  # a step longer than this times the median step is a gap
+MIN_WINDOW = 8
+MAX_WINDOW = 128
+_STD_FLOOR = 1e-6
+
+
+def choose_window(values: np.ndarray, n_rows: int) -> int:
+    """The default window from standardised training values (n, C): the median over channels
+    of each channel's decorrelation lag (the first lag whose autocorrelation falls below
+    1/e, searched up to ``n_rows / 4``), doubled so a window holds about two correlation
+    lengths, and kept within ``[MIN_WINDOW, MAX_WINDOW]`` and at most ``n_rows / 4``
+    (enough windows to train on). A channel that never decorrelates within the search counts
+    at the search limit."""
+    max_lag = max(MIN_WINDOW, n_rows // 4)
+    lags = []
+    for x in values.T:
+        x = x - x.mean()
+        var = float(np.dot(x, x))
+        if var <= 0:
+            continue
+        spec = np.fft.rfft(x, 2 * len(x))
+        acf = np.fft.irfft(spec * np.conj(spec))[: max_lag + 1] / var
+        below = np.flatnonzero(acf < 1 / math.e)
+        lags.append(int(below[0]) if below.size else max_lag)
+    lag = float(np.median(lags)) if lags else MIN_WINDOW / 2
+    return int(min(MAX_WINDOW, max(n_rows // 4, MIN_WINDOW), max(MIN_WINDOW, round(2 * lag))))
+
+
+@dataclass
+class SeriesIndex:
+    """Where the windows of a table come from: each window's last row (a position in the
+    input), and for every row its series' code and whether it is warm-up."""
+
+    ends: np.ndarray  # (n_windows,) int64 positions of the windows' last rows
+    warm_up: np.ndarray  # (n_rows,) bool: no full window ends at this row
+
+
+class SequencePreprocessor:
+    """Check, standardise and window multivariate series (see the module docstring).
+
+    Args:
+        time_column: column of timestamps (numbers or dates); None: the rows are in time order.
+        series_column: column naming the series each row belongs to; None: one series.
+        window: steps per window; None: :func:`choose_window` on the training rows.
+        label_column, id_column: columns that are never channels.
+    """
+
+    def __init__(self, time_column: str | None = None, series_column: str | None = None,
+                 window: int | None = None, label_column: str | None = None,
+                 id_column: str | None = None):
+        self.time_column = time_column
+        self.series_column = series_column
+        self.window = window
+        self.label_column = label_column
+        self.id_column = id_column
+
+    # -- fitting -----------------------------------------------------------------------------
+    def fit(self, df: pd.DataFrame, source: str = "data") -> SequencePreprocessor:
+        """Learn the channels, their mean and scale, and the window from normal series."""
+        df = _frame(df, source)
+        skip = {self.time_column, self.series_column, self.label_column, self.id_column}
+        channels = [c for c in df.columns if c not in skip]
+        if not channels:
+            raise DataError("no channel columns: every column is the time, series, label or "
+                            "id column", source=source)
+        for c in channels:
+            if not _is_number(df[c]):
+                raise DataError(f"a sequence channel must be numeric, found {df[c].dtype}: drop "
+                                "the column or set it as the id, label or series column",
+                                source=source, column=c)
+        self.channels_ = channels
+        self.key_kinds_ = {c: NUMERIC if _is_number(df[c]) else CATEGORICAL
+                           for c in (self.time_column, self.series_column) if c}
+        self.gaps_ = self.check_order(df, source)
+        values = self._values(df, source, standardise=False)
+        self.mean_ = values.mean(axis=0)
+        std = values.std(axis=0)
+        self.std_ = np.where(std > _STD_FLOOR, std, 1.0)
+        if self.window is not None:
+            self.window_ = int(self.window)
+        else:
+            z = (values - self.mean_) / self.std_
+            self.window_ = choose_window(z, len(z))
+        if self.gaps_["n_gaps"]:
+            log.warning("%s: %d gap(s) in the time column (longest %s steps of the median); "
+                        "windows span them", source, self.gaps_["n_gaps"],
+                        shown(self.gaps_["longest"]))
+        return self
+
+    @property
+    def n_channels_(self) -> int:
+        return len(self.channels_)
+
+    @property
+    def n_features_(self) -> int:
+        """Width of one window row: ``window * n_channels``."""
+        return self.window_ * self.n_channels_
+
+    @property
+    def feature_names_(self) -> list[str]:
+        """``channel@-k``: the channel k steps before the window's last row."""
+        w = self.window_
+        return [f"{c}@-{w - 1 - t}" for t in range(w) for c in self.channels_]
+
+    @property
+    def input_columns_(self) -> list[str]:
+        """The columns a scored table must have: time and series columns, then the channels."""
+        return [c for c in (self.time_column, self.series_column) if c] + list(self.channels_)
+
+    @property
+    def columns_(self) -> list[ColumnSpec]:
+        """The input schema as the tables' column specs: time and series columns (numbers or
+        text, as in training), then the numeric channels."""
+        keys = [ColumnSpec(c, k, "float64" if k == NUMERIC else "object")
+                for c, k in self.key_kinds_.items()]
+        return keys + [ColumnSpec(c, NUMERIC, "float64", mean=float(m), std=float(sd))
+                       for c, m, sd in zip(self.channels_, self.mean_, self.std_)]
+
+    # -- checks ------------------------------------------------------------------------------
+    def check_order(self, df: pd.DataFrame, source: str = "data",
+                    after: dict[Any, Any] | None = None) -> dict[str, Any]:
+        """Check that time increases strictly within every series.
+
+        Args:
+            after: per series key, the last timestamp already seen (a stream's or a previous
+                chunk's): the first new row of that series must come later.
+
+        Returns:
+            ``{"n_gaps": int, "longest": float}``: steps longer than ``GAP_FACTOR`` times the
+            median step, and the longest step in units of the median.
+
+        Raises:
+            DataError: naming the first record whose timestamp is a duplicate or earlier than
+            its predecessor in the same series.
+        """
+        if self.time_column is None:
+            return {"n_gaps": 0, "longest": 1.0}
+        times = self.times(df, source)
+        n_gaps, longest = 0, 1.0
+        for key, pos in self.groups(df):
+            t = times[pos]
+            prev = (after or {}).get(key)
+            if prev is not None and len(t):
+                t = np.concatenate([[prev], t])
+                offset = -1
+            else:
+                offset = 0
+            step = np.diff(t)
+            bad = np.flatnonzero(step <= 0)
+            if bad.size:
+                i = bad[0]
+                row = int(pos[i + 1 + offset])
+                before = _shown_time(t[i]) if i + offset < 0 else \
+                    df[self.time_column].iloc[int(pos[i + offset])]
+                what = "duplicates" if step[i] == 0 else "is earlier than"
+                raise DataError(f"timestamp {shown(df[self.time_column].iloc[row])} {what} the "
+                                f"previous one {shown(before)}"
+                                + (f" of series {shown(key)}" if self.series_column else "")
+                                + ": sort the rows by time and drop repeated timestamps",
+                                source=source, record=row, column=self.time_column)
+            if step.size:
+                median = float(np.median(step))
+                if median > 0:
+                    ratio = step / median
+                    n_gaps += int(np.sum(ratio > GAP_FACTOR))
+                    longest = max(longest, float(ratio.max()))
+        return {"n_gaps": n_gaps, "longest": longest}
+
+    def times(self, df: pd.DataFrame, source: str = "data") -> np.ndarray:
+        """(n,) the time column as float64 (numbers as they are, dates in seconds)."""
+        col = self.time_column
+        if col not in df.columns:
+            raise DataError(f"time column '{col}' not found; columns are {list(df.columns)}",
+                            source=source)
+        s = df[col]
+        if _is_number(s):
+            t = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            parsed = pd.to_datetime(s, errors="coerce", utc=True)
+            if parsed.dt.tz is not None:
+                parsed = parsed.dt.tz_convert(None)
+            t = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64) / 1e9
+            t[parsed.isna().to_numpy()] = np.nan
+        bad = np.flatnonzero(~np.isfinite(t))
+        if bad.size:
+            raise DataError(f"not a timestamp: {shown(s.iloc[bad[0]])}; use numbers or ISO 8601 "
+                            "dates", source=source, record=int(bad[0]), column=col)
+        return t
+
+    def groups(self, df: pd.DataFrame) -> list[tuple[Any, np.ndarray]]:
+        """``(series key, row positions in input order)`` per series; one group without a
+        series column (key None)."""
+        if self.series_column is None:
+            return [(None, np.arange(len(df)))]
+        keys = df[self.series_column].to_numpy()
+        codes, uniques = pd.factorize(keys, sort=False)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.flatnonzero(np.diff(codes[order])) + 1
+        return [(_plain_key(uniques[codes[p[0]]]), p) for p in np.split(order, bounds) if p.size]
+
+    def _values(self, df: pd.DataFrame, source: str, standardise: bool = True) -> np.ndarray:
+        """(n, C) channel values, float64; missing columns and non-finite values are errors."""
+        missing = [c for c in self.channels_ if c not in df.columns]
+        if missing:
+            raise DataError(f"missing channel column(s) {missing}; the model reads "
+                            f"{self.input_columns_}", source=source)
+        if self.series_column and self.series_column not in df.columns:
+            raise DataError(f"series column '{self.series_column}' not found; columns are "
+                            f"{list(df.columns)}", source=source)
+        out = np.empty((len(df), len(self.channels_)), dtype=np.float64)
+        for j, c in enumerate(self.channels_):
+            try:
+                out[:, j] = pd.to_numeric(df[c], errors="raise").to_numpy(dtype=np.float64,
+                                                                          na_value=np.nan)
+            except (ValueError, TypeError):
+                v = pd.to_numeric(df[c], errors="coerce")
+                row = int(np.flatnonzero(v.isna() & df[c].notna())[0])
+                raise DataError(f"not a number: {shown(df[c].iloc[row])}", source=source,
+                                record=row, column=c) from None
+        bad = np.argwhere(~np.isfinite(out))
+        if bad.size:
+            row, j = bad[0]
+            raise DataError("missing or non-finite value; a window needs every channel at "
+                            "every step: fill or drop the row", source=source, record=int(row),
+                            column=self.channels_[j])
+        return (out - self.mean_) / self.std_ if standardise else out
+
+    # -- windows -----------------------------------------------------------------------------
+    def index(self, df: pd.DataFrame) -> SeriesIndex:
+        """Which rows end a window (in window order: series by series, in time) and which are
+        warm-up."""
+        w = self.window_
+        ends, warm = [], np.ones(len(df), dtype=bool)
+        for _, pos in self.groups(df):
+            if len(pos) >= w:
+                ends.append(pos[w - 1 :])
+                warm[pos[w - 1 :]] = False
+        return SeriesIndex(np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64), warm)
+
+    def transform(self, df: Any, source: str = "data") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Windows of a table of series.
+
+        Returns:
+            ``(X, extras)``: X (n_windows, window * C) float32, one window per row that ends
+            one (series by series, in time); extras ``row``, (n_windows,) the position in the
+            input of each window's last row.
+        """
+        df = self.frame(df, source)
+        self.check_order(df, source)
+        z = self._values(df, source).astype(np.float32)
+        idx = self.index(df)
+        w, c = self.window_, self.n_channels_
+        X = np.empty((len(idx.ends), w * c), dtype=np.float32)
+        i = 0
+        for _, pos in self.groups(df):
+            if len(pos) < w:
+                continue
+            win = np.lib.stride_tricks.sliding_window_view(z[pos], w, axis=0)  # (k, C, w)
+            X[i : i + len(win)] = win.transpose(0, 2, 1).reshape(len(win), w * c)
+            i += len(win)
+        return X, {"row": idx.ends.astype(np.int64)}
+
+    def frame(self, data: Any, source: str = "data") -> pd.DataFrame:
+        """A DataFrame as given; validated request records (anything with ``frame``) as a
+        frame of the input columns; a 2-D array as a frame of the channels."""
+        if not isinstance(data, pd.DataFrame) and hasattr(data, "frame"):
+            return data.frame(self.input_columns_)
+        return _frame(data, source, self.channels_)
+
+    def inverse_transform(self, X: np.ndarray) -> np.ndarray:
+        """Window rows (n, window * C) back to (n, window, C) in the channels' units."""
+        w = np.asarray(X, dtype=np.float64).reshape(-1, self.window_, self.n_channels_)
+        return w * self.std_ + self.mean_
+
+    # -- persistence -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"time_column": self.time_column, "series_column": self.series_column,
+                "window": self.window_, "label_column": self.label_column,
+                "id_column": self.id_column, "channels": self.channels_,
+                "mean": self.mean_.tolist(), "std": self.std_.tolist(), "gaps": self.gaps_,
+                "key_kinds": self.key_kinds_}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SequencePreprocessor:
+        pre = cls(data["time_column"], data["series_column"], data["window"],
+                  data["label_column"], data["id_column"])
+        pre.window_ = int(data["window"])
+        pre.channels_ = list(data["channels"])
+        pre.mean_ = np.asarray(data["mean"], dtype=np.float64)
+        pre.std_ = np.asarray(data["std"], dtype=np.float64)
+        pre.gaps_ = dict(data["gaps"])
+        pre.key_kinds_ = dict(data["key_kinds"])
+        return pre
+
+
+def _frame(data: Any, source: str, channels: list[str] | None = None) -> pd.DataFrame:
+    """A DataFrame as given, a 2-D array as one with columns x0, x1, ... (or the channels')."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    arr = np.asarray(data)
+    if arr.ndim != 2:
+        raise DataError(f"expected a table of rows (n, channels), got shape {arr.shape}",
+                        source=source)
+    names = channels if channels and len(channels) == arr.shape[1] else \
+        [f"x{i}" for i in range(arr.shape[1])]
+    return pd.DataFrame(arr, columns=names)
+
+
+def _is_number(s: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+
+
+def _plain_key(key: Any) -> Any:
+    return key.item() if hasattr(key, "item") else key
+
+
+def _shown_time(t: float) -> Any:
+    return int(t) if float(t).is_integer() else float(t)
