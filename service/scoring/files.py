@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from service.model import ServedModel
 from training.data.tables import check_columns, check_types, csv_header, not_utf8
-from training.detector.sequence import SequenceDetector
+from training.detector.sequence import SequenceDetector, scored_primary
 from training.errors import DataError, TooLargeError, UnsupportedMediaError
 
 QUANTILE_NAMES = ["min", "p50", "p90", "p99", "max"]
@@ -233,9 +233,7 @@ def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_r
                 raise DataError("has the name of an output column; rename it",
                                 source=filename, column=clash[0])
             flags = scores["is_anomaly"].to_numpy()
-            primary = scores["score"].to_numpy()
-            result.primary.append(primary if stream is None else
-                                  primary[~scores["warm_up"].to_numpy()])
+            result.primary.append(scored_primary(scores))
             result.n_records += len(chunk)
             result.n_anomalies += int(flags.sum())
             result.ignored = sorted(set(result.ignored) | set(ignored))

@@ -16,7 +16,7 @@ import pydantic_core
 
 from service.model import ServedModel
 from service.scoring.render import render_results
-from training.detector.sequence import SequenceDetector
+from training.detector.sequence import SequenceDetector, scored_primary
 from training.errors import DataError
 from training.preprocessing.tabular import Records
 
@@ -105,8 +105,8 @@ def score_batch(model: ServedModel, records: Records, explain: bool = False,
     body = {"model": model.metadata(), "n_records": records.n, "n_anomalies": flagged,
             "ignored_columns": records.ignored}
     rendered = render_results(cols, model.explained_columns, top_k)
-    primary = cols["score"] if "warm_up" not in cols else cols["score"][~cols["warm_up"]]
-    return Scored(body=body, primary=primary, flagged=flagged, rendered_results=rendered)
+    return Scored(body=body, primary=scored_primary(cols), flagged=flagged,
+                  rendered_results=rendered)
 
 
 def encode_batch(model: ServedModel, records: Records) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 from service.model import ServedModel
 from service.scoring.records import Scored
 from service.scoring.render import render_results
-from training.detector.sequence import SequenceDetector, SeriesStream
+from training.detector.sequence import SequenceDetector, SeriesStream, scored_primary
 from training.errors import DataError
 from training.preprocessing.tabular import Records
 
@@ -79,5 +79,5 @@ def stream_batch(model: ServedModel, records: Records, states: StreamStates,
     body = {"model": model.metadata(), "n_records": records.n, "n_anomalies": flagged,
             "n_series": held, "ignored_columns": records.ignored}
     rendered = render_results(cols, channels, top_k)
-    return Scored(body=body, primary=cols["score"][~cols["warm_up"]], flagged=flagged,
+    return Scored(body=body, primary=scored_primary(cols), flagged=flagged,
                   rendered_results=rendered)

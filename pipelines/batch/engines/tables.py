@@ -17,7 +17,7 @@ from pipelines.batch.options import ScoreOptions
 from pipelines.batch.plan import _prepare_output
 from pipelines.batch.results import InputResult, ScoreSample
 from training.data.tables import check_types
-from training.detector.sequence import SeriesStream
+from training.detector.sequence import SeriesStream, scored_primary
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,6 @@ def _scored_batch(model: BatchModel, batch: pa.RecordBatch, job: _Prepared, n_ke
     arrays += result_arrays(model, list(job.schema)[n_keep:], scores)
     res.rows += n
     res.anomalies += int(scores["is_anomaly"].sum())
-    primary = scores["score"].to_numpy()
-    sample.add(primary[~scores["warm_up"].to_numpy()] if stream is not None else primary)
+    sample.add(scored_primary(scores))
     return pa.RecordBatch.from_arrays(arrays, schema=job.schema)
 
