@@ -11,7 +11,8 @@ its own, from held-out rows of the 400 normal ones, at the detector's target FPR
 ``FIT_ROWS`` rows fit, the windows ending in the last ``400 - FIT_ROWS`` calibrate (their first
 steps may reach into the fitted rows; their last step never does).
 
-Methods: ``seq_ae`` / ``seq_vae`` (our detectors, parameters by ``--params``), ``pca_t2``
+Methods: ``seq_ae`` / ``seq_vae`` (our detectors, parameters by ``--params``), ``seq_ae_keep``
+(``seq_ae`` keeping the levels of the slow channels, as before they were centred), ``pca_t2``
 (Hotelling's T² on the principal components of the standardised rows, 95% of the variance),
 ``iforest`` (scikit-learn's IsolationForest on the same windows as our default model).
 
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     known: dict[str, Method] = {
         "seq_ae": detector_method("seq_ae", args.params),
         "seq_vae": detector_method("seq_vae", args.params),
+        "seq_ae_keep": detector_method("seq_ae", {**args.params, "slow_channels": "keep"}),
         "pca_t2": pca_t2, "iforest": iforest(window)}
     results = run(data, {m: known[m] for m in args.methods}, args.seeds)
     table = to_markdown(results)

@@ -15,6 +15,7 @@ from training.detector.sequence_params import SEQUENCE_KINDS
 from training.nn.dense import ACTIVATIONS
 from training.nn.sequence import ARCHITECTURES
 from training.params import DEFAULT_PRIMARY, KINDS, MAX_EPOCHS, SCORE_KINDS, DetectorParams
+from training.preprocessing.sequences import SLOW_RULES
 
 # The flags, by the config keys they override (MODEL_FLAGS: keys under ``model:``).
 TOP_FLAGS = ("data", "kind", "name", "label_column", "id_column", "eval_data", "target_fpr",
@@ -22,7 +23,7 @@ TOP_FLAGS = ("data", "kind", "name", "label_column", "id_column", "eval_data", "
 MODEL_FLAGS = ("hidden_sizes", "latent_dim", "activation", "dropout", "batch_size",
                "learning_rate", "max_epochs", "patience", "noise_std", "beta", "primary_score",
                "image_size", "channels", "time_column", "series_column", "window",
-               "architecture")
+               "architecture", "slow_channels")
 
 _FIELDS = TrainConfig.__dataclass_fields__
 _PRIMARY_DEFAULTS = ", ".join(
@@ -104,6 +105,9 @@ def _default(name: str) -> Any:
               help="Sequences: steps per window.")
 @click.option("--architecture", type=click.Choice(ARCHITECTURES), show_default="conv",
               help="Sequences: 1-D convolutions or a GRU.")
+@click.option("--slow-channels", type=click.Choice(SLOW_RULES), show_default="centre",
+              help="Sequences: centre, in every window, each channel that does not "
+              "decorrelate within a window (its level is not scored), or keep every level.")
 @click.pass_context
 def train(ctx: click.Context, config: str | None, no_register: bool, channels: str | None,
           **flags: Any) -> int:

@@ -215,3 +215,55 @@ def test_quality_floor_on_patterns_a_row_wise_model_cannot_see(series, kind):
     # Windows wholly normal (not those still holding the end of an anomaly) are rarely flagged.
     touched = pd.Series(labels).rolling(det.window_, min_periods=1).max().to_numpy()[scored]
     assert flagged[touched == 0].mean() < 0.15
+
+
+def _with_slow_channel(frame: pd.DataFrame, seed: int, offset: float = 0.0) -> pd.DataFrame:
+    """The rotation plus ``slow``: a smooth random walk (a temperature, say) that wanders on
+    a time scale far longer than a window, shifted by ``offset``."""
+    rng = np.random.default_rng(seed)
+    walk = np.convolve(rng.normal(size=len(frame) + 99), np.ones(100) / 10, mode="valid")
+    return frame.assign(slow=np.cumsum(walk) * 0.01 + offset)
+
+
+def test_slow_channel_is_centred_so_its_drift_raises_no_alarm(series):
+    normal, test, labels = series
+    normal = _with_slow_channel(normal, 0)
+    # Later, the slow channel sits far above anything it did in the training rows.
+    fit = normal.iloc[:600]
+    drifted = _with_slow_channel(test, 1, offset=float(fit["slow"].max() + 10 * fit["slow"].std()))
+    flagged, detectors = {}, {}
+    for rule in ("centre", "keep"):
+        det = SequenceDetector(kind="seq_ae", time_column="t", window=16, slow_channels=rule,
+                               **FAST).fit(fit).calibrate(normal.iloc[600:])
+        out = det.score_series(drifted)
+        scored = ~out["warm_up"].to_numpy()
+        touched = pd.Series(labels).rolling(16, min_periods=1).max().to_numpy()[scored]
+        flagged[rule] = out["is_anomaly"].to_numpy()[scored][touched == 0].mean()
+        detectors[rule] = det
+    assert [detectors["centre"].preprocessor_.channels_[j]
+            for j in detectors["centre"].preprocessor_.centred_] == ["slow"]
+    assert detectors["keep"].preprocessor_.centred_ == []
+    assert flagged["keep"] > 0.5, flagged  # the level alone flags most normal windows (0.79)
+    assert flagged["centre"] < 0.15, flagged  # as without the slow channel (0.02)
+    # The shape of the backward turns still counts.
+    out = detectors["centre"].score_series(drifted)
+    scored = ~out["warm_up"].to_numpy()
+    assert roc_auc_score(labels[scored], out["score"].to_numpy()[scored]) > 0.9
+
+
+def test_centred_channels_are_saved_and_older_models_keep_every_level():
+    t = np.arange(400)
+    df = pd.DataFrame({"t": t, "fast": np.random.default_rng(0).normal(size=400),
+                       "slow": np.sin(2 * np.pi * t / 400)})
+    pre = SequencePreprocessor("t", window=8).fit(df)
+    assert pre.centred_ == [1]
+    X, _ = pre.transform(df)
+    np.testing.assert_allclose(X.reshape(-1, 8, 2)[:, :, 1].mean(axis=1), 0, atol=1e-6)
+    back = SequencePreprocessor.from_dict(pre.to_dict())
+    np.testing.assert_array_equal(back.transform(df)[0], X)
+    old = {k: v for k, v in pre.to_dict().items() if k not in ("slow", "centred")}
+    legacy = SequencePreprocessor.from_dict(old)
+    assert legacy.slow == "keep" and legacy.centred_ == []
+    assert not np.allclose(legacy.transform(df)[0], X)
+    with pytest.raises(ConfigError, match="slow_channels"):
+        SequenceDetector(kind="seq_ae", slow_channels="drop")

@@ -63,7 +63,7 @@ class SequenceDetector(BaseDetector):
     def _new_preprocessor(self) -> SequencePreprocessor:
         p = self.params
         return SequencePreprocessor(p.time_column, p.series_column, p.window,
-                                    self.label_column, self.id_column)
+                                    self.label_column, self.id_column, p.slow_channels)
 
     def _resolve(self, n_train: int, n_features: int) -> dict[str, Any]:
         pre = self.preprocessor_

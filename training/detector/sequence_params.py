@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from training.errors import ConfigError, shown
 from training.nn.sequence import ARCHITECTURES
 from training.params import SCORE_KINDS, DetectorParams
+from training.preprocessing.sequences import SLOW_RULES
 
 SEQUENCE_KINDS = ("seq_ae", "seq_vae")
 DENSE_TWIN = {"seq_ae": "ae", "seq_vae": "vae"}
@@ -31,6 +32,10 @@ class SequenceDetectorParams(DetectorParams):
         window: steps per window; None: from the training series' autocorrelation
             (:func:`training.preprocessing.sequences.choose_window`), recorded with the model.
         architecture: ``conv`` (1-D convolutions, the default) or ``gru``.
+        slow_channels: ``centre`` (default): a channel that does not decorrelate within a
+            window on the training rows is centred in every window, so its shape counts and
+            its level does not (:func:`training.preprocessing.sequences.slow_channels`);
+            ``keep``: every channel's level counts.
     """
 
     kind: str = "seq_ae"
@@ -40,6 +45,7 @@ class SequenceDetectorParams(DetectorParams):
     series_column: str | None = None
     window: int | None = None
     architecture: str = "conv"
+    slow_channels: str = "centre"
     default_primary: ClassVar[dict[str, str]] = {"ae": "recon", "vae": "recon"}
     default_models: ClassVar[dict[str, int]] = {"ae": 1, "vae": 1}
     default_neighbours: ClassVar[dict[str, int]] = {"ae": 0, "vae": 0}
@@ -67,6 +73,9 @@ class SequenceDetectorParams(DetectorParams):
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"architecture: expected one of {list(ARCHITECTURES)}, got "
                               f"{self.architecture!r}")
+        if self.slow_channels not in SLOW_RULES:
+            raise ConfigError(f"slow_channels: expected one of {list(SLOW_RULES)}, got "
+                              f"{shown(self.slow_channels)}")
         for name in ("time_column", "series_column"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

@@ -10,7 +10,11 @@ span them, as the sensors' own pauses do.
 
 Channels are standardised with the mean and standard deviation of the training rows. A window
 of ``window`` consecutive rows of one series is one flat float32 row, time-major: the value of
-channel ``c`` at step ``t`` of the window is column ``t * C + c``. The window ending at row i is
+channel ``c`` at step ``t`` of the window is column ``t * C + c``. A *slow* channel, one that
+does not decorrelate within a window on the training rows (:func:`slow_channels`), is centred
+in every window (its mean over the window's steps subtracted): the model sees its shape, not
+its level, since a level that wanders on a longer time scale than the training rows can show
+is no evidence of an anomaly (``slow="keep"`` keeps the levels). The window ending at row i is
 that row's window; the first ``window - 1`` rows of a series have none (warm-up).
 
 Default window (``window=None``): from the training series' autocorrelation, see
@@ -36,28 +40,44 @@ GAP_FACTOR = 1.5  # a step longer than this times the median step is a gap
 MIN_WINDOW = 8
 MAX_WINDOW = 128
 _STD_FLOOR = 1e-6
+SLOW_RULES = ("centre", "keep")
 
 
-def choose_window(values: np.ndarray, n_rows: int) -> int:
-    """The default window from standardised training values (n, C): the median over channels
-    of each channel's decorrelation lag (the first lag whose autocorrelation falls below
-    1/e, searched up to ``n_rows / 4``), doubled so a window holds about two correlation
-    lengths, and kept within ``[MIN_WINDOW, MAX_WINDOW]`` and at most ``n_rows / 4``
-    (enough windows to train on). A channel that never decorrelates within the search counts
-    at the search limit."""
+def decorrelation_lags(values: np.ndarray, n_rows: int) -> list[int]:
+    """Per channel of standardised values (n, C), its decorrelation lag: the first lag whose
+    autocorrelation falls below 1/e, searched up to ``n_rows / 4`` (a channel that never
+    decorrelates within the search gets the search limit; a constant one, 0)."""
     max_lag = max(MIN_WINDOW, n_rows // 4)
     lags = []
     for x in values.T:
         x = x - x.mean()
         var = float(np.dot(x, x))
         if var <= 0:
+            lags.append(0)
             continue
         spec = np.fft.rfft(x, 2 * len(x))
         acf = np.fft.irfft(spec * np.conj(spec))[: max_lag + 1] / var
         below = np.flatnonzero(acf < 1 / math.e)
         lags.append(int(below[0]) if below.size else max_lag)
+    return lags
+
+
+def choose_window(values: np.ndarray, n_rows: int) -> int:
+    """The default window from standardised training values (n, C): the median over channels
+    of each channel's decorrelation lag (:func:`decorrelation_lags`; constant channels left
+    out), doubled so a window holds about two correlation lengths, and kept within
+    ``[MIN_WINDOW, MAX_WINDOW]`` and at most ``n_rows / 4`` (enough windows to train on)."""
+    lags = [lag for lag in decorrelation_lags(values, n_rows) if lag > 0]
     lag = float(np.median(lags)) if lags else MIN_WINDOW / 2
     return int(min(MAX_WINDOW, max(n_rows // 4, MIN_WINDOW), max(MIN_WINDOW, round(2 * lag))))
+
+
+def slow_channels(values: np.ndarray, window: int) -> list[int]:
+    """Channels of standardised training values (n, C) that do not decorrelate within one
+    window: their decorrelation lag exceeds ``window`` steps. Such a channel moves on a time
+    scale the windows cannot see, so the training rows hold few independent samples of its
+    level (about n / lag): its level later on is no evidence either way."""
+    return [j for j, lag in enumerate(decorrelation_lags(values, len(values))) if lag > window]
 
 
 @dataclass
@@ -77,11 +97,16 @@ class SequencePreprocessor:
         series_column: column naming the series each row belongs to; None: one series.
         window: steps per window; None: :func:`choose_window` on the training rows.
         label_column, id_column: columns that are never channels.
+        slow: ``centre`` (default): centre the slow channels in every window; ``keep``: keep
+            every channel's level.
     """
 
     def __init__(self, time_column: str | None = None, series_column: str | None = None,
                  window: int | None = None, label_column: str | None = None,
-                 id_column: str | None = None):
+                 id_column: str | None = None, slow: str = "centre"):
+        if slow not in SLOW_RULES:
+            raise ValueError(f"slow: expected one of {list(SLOW_RULES)}, got {slow!r}")
+        self.slow = slow
         self.time_column = time_column
         self.series_column = series_column
         self.window = window
@@ -110,11 +135,13 @@ class SequencePreprocessor:
         self.mean_ = values.mean(axis=0)
         std = values.std(axis=0)
         self.std_ = np.where(std > _STD_FLOOR, std, 1.0)
-        if self.window is not None:
-            self.window_ = int(self.window)
-        else:
-            z = (values - self.mean_) / self.std_
-            self.window_ = choose_window(z, len(z))
+        z = (values - self.mean_) / self.std_
+        self.window_ = int(self.window) if self.window is not None else choose_window(z, len(z))
+        self.centred_ = slow_channels(z, self.window_) if self.slow == "centre" else []
+        if self.centred_:
+            log.info("%s: slow channel(s) %s do not decorrelate within a window of %d steps: "
+                     "centred in every window", source,
+                     [self.channels_[j] for j in self.centred_], self.window_)
         if self.gaps_["n_gaps"]:
             log.warning("%s: %d gap(s) in the time column (longest %s steps of the median); "
                         "windows span them", source, self.gaps_["n_gaps"],
@@ -290,7 +317,10 @@ class SequencePreprocessor:
             if len(pos) < w:
                 continue
             win = np.lib.stride_tricks.sliding_window_view(z[pos], w, axis=0)  # (k, C, w)
-            X[i : i + len(win)] = win.transpose(0, 2, 1).reshape(len(win), w * c)
+            out = X[i : i + len(win)].reshape(len(win), w, c)
+            out[:] = win.transpose(0, 2, 1)
+            if self.centred_:
+                out[:, :, self.centred_] -= out[:, :, self.centred_].mean(axis=1, keepdims=True)
             i += len(win)
         return X, {"row": idx.ends.astype(np.int64)}
 
@@ -302,7 +332,8 @@ class SequencePreprocessor:
         return _frame(data, source, self.channels_)
 
     def inverse_transform(self, X: np.ndarray) -> np.ndarray:
-        """Window rows (n, window * C) back to (n, window, C) in the channels' units."""
+        """Window rows (n, window * C) back to (n, window, C) in the channels' units (a centred
+        channel's values about its training mean: its level is not modelled)."""
         w = np.asarray(X, dtype=np.float64).reshape(-1, self.window_, self.n_channels_)
         return w * self.std_ + self.mean_
 
@@ -310,16 +341,19 @@ class SequencePreprocessor:
     def to_dict(self) -> dict[str, Any]:
         return {"time_column": self.time_column, "series_column": self.series_column,
                 "window": self.window_, "label_column": self.label_column,
-                "id_column": self.id_column, "channels": self.channels_,
+                "id_column": self.id_column, "channels": self.channels_, "slow": self.slow,
+                "centred": [self.channels_[j] for j in self.centred_],
                 "mean": self.mean_.tolist(), "std": self.std_.tolist(), "gaps": self.gaps_,
                 "key_kinds": self.key_kinds_}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SequencePreprocessor:
+        # Models saved before slow channels were centred kept every level.
         pre = cls(data["time_column"], data["series_column"], data["window"],
-                  data["label_column"], data["id_column"])
+                  data["label_column"], data["id_column"], data.get("slow", "keep"))
         pre.window_ = int(data["window"])
         pre.channels_ = list(data["channels"])
+        pre.centred_ = [pre.channels_.index(c) for c in data.get("centred", [])]
         pre.mean_ = np.asarray(data["mean"], dtype=np.float64)
         pre.std_ = np.asarray(data["std"], dtype=np.float64)
         pre.gaps_ = dict(data["gaps"])

@@ -80,7 +80,8 @@ class Sequences(DataKind):
             raise DataError(f"{len(fit)} rows to fit on; at least {MIN_NORMAL_ROWS} are needed",
                             source=cfg.data)
         pre = SequencePreprocessor(params.time_column, series_column, params.window,
-                                   cfg.label_column, cfg.id_column).fit(df.iloc[fit], cfg.data)
+                                   cfg.label_column, cfg.id_column,
+                                   params.slow_channels).fit(df.iloc[fit], cfg.data)
         window = pre.window_
         cal = df.iloc[calibration]
         if len(pre.index(cal).ends) < 10:
@@ -106,7 +107,8 @@ class Sequences(DataKind):
                                        "series_column": series_column})
         return Prepared(splits, detector, {
             "data_sha256": fingerprint(cfg.data), "n_channels": pre.n_channels_,
-            "n_gaps": check.gaps_["n_gaps"], "n_series": len(pre.groups(df))})
+            "n_gaps": check.gaps_["n_gaps"], "n_series": len(pre.groups(df)),
+            "centred_channels": ", ".join(pre.channels_[j] for j in pre.centred_) or "none"})
 
     def dataset(self, prepared: Prepared, cfg: TrainConfig):
         return mlflow.data.from_pandas(prepared.splits.fit, source=str(Path(cfg.data).resolve()),
