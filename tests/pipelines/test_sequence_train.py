@@ -41,6 +41,9 @@ def test_run_logs_the_shared_metric_names_and_the_series_plot(store):
             "fit/epochs", "val_recon_mse", "train_mse", "val_mse"} <= set(m)
     assert m["eval/auroc"] > 0.9
     assert run.data.params["window"] == "16" and run.data.params["time_column"] == "t"
+    # a turn every 20 steps decorrelates within the window: no channel is slow
+    assert run.data.params["slow_channels"] == "centre"
+    assert run.data.params["centred_channels"] == "none"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"series_scores.png", "loss_curves.png", "roc_pr.png"} <= artifacts
 
