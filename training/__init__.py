@@ -8,8 +8,9 @@ needs only the errors) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from training.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from training.detector import Detector
@@ -30,9 +31,4 @@ __all__ = ["AnomalyError", "ConfigError", "DataError", "Detector", "DetectorPara
            "ModelFormatError", "NotFittedError"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _HOMES, globals())

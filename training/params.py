@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from training.errors import ConfigError, shown
-from training.nn.dense import ACTIVATIONS
+from training.nn.names import ACTIVATION_NAMES
 
 KINDS = ("ae", "vae")
 SCORE_KINDS = {"ae": ("recon",), "vae": ("agg_elbo", "elbo", "recon")}
@@ -71,9 +71,9 @@ class DetectorParams:
             raise ConfigError(f"unknown detector parameter(s): {sorted(self.extra)}")
         if self.kind not in KINDS:
             raise ConfigError(f"kind: expected one of {list(KINDS)}, got {self.kind!r}")
-        if self.activation not in ACTIVATIONS:
+        if self.activation not in ACTIVATION_NAMES:
             raise ConfigError(
-                f"activation: expected one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
+                f"activation: expected one of {list(ACTIVATION_NAMES)}, got {self.activation!r}"
             )
         if self.hidden_sizes is not None:
             if isinstance(self.hidden_sizes, int):

@@ -9,6 +9,7 @@ from pipelines.registry.uri import parse_model_uri
 from training.errors import ConfigError
 
 DEFAULT_CHUNK_ROWS = 50_000
+DEFAULT_DECODE_WORKERS = 2  # image models: threads decoding the next chunk while one is scored
 ON_ERROR = ("fail", "skip")
 ENGINES = ("local", "spark")
 
@@ -29,6 +30,7 @@ class ScoreOptions:
     tracking_uri: str | None = None
     cache_dir: str | None = None  # downloaded models (default: the service's model cache)
     maps_dir: str | None = None  # image models: write each image's anomaly map PNG here
+    decode_workers: int = DEFAULT_DECODE_WORKERS  # image models: decoding threads (0: none)
     run_time: datetime | None = None  # fills {date}/{time} in the output; default now
 
     def check(self) -> ScoreOptions:
@@ -39,6 +41,10 @@ class ScoreOptions:
             raise ConfigError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
         if not isinstance(self.chunk_rows, int) or self.chunk_rows < 1:
             raise ConfigError(f"chunk_rows must be a positive integer, got {self.chunk_rows!r}")
+        if (isinstance(self.decode_workers, bool) or not isinstance(self.decode_workers, int)
+                or self.decode_workers < 0):
+            raise ConfigError("decode_workers must be an integer >= 0, got "
+                              f"{self.decode_workers!r}")
         if self.model.strip().startswith(("models:", "runs:")):
             parse_model_uri(self.model)  # the form only: a folder may not exist yet
         if self.keep is not None and not self.keep:

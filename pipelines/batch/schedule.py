@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 TOP_KEYS = {"jobs", "status_file", "tracking_uri", "timezone", "history"}
 JOB_KEYS = {"name", "cron", "model", "input", "output", "options", "retries", "retry_delay",
             "timeout"}
-OPTION_KEYS = {"keep", "on_error", "resume", "engine", "spark_master", "chunk_rows"}
+OPTION_KEYS = {"keep", "on_error", "resume", "engine", "spark_master", "chunk_rows",
+               "maps_dir", "decode_workers"}
 _DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _EXIT_USER = 2
 
@@ -175,7 +176,7 @@ def score_command(job: JobSpec, when: datetime, tracking_uri: str | None) -> lis
     o = job.options
     if o.get("keep"):
         cmd += ["--keep", ",".join(o["keep"])]
-    for key in ("on_error", "engine", "spark_master", "chunk_rows"):
+    for key in ("on_error", "engine", "spark_master", "chunk_rows", "maps_dir", "decode_workers"):
         if o.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(o[key])]
     if o.get("resume"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines.batch.options import DEFAULT_CHUNK_ROWS, ENGINES, ON_ERROR
+from pipelines.batch.options import DEFAULT_CHUNK_ROWS, DEFAULT_DECODE_WORKERS, ENGINES, ON_ERROR
 from pipelines.cli.options import Command, Globals, NameList
 from pipelines.cli.text import format_scoring
 from training.errors import ConfigError
@@ -34,10 +34,13 @@ from training.errors import ConfigError
 @click.option("--maps-dir", metavar="DIR",
               help="Image models: also write each image's anomaly map as a PNG into this "
               "folder (<name>.map.png, sub-folders mirrored).")
+@click.option("--decode-workers", type=click.IntRange(min=0), default=DEFAULT_DECODE_WORKERS,
+              show_default=True, help="Image models: threads decoding the next chunk of images "
+              "while one is scored (0: decode in the scoring thread).")
 @click.pass_obj
 def score(state: Globals, model: str, input_: str, output: str, keep: list[str] | None,
           on_error: str, resume: bool, engine: str, spark_master: str | None, chunk_rows: int,
-          maps_dir: str | None) -> int:
+          maps_dir: str | None, decode_workers: int) -> int:
     """Score CSV/Parquet files or images in batch with a model.
 
     Streams the input through the model and writes the input's columns plus every score,
@@ -50,7 +53,7 @@ def score(state: Globals, model: str, input_: str, output: str, keep: list[str] 
     result = run_batch(ScoreOptions(
         model=model, input=input_, output=output, keep=keep, on_error=on_error, resume=resume,
         engine=engine, spark_master=spark_master, chunk_rows=chunk_rows,
-        tracking_uri=state.tracking_uri, maps_dir=maps_dir))
+        tracking_uri=state.tracking_uri, maps_dir=maps_dir, decode_workers=decode_workers))
     click.echo(format_scoring(result))
     return 0
 

@@ -12,8 +12,7 @@ from pipelines.cli.text import format_training
 from pipelines.train.config import TrainConfig
 from training.detector.image_params import DENSE_TWIN, IMAGE_KINDS, ImageDetectorParams
 from training.detector.sequence_params import SEQUENCE_KINDS
-from training.nn.dense import ACTIVATIONS
-from training.nn.sequence import ARCHITECTURES
+from training.nn.names import ACTIVATION_NAMES, ARCHITECTURES
 from training.params import DEFAULT_PRIMARY, KINDS, MAX_EPOCHS, SCORE_KINDS, DetectorParams
 from training.preprocessing.sequences import SLOW_RULES
 
@@ -70,7 +69,7 @@ def _default(name: str) -> Any:
               help="Comma-separated encoder widths, e.g. 64,32.")
 @click.option("--latent-dim", type=int, show_default="from the data's width",
               help="Size of the latent code.")
-@click.option("--activation", type=click.Choice(sorted(ACTIVATIONS)),
+@click.option("--activation", type=click.Choice(ACTIVATION_NAMES),
               default=DetectorParams.activation, help="Activation of the hidden layers.")
 @click.option("--dropout", type=float, default=DetectorParams.dropout,
               help="Dropout rate after each hidden layer.")

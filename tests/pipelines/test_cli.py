@@ -19,7 +19,7 @@ from pipelines.cli.options import Command
 from pipelines.train.config import TrainConfig
 from tests.servers import free_port, wait_http
 from training.errors import ConfigError, RegistryUnavailable
-from training.nn.dense import ACTIVATIONS
+from training.nn.names import ACTIVATION_NAMES
 
 
 def _commands(group: click.Group, path: str = "anomaly"):
@@ -52,7 +52,7 @@ def test_every_command_and_option_has_help():
 def test_help_lists_the_choices_and_defaults(capsys):
     assert main(["train", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # unwrapped
-    assert f"--activation [{'|'.join(sorted(ACTIVATIONS))}]" in out
+    assert f"--activation [{'|'.join(ACTIVATION_NAMES)}]" in out
     assert "--kind [ae|vae|conv_ae|conv_vae|seq_ae|seq_vae]" in out
     assert "--primary-score [agg_elbo|elbo|recon]" in out
     assert "[default: vae]" in out and "[default: challenger]" in out
@@ -243,3 +243,16 @@ def test_mlflow_info_lines_stay_out_of_the_output(tmp_path):
         assert ("Creating initial MLflow database tables" in proc.stderr) == shown, proc.stderr
         if not shown:
             assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["score", "--help"],
+                                  ["serve", "--help"]])
+def test_help_imports_neither_torch_nor_mlflow(args):
+    """Help needs no network code and no registry: both are imported by the commands that
+    use them, when they run."""
+    code = ("import sys\nfrom pipelines.cli.main import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.strip().splitlines()[-1] == "[]", out[-500:]

@@ -134,6 +134,41 @@ def test_batch_glob_and_bad_images(store, tmp_path, capsys):
     assert "9.png" in (tmp_path / "o.rejects.csv").read_text()
 
 
+def test_decoding_threads_change_nothing_but_the_speed(store, tmp_path, capsys, monkeypatch):
+    """Chunks of 5 images, decoded in the scoring thread or by two threads a chunk ahead: the
+    same rows in the same order, the same failing file, the same rejects."""
+    from pipelines.batch.engines import images as engine
+
+    monkeypatch.setattr(engine, "IMAGE_CHUNK", 5)
+    folder = tmp_path / "in"
+    for i, im in enumerate(normal_images(13)):
+        write_png(folder / f"{i:02d}.png", im)
+    outs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}.parquet"
+        assert main(["score", "--model", "models:/blob@challenger", "--input", str(folder),
+                     "--output", str(out), "--decode-workers", str(workers),
+                     "--tracking-uri", store["uri"]]) == 0
+        outs[workers] = pd.read_parquet(out)
+    assert len(outs[0]) == 13
+    pd.testing.assert_frame_equal(outs[0], outs[2])
+    (folder / "07.png").write_bytes(b"garbage")  # in the second chunk
+    (folder / "11.png").write_bytes(b"garbage")  # in the third
+    for workers in (0, 2):
+        args = ["score", "--model", "models:/blob@challenger", "--input", str(folder),
+                "--output", str(tmp_path / f"bad{workers}.csv"), "--decode-workers",
+                str(workers), "--tracking-uri", store["uri"]]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "07.png" in err and "11.png" not in err
+        assert not (tmp_path / f"bad{workers}.csv").exists()
+        assert main([*args, "--on-error", "skip"]) == 0
+        rejects = pd.read_csv(tmp_path / f"bad{workers}.rejects.csv")
+        assert rejects["record"].tolist() == [7, 11]
+    assert main(["score", "--model", "models:/blob@challenger", "--input", str(folder),
+                 "--output", str(tmp_path / "x.csv"), "--decode-workers", "-1"]) == 2
+
+
 def test_config_checks_image_options():
     from pipelines.train.config import TrainConfig
     from training.errors import ConfigError

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from training.errors import ConfigError, shown
-from training.nn.sequence import ARCHITECTURES
+from training.nn.names import ARCHITECTURES
 from training.params import SCORE_KINDS, DetectorParams
 from training.preprocessing.sequences import SLOW_RULES
 

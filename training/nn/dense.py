@@ -13,8 +13,11 @@ import math
 import torch
 from torch import nn
 
+from training.nn.names import ACTIVATION_NAMES
+
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "tanh": nn.Tanh,
                "gelu": nn.GELU, "silu": nn.SiLU}
+assert sorted(ACTIVATIONS) == sorted(ACTIVATION_NAMES), "training.nn.names lists every activation"
 
 
 # Lower bound on a decoder log-variance: keeps the Gaussian likelihood from collapsing onto a

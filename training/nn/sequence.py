@@ -24,7 +24,6 @@ from torch.nn import functional as F
 from training.nn.conv import ConvEnsemble
 from training.nn.dense import ACTIVATIONS, MIN_DECODER_LOGVAR
 
-ARCHITECTURES = ("conv", "gru")
 KERNEL = 7
 
 

@@ -4,6 +4,11 @@ The job is one input (the folder or glob) and one output table (.parquet or .csv
 every score, p-value and ``is_anomaly``, model name and version. With ``--maps-dir`` each
 image's anomaly map is also written as an 8-bit PNG (white = :data:`MAP_WHITE` times the average
 error of a normal pixel), mirroring the input's sub-folders.
+
+Images are decoded :data:`IMAGE_CHUNK` at a time. With ``decode_workers`` > 0 the next chunk is
+decoded by that many threads while the current one is scored (Pillow releases the GIL while
+it decodes and resizes), so at most two chunks are held at once; 0 decodes in the scoring
+thread. Either way the output rows, and which unreadable file a job fails on, are the same.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import glob
 import logging
 import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +37,7 @@ from training.preprocessing.images import IMAGE_SUFFIXES, to_png
 log = logging.getLogger(__name__)
 
 IMAGE_CHUNK = 256  # images decoded and scored at a time
+DECODE_TASK = 16  # images per decoding task of a worker thread
 MAP_WHITE = 8.0  # map value drawn white in map PNGs (1 = a normal pixel's average error)
 
 
@@ -71,12 +79,52 @@ def prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> Imag
     return ImageJob(src, out, files, root, maps_dir, pa.schema(fields))
 
 
-def score_images(model: BatchModel, job: ImageJob, on_error: str, sample: ScoreSample
-                 ) -> InputResult:
+def _decode(pre, files: list[Path]) -> list[np.ndarray | DataError]:
+    """Each file's (C, H, W) pixels, or the DataError that names why it cannot be read."""
+    out: list[np.ndarray | DataError] = []
+    for f in files:
+        try:
+            out.append(pre.image(f, str(f)))
+        except DataError as e:
+            out.append(e)
+    return out
+
+
+def decoded_chunks(pre, files: list[Path], workers: int
+                   ) -> Iterator[tuple[int, list[np.ndarray | DataError]]]:
+    """``(first index, decoded images or errors)`` per chunk of :data:`IMAGE_CHUNK` files, in
+    order; with ``workers`` > 0 the next chunk decodes in threads while this one is used."""
+    starts = range(0, len(files), IMAGE_CHUNK)
+    if workers <= 0:
+        for i in starts:
+            yield i, _decode(pre, files[i : i + IMAGE_CHUNK])
+        return
+
+    def submit(pool: ThreadPoolExecutor, i: int) -> list[Future]:
+        chunk = files[i : i + IMAGE_CHUNK]
+        return [pool.submit(_decode, pre, chunk[k : k + DECODE_TASK])
+                for k in range(0, len(chunk), DECODE_TASK)]
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending = submit(pool, 0) if files else []
+        for i in starts:
+            current = pending
+            pending = submit(pool, i + IMAGE_CHUNK) if i + IMAGE_CHUNK < len(files) else []
+            try:
+                yield i, [image for task in current for image in task.result()]
+            except BaseException:
+                for task in pending:
+                    task.cancel()
+                raise
+
+
+def score_images(model: BatchModel, job: ImageJob, on_error: str, sample: ScoreSample,
+                 decode_workers: int = 0) -> InputResult:
     """Score every image of the job into its output; all or nothing.
 
     A file that cannot be decoded (or has the wrong channel count) fails the job naming it,
     or with ``on_error="skip"`` is counted, logged and listed in ``<output>.rejects.csv``.
+    ``decode_workers`` threads decode the next chunk while one is scored (0: none).
     """
     res = InputResult(str(job.src), str(job.out))
     start = time.perf_counter()
@@ -84,17 +132,17 @@ def score_images(model: BatchModel, job: ImageJob, on_error: str, sample: ScoreS
     pre = model.detector.preprocessor_
     try:
         with AtomicTableWriter(job.out, job.schema) as writer:
-            for i in range(0, len(job.files), IMAGE_CHUNK):
+            for i, images in decoded_chunks(pre, job.files, decode_workers):
                 chunk = job.files[i : i + IMAGE_CHUNK]
                 good, bad = [], []
-                for k, f in enumerate(chunk):
-                    try:
-                        good.append((str(f), pre.image(f, str(f))))
-                    except DataError as e:
-                        if on_error == "fail":
-                            raise DataError(f"{e}; fix or remove the file, or rerun with "
-                                            "--on-error skip") from None
-                        bad.append(Reject(record=i + k, reason=str(e), row=str(f)))
+                for k, (f, image) in enumerate(zip(chunk, images)):
+                    if not isinstance(image, DataError):
+                        good.append((str(f), image))
+                        continue
+                    if on_error == "fail":
+                        raise DataError(f"{image}; fix or remove the file, or rerun with "
+                                        "--on-error skip") from None
+                    bad.append(Reject(record=i + k, reason=str(image), row=str(f)))
                 if bad:
                     rejects.write(bad)
                     log.warning("%s: skipped %d unreadable image(s), first: %s", job.src,
