@@ -9,7 +9,7 @@ from pipelines.registry.uri import parse_model_uri
 from training.errors import ConfigError
 
 DEFAULT_CHUNK_ROWS = 50_000
-DEFAULT_DECODE_WORKERS = 2  # image models: threads decoding the next chunk while one is scored
+DEFAULT_DECODE_WORKERS = 1  # image models: a thread decoding the next chunk while one is scored
 ON_ERROR = ("fail", "skip")
 ENGINES = ("local", "spark")
 
