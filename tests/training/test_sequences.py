@@ -267,3 +267,38 @@ def test_centred_channels_are_saved_and_older_models_keep_every_level():
     assert not np.allclose(legacy.transform(df)[0], X)
     with pytest.raises(ConfigError, match="slow_channels"):
         SequenceDetector(kind="seq_ae", slow_channels="drop")
+
+
+def test_slowness_is_pooled_over_series_each_about_its_own_mean():
+    """Two machines, rows interleaved in time: a slow channel is found although neighbouring
+    rows belong to different series, and a fast channel whose level differs between the
+    machines is not slow."""
+    rng = np.random.default_rng(0)
+
+    def machine(unit, level):
+        walk = np.convolve(rng.normal(size=699), np.ones(100) / 10, mode="valid")
+        return pd.DataFrame({"t": np.arange(600), "unit": unit, "slow": np.cumsum(walk) * 0.01,
+                             "x": rng.normal(size=600) + level})
+
+    both = pd.concat([machine("a", 0.0), machine("b", 5.0)])
+    for df in (both.sort_values(["t", "unit"], kind="stable"), both):  # interleaved, one after
+        pre = SequencePreprocessor("t", "unit", window=8).fit(df.reset_index(drop=True))
+        assert [pre.channels_[j] for j in pre.centred_] == ["slow"]
+
+
+def test_a_model_saved_before_the_rule_loads_as_keep(fitted, series, tmp_path):
+    import json
+
+    _, test, _ = series
+    fitted.save(tmp_path / "m")
+    for name, keys in (("detector.json", ("slow_channels",)),
+                       ("preprocessing.json", ("slow", "centred"))):
+        path = tmp_path / "m" / name
+        meta = json.loads(path.read_text())
+        target = meta["params"] if name == "detector.json" else meta
+        for k in keys:
+            target.pop(k)
+        path.write_text(json.dumps(meta))
+    back = load_detector(tmp_path / "m")
+    assert back.params.slow_channels == "keep" and back.preprocessor_.centred_ == []
+    pd.testing.assert_frame_equal(back.score_series(test), fitted.score_series(test))

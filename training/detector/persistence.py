@@ -88,6 +88,8 @@ def load_detector(path: str | Path) -> Any:
                                f"{sorted(DETECTORS)}")
     det = cls(id_column=meta["id_column"], label_column=meta["label_column"], **meta["params"])
     det.preprocessor_ = cls.preprocessor_class.from_dict(preprocessing)
+    if hasattr(det.params, "slow_channels"):  # a sequence model saved before the rule: keep
+        det.params.slow_channels = det.preprocessor_.slow
     det.resolved_ = meta["resolved"]
     det.network_ = det._build(meta["n_features"])
     det.network_.load_state_dict(torch.load(path / "weights.pt", map_location="cpu",

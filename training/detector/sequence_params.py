@@ -97,7 +97,7 @@ def resolve_sequence(params: SequenceDetectorParams, n_windows: int, window: int
 
     Heuristics (no dataset-specific tuning): ``conv``: two stride-2 stages of 32 and 16
     channels (one stage for windows under 16 steps); ``gru``: 64 hidden units; a code of about
-    a quarter of the values of a window's quarter (W*C/16, 4 to 32); batches of about n/16
+    a quarter of a window's values (W*C/4, 4 to 32); batches of about n/16
     windows (16 to 64); an epoch cap of ~3,000 gradient steps (20 to 200 epochs), early
     stopping deciding the rest.
     """
@@ -107,7 +107,7 @@ def resolve_sequence(params: SequenceDetectorParams, n_windows: int, window: int
         widths = [64]
     else:
         widths = [32, 16] if window >= 16 else [32]
-    latent = params.latent_dim or int(min(32, max(4, round(window * channels / 16))))
+    latent = params.latent_dim or int(min(32, max(4, round(window * channels / 4))))
     batch = params.batch_size or int(min(64, max(16, 2 ** round(math.log2(max(n_windows / 16,
                                                                                   1))))))
     epochs = params.max_epochs or int(min(MAX_SEQUENCE_EPOCHS, max(

@@ -43,41 +43,51 @@ _STD_FLOOR = 1e-6
 SLOW_RULES = ("centre", "keep")
 
 
-def decorrelation_lags(values: np.ndarray, n_rows: int) -> list[int]:
+def decorrelation_lags(values: np.ndarray, n_rows: int,
+                       series: list[np.ndarray] | None = None) -> list[int]:
     """Per channel of standardised values (n, C), its decorrelation lag: the first lag whose
-    autocorrelation falls below 1/e, searched up to ``n_rows / 4`` (a channel that never
-    decorrelates within the search gets the search limit; a constant one, 0)."""
+    autocorrelation falls below 1/e, searched up to ``n_rows / 4``. With several ``series``
+    (the row positions of each, in time order) the autocorrelation is pooled over them, each
+    about its own mean: lagged products never pair rows of two series, and a level that
+    differs between series is no slowness. A channel that never decorrelates within the
+    search gets ``n_rows``; a constant one, 0."""
     max_lag = max(MIN_WINDOW, n_rows // 4)
+    series = [np.arange(len(values))] if series is None else series
+    cov = np.zeros((max_lag + 1, values.shape[1]))
+    for pos in series:
+        x = values[pos] - values[pos].mean(axis=0)
+        spec = np.fft.rfft(x, 2 * len(x), axis=0)
+        part = np.fft.irfft(spec * np.conj(spec), axis=0)[: min(max_lag + 1, len(x))]
+        cov[: len(part)] += part
     lags = []
-    for x in values.T:
-        x = x - x.mean()
-        var = float(np.dot(x, x))
-        if var <= 0:
+    for acov in cov.T:
+        if acov[0] <= 1e-12 * len(values):
             lags.append(0)
             continue
-        spec = np.fft.rfft(x, 2 * len(x))
-        acf = np.fft.irfft(spec * np.conj(spec))[: max_lag + 1] / var
-        below = np.flatnonzero(acf < 1 / math.e)
-        lags.append(int(below[0]) if below.size else max_lag)
+        below = np.flatnonzero(acov / acov[0] < 1 / math.e)
+        lags.append(int(below[0]) if below.size else n_rows)
     return lags
 
 
-def choose_window(values: np.ndarray, n_rows: int) -> int:
+def choose_window(values: np.ndarray, n_rows: int, series: list[np.ndarray] | None = None
+                  ) -> int:
     """The default window from standardised training values (n, C): the median over channels
     of each channel's decorrelation lag (:func:`decorrelation_lags`; constant channels left
     out), doubled so a window holds about two correlation lengths, and kept within
     ``[MIN_WINDOW, MAX_WINDOW]`` and at most ``n_rows / 4`` (enough windows to train on)."""
-    lags = [lag for lag in decorrelation_lags(values, n_rows) if lag > 0]
+    lags = [lag for lag in decorrelation_lags(values, n_rows, series) if lag > 0]
     lag = float(np.median(lags)) if lags else MIN_WINDOW / 2
     return int(min(MAX_WINDOW, max(n_rows // 4, MIN_WINDOW), max(MIN_WINDOW, round(2 * lag))))
 
 
-def slow_channels(values: np.ndarray, window: int) -> list[int]:
+def slow_channels(values: np.ndarray, window: int, series: list[np.ndarray] | None = None
+                  ) -> list[int]:
     """Channels of standardised training values (n, C) that do not decorrelate within one
     window: their decorrelation lag exceeds ``window`` steps. Such a channel moves on a time
     scale the windows cannot see, so the training rows hold few independent samples of its
     level (about n / lag): its level later on is no evidence either way."""
-    return [j for j, lag in enumerate(decorrelation_lags(values, len(values))) if lag > window]
+    lags = decorrelation_lags(values, len(values), series)
+    return [j for j, lag in enumerate(lags) if lag > window]
 
 
 @dataclass
@@ -136,8 +146,10 @@ class SequencePreprocessor:
         std = values.std(axis=0)
         self.std_ = np.where(std > _STD_FLOOR, std, 1.0)
         z = (values - self.mean_) / self.std_
-        self.window_ = int(self.window) if self.window is not None else choose_window(z, len(z))
-        self.centred_ = slow_channels(z, self.window_) if self.slow == "centre" else []
+        series = [pos for _, pos in self.groups(df)] if self.series_column else None
+        self.window_ = (int(self.window) if self.window is not None
+                        else choose_window(z, len(z), series))
+        self.centred_ = slow_channels(z, self.window_, series) if self.slow == "centre" else []
         if self.centred_:
             log.info("%s: slow channel(s) %s do not decorrelate within a window of %d steps: "
                      "centred in every window", source,

@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def decoded_chunks(pre, files: list[Path], workers: int
             try:
                 yield i, [image for task in current for image in task.result()]
             except BaseException:
-                for task in pending:
+                for task in current + pending:
                     task.cancel()
                 raise
 
@@ -131,8 +132,9 @@ def score_images(model: BatchModel, job: ImageJob, on_error: str, sample: ScoreS
     rejects = RejectsWriter(job.out)
     pre = model.detector.preprocessor_
     try:
-        with AtomicTableWriter(job.out, job.schema) as writer:
-            for i, images in decoded_chunks(pre, job.files, decode_workers):
+        with (AtomicTableWriter(job.out, job.schema) as writer,
+              closing(decoded_chunks(pre, job.files, decode_workers)) as chunks):
+            for i, images in chunks:
                 chunk = job.files[i : i + IMAGE_CHUNK]
                 good, bad = [], []
                 for k, (f, image) in enumerate(zip(chunk, images)):
@@ -149,6 +151,7 @@ def score_images(model: BatchModel, job: ImageJob, on_error: str, sample: ScoreS
                                 len(bad), bad[0].reason)
                 if good:
                     writer.write(_scored(model, job, good, sample, res))
+                del images, good  # the next chunk decodes meanwhile: hold two, not three
             rejects.commit()
     except BaseException:
         rejects.abort()

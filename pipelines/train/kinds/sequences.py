@@ -59,7 +59,7 @@ class Sequences(DataKind):
         df, series_column = read_series(cfg.data, params.series_column)
         # The one check of the whole input in file order: time order, channels, values.
         check = SequencePreprocessor(params.time_column, series_column, 2, cfg.label_column,
-                                     cfg.id_column).fit(df, cfg.data)
+                                     cfg.id_column, slow="keep").fit(df, cfg.data)
         check.transform(df, cfg.data)
         labels = None
         if cfg.label_column and cfg.label_column in df.columns:
@@ -108,7 +108,8 @@ class Sequences(DataKind):
         return Prepared(splits, detector, {
             "data_sha256": fingerprint(cfg.data), "n_channels": pre.n_channels_,
             "n_gaps": check.gaps_["n_gaps"], "n_series": len(pre.groups(df)),
-            "centred_channels": ", ".join(pre.channels_[j] for j in pre.centred_) or "none"})
+            "centred_channels": (", ".join(pre.channels_[j] for j in pre.centred_)
+                                 or "none")[:500]})
 
     def dataset(self, prepared: Prepared, cfg: TrainConfig):
         return mlflow.data.from_pandas(prepared.splits.fit, source=str(Path(cfg.data).resolve()),
