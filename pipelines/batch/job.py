@@ -82,6 +82,8 @@ def _log_params(opts: ScoreOptions, model: BatchModel, pairs: list[tuple[Path, P
         "input": opts.input[:500], "output": opts.output[:500], "n_inputs": len(pairs),
         "on_error": opts.on_error, "engine": opts.engine, "chunk_rows": opts.chunk_rows,
         "keep": ",".join(opts.keep or [])[:500], "resume": opts.resume,
+        **({"decode_workers": opts.decode_workers, "maps_dir": (opts.maps_dir or "")[:500]}
+           if model.is_image else {}),
     })
     mlflow.log_text("\n".join(str(src) for src, _ in pairs), "inputs.txt")
 

@@ -152,6 +152,12 @@ def test_decoding_threads_change_nothing_but_the_speed(store, tmp_path, capsys, 
         outs[workers] = pd.read_parquet(out)
     assert len(outs[0]) == 13
     pd.testing.assert_frame_equal(outs[0], outs[2])
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("batch-scoring").experiment_id],
+                              max_results=2, order_by=["attributes.start_time DESC"])
+    assert sorted(r.data.params["decode_workers"] for r in runs) == ["0", "2"]
     (folder / "07.png").write_bytes(b"garbage")  # in the second chunk
     (folder / "11.png").write_bytes(b"garbage")  # in the third
     for workers in (0, 2):
