@@ -97,14 +97,9 @@ def _score(model: str, src: Path, out: Path, uri: str, workers: int) -> list[str
             str(workers)]
 
 
-def table(rows: list[dict[str, str]]) -> str:
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.cli.text import format_table
+
     p = argparse.ArgumentParser(prog="python benchmarks/images.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=10_000)
@@ -168,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                      "vs decode + score": f"{serial / (med - startup):.2f}"})
     print(f"\n{n:,} PNGs, {args.side}x{args.side}, conv_ae; medians of {args.rounds} rounds; "
           f"{os.cpu_count()} CPUs, torch's default threads\n")
-    print(table(rows))
+    print(format_table(rows, list(rows[0])))
     return 0
 
 

@@ -65,6 +65,9 @@ class DetectorParams:
     default_primary: ClassVar[dict[str, str]] = DEFAULT_PRIMARY
     default_models: ClassVar[dict[str, int]] = DEFAULT_MODELS
     default_neighbours: ClassVar[dict[str, int]] = DEFAULT_NEIGHBOURS
+    # A field added after models were saved: the value those models had (their saved params
+    # lack it, and a new default must not change what they do once loaded).
+    saved_defaults: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
         if self.extra:

@@ -62,11 +62,9 @@ def run_batch(opts: ScoreOptions) -> BatchResult:
             result.run_id = run.info.run_id
             _log_params(opts, model, pairs)
             try:
+                score = batch_images.score_images if model.is_image else score_file
                 for job in todo:
-                    result.inputs.append(
-                        batch_images.score_images(model, job, opts.on_error, sample,
-                                                  opts.decode_workers) if model.is_image
-                        else score_file(model, job, opts.on_error, sample))
+                    result.inputs.append(score(model, job, opts.on_error, sample))
             except BaseException as e:
                 mlflow.set_tag("error", str(e).splitlines()[0][:500] if str(e) else repr(e))
                 raise

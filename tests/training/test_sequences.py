@@ -275,12 +275,12 @@ def test_slowness_is_pooled_over_series_each_about_its_own_mean():
     machines is not slow."""
     rng = np.random.default_rng(0)
 
-    def machine(unit, level):
-        walk = np.convolve(rng.normal(size=699), np.ones(100) / 10, mode="valid")
-        return pd.DataFrame({"t": np.arange(600), "unit": unit, "slow": np.cumsum(walk) * 0.01,
-                             "x": rng.normal(size=600) + level})
+    def machine(unit, level, seed):
+        frame = pd.DataFrame({"t": np.arange(600), "unit": unit,
+                              "x": rng.normal(size=600) + level})
+        return _with_slow_channel(frame, seed)
 
-    both = pd.concat([machine("a", 0.0), machine("b", 5.0)])
+    both = pd.concat([machine("a", 0.0, 1), machine("b", 5.0, 2)])
     for df in (both.sort_values(["t", "unit"], kind="stable"), both):  # interleaved, one after
         pre = SequencePreprocessor("t", "unit", window=8).fit(df.reset_index(drop=True))
         assert [pre.channels_[j] for j in pre.centred_] == ["slow"]

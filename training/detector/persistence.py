@@ -86,10 +86,9 @@ def load_detector(path: str | Path) -> Any:
     if cls is None:
         raise ModelFormatError(f"{path}: unknown model kind {kind!r}; this library reads "
                                f"{sorted(DETECTORS)}")
-    det = cls(id_column=meta["id_column"], label_column=meta["label_column"], **meta["params"])
+    det = cls(id_column=meta["id_column"], label_column=meta["label_column"],
+              **{**cls.params_class.saved_defaults, **meta["params"]})
     det.preprocessor_ = cls.preprocessor_class.from_dict(preprocessing)
-    if hasattr(det.params, "slow_channels"):  # a sequence model saved before the rule: keep
-        det.params.slow_channels = det.preprocessor_.slow
     det.resolved_ = meta["resolved"]
     det.network_ = det._build(meta["n_features"])
     det.network_.load_state_dict(torch.load(path / "weights.pt", map_location="cpu",

@@ -49,6 +49,7 @@ class SequenceDetectorParams(DetectorParams):
     default_primary: ClassVar[dict[str, str]] = {"ae": "recon", "vae": "recon"}
     default_models: ClassVar[dict[str, int]] = {"ae": 1, "vae": 1}
     default_neighbours: ClassVar[dict[str, int]] = {"ae": 0, "vae": 0}
+    saved_defaults: ClassVar[dict[str, Any]] = {"slow_channels": "keep"}  # before the rule
 
     def __post_init__(self) -> None:
         if self.kind not in SEQUENCE_KINDS:

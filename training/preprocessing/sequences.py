@@ -71,22 +71,25 @@ def decorrelation_lags(values: np.ndarray, n_rows: int,
 
 def choose_window(values: np.ndarray, n_rows: int, series: list[np.ndarray] | None = None
                   ) -> int:
-    """The default window from standardised training values (n, C): the median over channels
-    of each channel's decorrelation lag (:func:`decorrelation_lags`; constant channels left
+    """The default window from standardised training values (n, C): see
+    :func:`window_from_lags`."""
+    return window_from_lags(decorrelation_lags(values, n_rows, series), n_rows)
+
+
+def window_from_lags(lags: list[int], n_rows: int) -> int:
+    """The median over channels of each channel's decorrelation lag (constant channels left
     out), doubled so a window holds about two correlation lengths, and kept within
     ``[MIN_WINDOW, MAX_WINDOW]`` and at most ``n_rows / 4`` (enough windows to train on)."""
-    lags = [lag for lag in decorrelation_lags(values, n_rows, series) if lag > 0]
+    lags = [lag for lag in lags if lag > 0]
     lag = float(np.median(lags)) if lags else MIN_WINDOW / 2
     return int(min(MAX_WINDOW, max(n_rows // 4, MIN_WINDOW), max(MIN_WINDOW, round(2 * lag))))
 
 
-def slow_channels(values: np.ndarray, window: int, series: list[np.ndarray] | None = None
-                  ) -> list[int]:
-    """Channels of standardised training values (n, C) that do not decorrelate within one
-    window: their decorrelation lag exceeds ``window`` steps. Such a channel moves on a time
-    scale the windows cannot see, so the training rows hold few independent samples of its
-    level (about n / lag): its level later on is no evidence either way."""
-    lags = decorrelation_lags(values, len(values), series)
+def slow_channels(lags: list[int], window: int) -> list[int]:
+    """The channels, by their decorrelation lags (:func:`decorrelation_lags`), that do not
+    decorrelate within one window: their lag exceeds ``window`` steps. Such a channel moves on
+    a time scale the windows cannot see, so the training rows hold few independent samples of
+    its level (about n / lag): its level later on is no evidence either way."""
     return [j for j, lag in enumerate(lags) if lag > window]
 
 
@@ -147,9 +150,12 @@ class SequencePreprocessor:
         self.std_ = np.where(std > _STD_FLOOR, std, 1.0)
         z = (values - self.mean_) / self.std_
         series = [pos for _, pos in self.groups(df)] if self.series_column else None
-        self.window_ = (int(self.window) if self.window is not None
-                        else choose_window(z, len(z), series))
-        self.centred_ = slow_channels(z, self.window_, series) if self.slow == "centre" else []
+        # One autocorrelation pass for the window and the slowness, and none if neither is asked.
+        lags = (decorrelation_lags(z, len(z), series)
+                if self.window is None or self.slow == "centre" else [])
+        self.window_ = int(self.window) if self.window is not None else window_from_lags(
+            lags, len(z))
+        self.centred_ = slow_channels(lags, self.window_) if self.slow == "centre" else []
         if self.centred_:
             log.info("%s: slow channel(s) %s do not decorrelate within a window of %d steps: "
                      "centred in every window", source,

@@ -44,7 +44,8 @@ MAP_WHITE = 8.0  # map value drawn white in map PNGs (1 = a normal pixel's avera
 
 @dataclass
 class ImageJob:
-    """One image job: its files, where they are relative to, and its output."""
+    """One image job: its files, where they are relative to, its output, and how many
+    threads decode the next chunk while one is scored (0: none)."""
 
     src: Path
     out: Path
@@ -52,6 +53,7 @@ class ImageJob:
     root: Path
     maps_dir: Path | None
     schema: pa.Schema
+    decode_workers: int = 0
 
 
 def prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> ImageJob:
@@ -77,7 +79,7 @@ def prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> Imag
     fields += list(pa.Table.from_pandas(probe, preserve_index=False).schema)
     fields += [pa.field(MODEL_NAME_COLUMN, pa.string()), pa.field(MODEL_VERSION_COLUMN,
                                                                     pa.string())]
-    return ImageJob(src, out, files, root, maps_dir, pa.schema(fields))
+    return ImageJob(src, out, files, root, maps_dir, pa.schema(fields), opts.decode_workers)
 
 
 def _decode(pre, files: list[Path]) -> list[np.ndarray | DataError]:
@@ -119,13 +121,12 @@ def decoded_chunks(pre, files: list[Path], workers: int
                 raise
 
 
-def score_images(model: BatchModel, job: ImageJob, on_error: str, sample: ScoreSample,
-                 decode_workers: int = 0) -> InputResult:
+def score_images(model: BatchModel, job: ImageJob, on_error: str, sample: ScoreSample
+                 ) -> InputResult:
     """Score every image of the job into its output; all or nothing.
 
     A file that cannot be decoded (or has the wrong channel count) fails the job naming it,
     or with ``on_error="skip"`` is counted, logged and listed in ``<output>.rejects.csv``.
-    ``decode_workers`` threads decode the next chunk while one is scored (0: none).
     """
     res = InputResult(str(job.src), str(job.out))
     start = time.perf_counter()
@@ -133,7 +134,7 @@ def score_images(model: BatchModel, job: ImageJob, on_error: str, sample: ScoreS
     pre = model.detector.preprocessor_
     try:
         with (AtomicTableWriter(job.out, job.schema) as writer,
-              closing(decoded_chunks(pre, job.files, decode_workers)) as chunks):
+              closing(decoded_chunks(pre, job.files, job.decode_workers)) as chunks):
             for i, images in chunks:
                 chunk = job.files[i : i + IMAGE_CHUNK]
                 good, bad = [], []
