@@ -1,7 +1,9 @@
 """Serving speed: this service against ``mlflow models serve``, same model, same machine.
 
 Both servers run the same registered model as separate processes on loopback (one worker
-each); beside them runs the floor: a bare FastAPI route on the same uvicorn that reads the
+each); ours twice, as a restart on a warm cache runs it (a table model through its ONNX graph,
+which a first start writes) and with ``ANOMALY_GRAPH_RUNTIME=false`` (torch). Beside them runs
+the floor: a bare FastAPI route on the same uvicorn that reads the
 body and answers a fixed JSON. Load comes from Python clients (threads with keep-alive
 connections) and from ``wrk`` (an outside load generator, when it is on the PATH), each sending
 single-record and 1,000-record requests to every server in alternated rounds. Printed: p50/p99
@@ -105,25 +107,44 @@ def start_floor(workdir: Path) -> Server:
     return Server("floor", port, "/score", proc)
 
 
-def start_servers(model: str, tracking_uri: str, workdir: Path) -> tuple[Server, Server]:
-    """``anomaly serve`` and ``mlflow models serve --env-manager local`` for ``model``."""
+def _serve(model: str, tracking_uri: str, workdir: Path, env: dict[str, str], label: str
+           ) -> Server:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "serve", "--model", model, "--port", str(port),
+         "--tracking-uri", tracking_uri, "--cache-dir", str(workdir / "cache")],
+        stdout=open(workdir / f"{label.replace(' ', '-')}.log", "wb"),
+        stderr=subprocess.STDOUT, env=env)
+    name = model.split("/", 1)[1].split("@")[0].split("/")[0]
+    wait_ready(port, "/readyz", proc)
+    return Server(label, port, f"/v1/models/{name}/score", proc)
+
+
+def start_servers(model: str, tracking_uri: str, workdir: Path
+                  ) -> tuple[Server, Server, Server]:
+    """``anomaly serve`` twice (as it restarts on a warm cache: a table model through its ONNX
+    graph; and with ``ANOMALY_GRAPH_RUNTIME=false``: torch) and ``mlflow models serve
+    --env-manager local`` for ``model``."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    ours_port, mlflow_port = free_port(), free_port()
-    ours = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", "--model", model, "--port",
-         str(ours_port), "--tracking-uri", tracking_uri, "--cache-dir",
-         str(workdir / "cache")],
-        stdout=open(workdir / "service.log", "wb"), stderr=subprocess.STDOUT, env=env)
+    first = _serve(model, tracking_uri, workdir, env, "first start")  # writes the graph
+    deadline = time.monotonic() + 300
+    while not list((workdir / "cache").glob("*/v*/graph/graph.json")):
+        if time.monotonic() > deadline or first.proc.poll() is not None:
+            break  # not a table model, or no graph runtime: both servers use torch
+        time.sleep(0.5)
+    first.proc.terminate()
+    first.proc.wait(timeout=30)
+    mlflow_port = free_port()
     theirs = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager",
          "local", "-h", "127.0.0.1", "-p", str(mlflow_port), "--workers", "1"],
         stdout=open(workdir / "mlflow-serve.log", "wb"), stderr=subprocess.STDOUT, env=env)
-    name = model.split("/", 1)[1].split("@")[0].split("/")[0]
-    wait_ready(ours_port, "/readyz", ours)
+    ours = _serve(model, tracking_uri, workdir, env, "service")
+    torch_ = _serve(model, tracking_uri, workdir, {**env, "ANOMALY_GRAPH_RUNTIME": "false"},
+                    "service (torch)")
     wait_ready(mlflow_port, "/ping", theirs)
-    return (Server("service", ours_port, f"/v1/models/{name}/score", ours),
-            Server("mlflow serve", mlflow_port, "/invocations", theirs))
+    return ours, torch_, Server("mlflow serve", mlflow_port, "/invocations", theirs)
 
 
 def bodies(df: pd.DataFrame) -> dict[str, dict[str, bytes]]:
@@ -132,6 +153,7 @@ def bodies(df: pd.DataFrame) -> dict[str, dict[str, bytes]]:
             else json.dumps({"columns": df.to_dict(orient="list")}).encode())
     return {
         "service": {"records": ours},
+        "service (torch)": {"records": ours},
         "floor": {"records": ours},
         "mlflow serve": {"records": json.dumps({"dataframe_split": {
             "columns": list(df.columns), "data": df.to_numpy().tolist()}}).encode()},
@@ -269,7 +291,7 @@ def bench_model(model: str, uri: str, label: str, workdir: Path, features: pd.Da
                 args: argparse.Namespace) -> list[dict]:
     """Table rows for one model: every server, every scenario and load generator, the ratios."""
     batch = pd.concat([features] * (args.batch_size // len(features) + 1)).head(args.batch_size)
-    ours, theirs = start_servers(model, uri, workdir)
+    ours, ours_torch, theirs = start_servers(model, uri, workdir)
     floor = start_floor(workdir)
     rows = []
     loads = ["python", "wrk"] if args.load == "both" else [args.load]
@@ -282,7 +304,7 @@ def bench_model(model: str, uri: str, label: str, workdir: Path, features: pd.Da
         for load in loads:
             for request, df, clients, per_client in scenarios:
                 b = {k: v["records"] for k, v in bodies(df).items()}
-                servers = (theirs, ours, floor)
+                servers = (theirs, ours, ours_torch, floor)
                 if load == "wrk":
                     result = compare_wrk(servers, b, clients, args.wrk_seconds, args.rounds,
                                          workdir)
@@ -295,18 +317,23 @@ def bench_model(model: str, uri: str, label: str, workdir: Path, features: pd.Da
                     rows.append({**base, "server": server.label,
                                  **{k: f"{v:,.2f}" for k, v in r.items()}})
                 o, t, f = result["service"], result["mlflow serve"], result["floor"]
+                g = result["service (torch)"]
                 rows.append({**base, "server": "mlflow / service",
                              "p50": f"{t['p50'] / o['p50']:.1f}x lower",
                              "p99": f"{t['p99'] / o['p99']:.1f}x lower",
                              "rps": f"{o['rps'] / t['rps']:.1f}x more",
                              "records/s": f"{o['rps'] / t['rps']:.1f}x more"})
+                rows.append({**base, "server": "service (torch) / service",
+                             "p50": f"{g['p50'] / o['p50']:.2f}x",
+                             "p99": f"{g['p99'] / o['p99']:.2f}x",
+                             "rps": f"{o['rps'] / g['rps']:.2f}x more", "records/s": ""})
                 rows.append({**base, "server": "service / floor",
                              "p50": f"{o['p50'] / f['p50']:.2f}x",
                              "p99": f"{o['p99'] / f['p99']:.2f}x",
                              "rps": f"{o['rps'] / f['rps']:.2f}x", "records/s": ""})
                 print(f"  {label}: {load}, {request}, {clients} client(s) done", flush=True)
     finally:
-        for s in (ours, theirs, floor):
+        for s in (ours, ours_torch, theirs, floor):
             s.proc.terminate()
             s.proc.wait(timeout=30)
     return rows

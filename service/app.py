@@ -56,10 +56,6 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
                         "anyone who can reach http://%s:%s", settings.host, settings.port)
         yield
 
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
     app = FastAPI(title="ae-anomaly scoring service", version="1", lifespan=lifespan,
                   docs_url=None, redoc_url=None,
                   description="Anomaly scores, p-values and flags from registered autoencoder "
@@ -105,10 +101,6 @@ def serve(settings: Settings) -> None:
 
         raise ConfigError("no models to serve: pass --model models:/NAME@champion or set "
                           "ANOMALY_MODELS")
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
     store = ModelStore(settings, _tracking_uri(settings))
     store.start()  # errors here reach the CLI as one line, before uvicorn prints anything
     app = create_app(settings, store)

@@ -112,7 +112,7 @@ def input_example(model: ServedModel, rows: int = _EXAMPLE_ROWS) -> list[dict[st
     frame = _logged_example(model)
     columns = model.inputs.columns
     if frame is None or any(c not in frame.columns for c in columns):
-        specs = model.detector.preprocessor_.columns_
+        specs = model.scorer.preprocessor_.columns_
         frame = pd.DataFrame([{s.name: s.median if s.kind == NUMERIC else
                                (s.categories[0] if s.categories else None) for s in specs}])
     frame = frame[columns].head(rows).astype(object)
@@ -151,7 +151,7 @@ def with_examples(base: dict[str, Any], models: list[ServedModel]) -> dict[str, 
     examples = {m.name: input_example(m) for m in models}
     first = models[0]
     rows = examples[first.name]
-    specs = {s.name: s for s in first.detector.preprocessor_.columns_}
+    specs = {s.name: s for s in first.scorer.preprocessor_.columns_}
     generic = {SCORE: {"records": rows},
                INVOCATIONS: {"dataframe_split": {"columns": list(rows[0]),
                                                  "data": [list(r.values()) for r in rows]}},

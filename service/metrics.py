@@ -80,7 +80,7 @@ class LoadedModels(Collector):
                               labels=["model", "version", "alias", "kind", "origin"])
         for m in self.loaded():
             s = m.source
-            g.add_metric([s.name, s.version, s.alias or "", m.detector.params.kind, s.origin], 1)
+            g.add_metric([s.name, s.version, s.alias or "", m.kind, s.origin], 1)
         yield g
 
 

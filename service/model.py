@@ -1,8 +1,23 @@
-"""A model as the service serves it: the detector, where it came from, and its input parsers."""
+"""A model as the service serves it: the scorer, where it came from, and its input parsers.
+
+A table model whose cached folder holds a complete ONNX graph (``graph/``, see
+:mod:`training.detector.graph`) scores through onnxruntime: serving it imports no torch, so a
+restart on a warm cache is ready in about a second. Every other model, and a table model the
+first time it is served, scores with its torch detector; the service then writes the graph
+beside the cached model in a background process (:func:`export_graph_later`), for the next
+start. Explanations, latent codes and reconstructions always use the torch detector, loaded on
+the first request that needs it.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,53 +27,186 @@ import numpy as np
 
 from pipelines.registry.download import ModelSource
 from service.scoring.inputs import ModelInputs
-from training.detector import BaseDetector, ImageDetector, SequenceDetector, load_detector
+from training.detector.graph import GraphScorer, graph_ready
+from training.detector.image_params import IMAGE_KINDS
+from training.detector.persistence import read_saved
+from training.detector.sequence_params import SEQUENCE_KINDS
+from training.errors import ModelFormatError
+from training.params import KINDS
 from training.preprocessing.tabular import Records
 
 log = logging.getLogger(__name__)
 
+GRAPH_DIR = "graph"  # in a cached model folder, beside artifacts/
+# What exporting a graph needs (torch's exporter writes through onnxscript), and scoring one.
+_EXPORT_NEEDS = ("onnxruntime", "onnx", "onnxscript")
+_exports: dict[Path, threading.Thread] = {}
+_exports_lock = threading.Lock()
+
+
+def data_kind(kind: str) -> str:
+    """``tables``, ``images`` or ``sequences``: what a model kind reads."""
+    return "images" if kind in IMAGE_KINDS else "sequences" if kind in SEQUENCE_KINDS \
+        else "tables"
+
+
+def _load_torch_detector(detector_dir: Path, threads: int | None) -> Any:
+    """The saved detector with its networks (imports torch), ``threads`` intra-op threads."""
+    import torch
+
+    from training.detector.persistence import load_detector
+
+    if threads:
+        torch.set_num_threads(threads)
+    return load_detector(detector_dir)
+
+
+def graph_runtime_available() -> bool:
+    """Whether onnxruntime, onnx and onnxscript are installed (graphs are made and read)."""
+    return all(importlib.util.find_spec(m) is not None for m in _EXPORT_NEEDS)
+
+
+def export_graph_later(detector_dir: Path, graph_dir: Path) -> threading.Thread | None:
+    """Write the graph folder ``graph_dir`` of the detector saved in ``detector_dir`` in a
+    background process (lowered priority; the service keeps answering), unless it is there
+    or being written.
+
+    Returns:
+        the thread that waits for the export (and logs how it went), or None.
+    """
+    with _exports_lock:
+        running = _exports.get(graph_dir)
+        if graph_ready(graph_dir) or (running is not None and running.is_alive()):
+            return None
+        thread = threading.Thread(target=_export, args=(detector_dir, graph_dir), daemon=True,
+                                  name=f"graph-export-{graph_dir.parent.name}")
+        _exports[graph_dir] = thread
+    thread.start()
+    return thread
+
+
+def _export(detector_dir: Path, graph_dir: Path) -> None:
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "pipelines.export.onnx", str(detector_dir), str(graph_dir)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                              preexec_fn=lambda: os.nice(10))
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("%s: graph export did not run (%s); this model keeps scoring with torch",
+                    graph_dir, e)
+        return
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
+        log.warning("%s: graph export failed (%s); this model keeps scoring with torch",
+                    graph_dir, why)
+        return
+    log.info("%s: ONNX graph written in %.1fs; the next start scores with it, without torch",
+             graph_dir, time.perf_counter() - t0)
+
 
 @dataclass(frozen=True)
 class ServedModel:
-    """An immutable loaded version: swapped whole on reload, never changed in place."""
+    """An immutable loaded version: swapped whole on reload, never changed in place.
+
+    Attributes:
+        scorer: what scores requests: a :class:`~training.detector.graph.GraphScorer` or the
+            detector itself; both give ``score_columns``, ``preprocessor_``, ``params`` and
+            the calibration.
+        runtime: ``onnxruntime`` or ``torch``.
+    """
 
     source: ModelSource
-    detector: BaseDetector
+    scorer: Any
     inputs: ModelInputs | None  # None for an image model
     path: Path
+    threads: int | None = 1
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    _held: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
-    def load(cls, source: ModelSource, path: Path, max_records: int) -> ServedModel:
-        """Load the detector saved in ``path`` and build its request parser."""
-        detector = load_detector(path)
+    def load(cls, source: ModelSource, path: Path, max_records: int, threads: int | None = 1,
+             graph_dir: Path | None = None) -> ServedModel:
+        """Load the detector saved in ``path`` and build its request parser.
+
+        Args:
+            source: where it came from.
+            path: the saved detector (a model folder's ``artifacts/detector``).
+            max_records: records per request.
+            threads: intra-op threads (torch's, or onnxruntime's for a graph).
+            graph_dir: where a table model's graph is kept (the service's cache): scored
+                through it when it is there, else written there for the next start. None:
+                score with torch.
+        """
+        kind = read_saved(path)[0].get("params", {}).get("kind")
+        scorer = None
+        use_graph = graph_dir is not None and kind in KINDS and graph_runtime_available()
+        if use_graph and graph_ready(graph_dir):
+            try:
+                scorer = GraphScorer(path, graph_dir, threads or 1)
+            except (ModelFormatError, ImportError, RuntimeError) as e:
+                log.warning("%s: its graph does not load (%s); scoring with torch",
+                            graph_dir, e)
+        if scorer is None:
+            scorer = _load_torch_detector(path, threads)
+            if use_graph:
+                export_graph_later(path, graph_dir)
         inputs = None
-        if not isinstance(detector, ImageDetector):  # images arrive as files, not records
-            inputs = ModelInputs(source.name, detector.preprocessor_.columns_, max_records)
-        return cls(source=source, detector=detector, inputs=inputs, path=path)
+        if data_kind(kind) != "images":  # images arrive as files, not records
+            inputs = ModelInputs(source.name, scorer.preprocessor_.columns_, max_records)
+        return cls(source=source, scorer=scorer, inputs=inputs, path=path, threads=threads)
 
     @property
     def name(self) -> str:
         """Registered model name."""
         return self.source.name
 
+    @property
+    def kind(self) -> str:
+        """The model kind (``ae``, ``vae``, ``conv_vae``, ``seq_ae``...)."""
+        return str(self.scorer.params.kind)
+
+    @property
+    def data_kind(self) -> str:
+        """``tables``, ``images`` or ``sequences``."""
+        return data_kind(self.kind)
+
+    @property
+    def runtime(self) -> str:
+        """``onnxruntime`` (the model's graph) or ``torch`` (its networks)."""
+        return getattr(self.scorer, "runtime", "torch")
+
+    @property
+    def detector(self) -> Any:
+        """The detector with its networks (explanations, codes, reconstructions, streams):
+        the scorer itself, or loaded on first use when the scorer is a graph."""
+        if self.runtime == "torch":
+            return self.scorer
+        with self._lock:
+            if "detector" not in self._held:
+                t0 = time.perf_counter()
+                self._held["detector"] = _load_torch_detector(self.path, self.threads)
+                log.info("%s version %s: networks loaded in %.2fs (first request that needs "
+                         "them)", self.name, self.source.version, time.perf_counter() - t0)
+            return self._held["detector"]
+
     def score(self, records: Records, explain: bool = False) -> dict[str, np.ndarray]:
         """The columns of ``Detector.score_columns`` for validated request records; for a
         sequence model those of ``SequenceDetector.series_columns``, one per record."""
-        if isinstance(self.detector, SequenceDetector):
+        if self.data_kind == "sequences":
             return self.detector.series_columns(records, source="request", explain=explain)
-        return self.detector.score_columns(records, source="request", explain=explain)
+        scorer = self.detector if explain else self.scorer
+        return scorer.score_columns(records, source="request", explain=explain)
 
     @property
     def explained_columns(self) -> list[str]:
         """What an explanation's entries name: the input columns, or a sequence's channels."""
-        pre = self.detector.preprocessor_
-        return pre.channels_ if isinstance(self.detector, SequenceDetector) \
-            else pre.input_columns_
+        pre = self.scorer.preprocessor_
+        return pre.channels_ if self.data_kind == "sequences" else pre.input_columns_
 
     def metadata(self) -> dict[str, Any]:
         """What identifies the version in every answer."""
-        det = self.detector
+        det = self.scorer
         primary = det.primary_score
         return {"name": self.name, "version": self.source.version, "alias": self.source.alias,
                 "kind": det.params.kind, "primary_score": primary,
@@ -66,12 +214,13 @@ class ServedModel:
 
     def describe(self) -> dict[str, Any]:
         """Everything about the loaded version, for GET /v1/models."""
-        det = self.detector
+        det = self.scorer
         schema = [{"name": s.name, "kind": s.kind, "dtype": s.dtype,
                    "categories": s.categories or None, "used": not s.dropped}
                   for s in (det.preprocessor_.columns_ if self.inputs is not None else [])]
         return {**self.metadata(), "uri": self.source.uri, "run_id": self.source.run_id,
-                "origin": self.source.origin, "thresholds": det.thresholds_,
+                "origin": self.source.origin, "runtime": self.runtime,
+                "thresholds": det.thresholds_,
                 "target_fpr": det.params.target_fpr,
                 "achievable_fpr": det.achievable_fpr_,
                 "score_kinds": list(det.calibrations_),
@@ -80,4 +229,4 @@ class ServedModel:
 
     def calibration_quantiles(self, qs: np.ndarray) -> np.ndarray:
         """Quantiles of the primary score on the calibration normals."""
-        return np.quantile(self.detector.calibrations_[self.detector.primary_score].scores, qs)
+        return np.quantile(self.scorer.calibrations_[self.scorer.primary_score].scores, qs)

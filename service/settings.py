@@ -73,9 +73,16 @@ class Settings(BaseSettings):
     registry_timeout_s: float = Field(10.0, gt=0, description="per registry request")
     registry_retries: int = Field(1, ge=0, description="retries per registry request")
     torch_threads: int | None = Field(
-        1, ge=1, description="torch intra-op threads per request (None: torch's default). "
-        "Large requests run in worker threads side by side, so one each uses the cores "
-        "without threads contending for them")
+        1, ge=1, description="torch (and onnxruntime) intra-op threads per request (None: "
+        "torch's default). Large requests run in worker threads side by side, so one each "
+        "uses the cores without threads contending for them")
+    graph_runtime: bool = Field(
+        True, description="score table models through their ONNX graph (onnxruntime, no "
+        "torch import), written beside the cached model the first time it is served")
+    start_from_cache: bool = Field(
+        True, description="at start, serve the version last resolved for each model URI "
+        "from the cache at once and confirm it with the registry in the background "
+        "(false: resolve every URI before serving)")
     stream_max_keys: int = Field(
         10_000, ge=1, description="series a sequence model's /stream keeps state for (the "
         "least recently seen is dropped first)")

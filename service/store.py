@@ -12,6 +12,15 @@ the same error class as in batch scoring: a reload whose alias was deleted answe
 :class:`~training.errors.ModelFormatError` (422), each saying the current version keeps
 serving. Only a failure outside the registry (the cache's disk, a detector that does not
 load) is a :class:`~training.errors.ReloadError` (502).
+
+Start from the cache (``start_from_cache``, on by default): a URI whose version is cached
+(the version its alias pointed at when last resolved) is served from the cache at once, and a
+background thread then asks the registry: the same version, and the slot's origin becomes
+``registry``; another version (the alias moved while the service was down), and it is loaded
+and swapped in as a reload would; the registry unreachable, and the cached version keeps
+serving with a note, as at any start without the registry; the alias gone, and the cached
+version keeps serving with the error recorded (``GET /v1/models`` shows both). A start with
+nothing cached resolves the URI before serving, as with ``start_from_cache`` off.
 """
 
 from __future__ import annotations
@@ -20,12 +29,12 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipelines.registry.download import FetchedModel, ModelCache
 from pipelines.registry.uri import parse_model_uri
-from service.model import ServedModel
+from service.model import GRAPH_DIR, ServedModel
 from service.settings import Settings
 from training.errors import (
     ConfigError,
@@ -65,6 +74,7 @@ class ModelStore:
         self.tracking_uri = tracking_uri
         self.cache = ModelCache(settings.cache_dir, tracking_uri)
         self.slots: dict[str, Slot] = {}
+        self._confirming: list[threading.Thread] = []
         for uri in settings.models:
             name = parse_model_uri(uri, registered_only=True).name
             if name in self.slots:
@@ -86,17 +96,58 @@ class ModelStore:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         for slot in self.slots.values():
             t0 = time.perf_counter()
-            try:
-                slot.current = self._load(self.cache.fetch(slot.uri))
-            except RegistryUnavailable as e:
-                self._load_cached(slot, str(e))
+            cached = self.cache.cached(slot.uri) if self.settings.start_from_cache else None
+            if cached is not None:
+                slot.current = self._load(cached)
+                slot.note = (f"serving cached version {cached.source.version} while the "
+                             "registry confirms it")
+                thread = threading.Thread(target=self._confirm, args=(slot,), daemon=True,
+                                          name=f"confirm-{slot.name}")
+                self._confirming.append(thread)
+                thread.start()
+            else:
+                try:
+                    slot.current = self._load(self.cache.fetch(slot.uri))
+                except RegistryUnavailable as e:
+                    self._load_cached(slot, str(e))
             if slot.current is not None:
-                log.info("serving %s version %s (%s) from %s, loaded in %.2fs", slot.name,
-                         slot.current.source.version, slot.current.detector.params.kind,
-                         slot.current.source.origin, time.perf_counter() - t0)
+                log.info("serving %s version %s (%s, %s) from %s, loaded in %.2fs", slot.name,
+                         slot.current.source.version, slot.current.kind,
+                         slot.current.runtime, slot.current.source.origin,
+                         time.perf_counter() - t0)
+
+    def _confirm(self, slot: Slot) -> None:
+        """Ask the registry what the slot's URI names now; swap in another version if it
+        names one (see the module docstring)."""
+        with slot.lock:
+            current = slot.current
+            try:
+                fetched = self.cache.fetch(slot.uri)
+                if (fetched.source.version, fetched.source.run_id) == \
+                        (current.source.version, current.source.run_id):
+                    slot.current = replace(current, source=fetched.source)
+                else:
+                    slot.current = self._load(fetched)
+                    log.info("%s: the registry names version %s (cached: %s); swapped in",
+                             slot.name, fetched.source.version, current.source.version)
+                slot.note = None
+            except RegistryUnavailable as e:
+                slot.note = f"at start: {e}; serving cached version {current.source.version}"
+                log.warning("%s: %s", slot.name, slot.note)
+            except Exception as e:  # noqa: BLE001 - a background thread: record, keep serving
+                slot.last_error = f"at start: {e}"
+                slot.note = f"serving cached version {current.source.version}"
+                log.error("%s: %s; %s", slot.name, slot.last_error, slot.note)
+
+    def wait_confirmed(self, timeout: float | None = None) -> None:
+        """Wait for the background confirmations of a start from the cache (tests, tools)."""
+        for thread in self._confirming:
+            thread.join(timeout)
 
     def _load(self, fetched: FetchedModel) -> ServedModel:
-        return ServedModel.load(fetched.source, fetched.detector_dir, self.settings.max_records)
+        graph_dir = fetched.path / GRAPH_DIR if self.settings.graph_runtime else None
+        return ServedModel.load(fetched.source, fetched.detector_dir, self.settings.max_records,
+                                threads=self.settings.torch_threads, graph_dir=graph_dir)
 
     def _load_cached(self, slot: Slot, reason: str) -> None:
         cached = self.cache.cached(slot.uri)

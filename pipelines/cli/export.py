@@ -28,13 +28,13 @@ def export(state: Globals, model: str, format_: str, output: str, cache_dir: str
     The graph takes x, float32 (n, n_features), and returns one float64 output per score
     kind (a VAE's Monte-Carlo draws baked in). The JSON sidecar holds the preprocessing, the
     thresholds and the calibration scores (for p-values), and names any score kind a graph
-    cannot compute. Needs the onnx extra: pip install 'ae-anomaly[onnx]'.
+    cannot compute.
     """
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:
-        raise click.ClickException("ONNX export needs onnx and onnxscript: "
-                                   "pip install 'ae-anomaly[onnx]'") from None
+        raise click.ClickException("ONNX export needs onnx and onnxscript (dependencies "
+                                   "of this package): pip install onnx onnxscript") from None
     from pipelines.export.onnx import export_onnx, sidecar_path
     from pipelines.registry.download import load_model
     from pipelines.registry.tracking import use_tracking_uri

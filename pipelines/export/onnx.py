@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -177,3 +178,56 @@ def _sidecar(det: BaseDetector, kinds: list[str], n_features: int, source: dict[
         "monte_carlo_draws": int(det.params.mc_samples) if "elbo" in det.score_kinds else 0,
         "not_exported": {k: NOT_GRAPH[k] for k in det.score_kinds if k in NOT_GRAPH},
     }
+
+
+def write_graph_folder(detector_dir: str | Path, graph_dir: str | Path) -> Path:
+    """Write the graph folder a :class:`~training.detector.graph.GraphScorer` reads, for the
+    table detector saved in ``detector_dir``: built in a temporary folder beside
+    ``graph_dir`` and renamed into place, so a reader never sees half of one.
+
+    Returns:
+        ``graph_dir``.
+    """
+    from training.detector.graph import GRAPH_FILE, MARKER, graph_marker
+    from training.detector.persistence import load_detector
+
+    detector_dir, graph_dir = Path(detector_dir), Path(graph_dir)
+    det = load_detector(detector_dir)
+    graph_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{graph_dir.name}-", dir=graph_dir.parent))
+    try:
+        export_onnx(det, tmp / GRAPH_FILE, source={"detector": str(detector_dir)})
+        chunk = det._score_chunk(int(det.preprocessor_.n_features_))
+        (tmp / MARKER).write_text(json.dumps(graph_marker(chunk)))
+        if graph_dir.exists():  # stale: another format
+            shutil.rmtree(graph_dir, ignore_errors=True)
+        try:
+            tmp.rename(graph_dir)
+        except OSError:  # another process wrote it first
+            if not (graph_dir / MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return graph_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.export.onnx DETECTOR_DIR GRAPH_DIR``: :func:`write_graph_folder`
+    (what the scoring service runs in the background for a model it serves with torch)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m pipelines.export.onnx DETECTOR_DIR GRAPH_DIR", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    try:
+        write_graph_folder(*args)
+    except Exception as e:  # noqa: BLE001 - the parent logs this one line
+        print(f"{type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -33,13 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import mlflow
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
 from pipelines.registry.tracking import default_tracking_uri
 from pipelines.registry.uri import PATH, REGISTERED, ModelURI, parse_model_uri
-from training.detector.persistence import load_detector
 from training.errors import (
     AnomalyError,
     ModelFormatError,
@@ -161,6 +156,8 @@ def get_version(parsed: ModelURI, tracking_uri: str) -> ModelVersion:
         ModelNotFoundError: no such model, version or alias.
         RegistryUnavailable: the registry could not be reached.
     """
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     name, alias = parsed.name, parsed.alias
     try:
@@ -227,6 +224,9 @@ class ModelCache:
 
     def _download(self, source: ModelSource, artifacts: str, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
         try:
             try:
@@ -307,6 +307,8 @@ class ModelCache:
             fetched = FetchedModel(ModelSource(uri=parsed.uri, name=parsed.name, version="",
                                                alias=None, run_id=parsed.run_id, origin="path"),
                                    self._local(parsed, workdir))
+        from training.detector.persistence import load_detector
+
         return LoadedModel(fetched.source, fetched.path, load_detector(fetched.detector_dir))
 
     def _local(self, parsed: ModelURI, workdir: Path | str | None) -> Path:
@@ -316,6 +318,8 @@ class ModelCache:
         else:
             if workdir is None:
                 raise ValueError(f"{parsed.uri}: a workdir is needed to download it")
+            import mlflow
+
             try:
                 path = Path(mlflow.artifacts.download_artifacts(
                     artifact_uri=parsed.uri, dst_path=str(Path(workdir) / "model"),
@@ -392,6 +396,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _not_found(e: BaseException) -> bool:
     """Whether MLflow answered that the thing asked for does not exist."""
+    from mlflow.exceptions import MlflowException
+
     return isinstance(e, MlflowException) and e.error_code in _NOT_FOUND
 
 

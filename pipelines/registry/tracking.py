@@ -11,9 +11,6 @@ import logging
 import os
 from pathlib import Path
 
-import mlflow
-from mlflow.exceptions import MlflowException
-
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +28,8 @@ def default_tracking_uri() -> str:
 
 def use_tracking_uri(uri: str | None = None) -> str:
     """Point this process's MLflow client (tracking and registry) at ``uri`` or the default."""
+    import mlflow
+
     uri = uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -45,6 +44,9 @@ def ensure_experiment(name: str) -> str:
     MLflow's experiment-kind tag for model training (set on an existing experiment that has
     no kind yet; a kind chosen in the UI is kept).
     """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         uri = mlflow.get_tracking_uri()

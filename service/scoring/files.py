@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from service.model import ServedModel
 from training.data.tables import check_columns, check_types, csv_header, not_utf8
-from training.detector.sequence import SequenceDetector, scored_primary
+from training.detector.scores import scored_primary
 from training.errors import DataError, TooLargeError, UnsupportedMediaError
 
 QUANTILE_NAMES = ["min", "p50", "p90", "p99", "max"]
@@ -218,13 +218,13 @@ def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_r
     result = FileResult(path=writer.path if writer else None)
     columns = model.inputs.columns
     # A sequence model carries each series' last window - 1 rows from chunk to chunk.
-    stream = model.detector.stream() if isinstance(model.detector, SequenceDetector) else None
+    stream = model.detector.stream() if model.data_kind == "sequences" else None
     try:
         for chunk in chunks:
             chunk.columns = [str(c) for c in chunk.columns]
             ignored = sorted(set(chunk.columns) - set(columns))
             try:
-                scores = model.detector.score(chunk, source=filename) if stream is None else \
+                scores = model.scorer.score(chunk, source=filename) if stream is None else \
                     stream.push(chunk, filename).reset_index(drop=True)
             except DataError as e:  # records counted over the whole file, not the chunk
                 raise e.located(offset=result.n_records) from None

@@ -11,7 +11,6 @@ import numpy as np
 from service.model import ServedModel
 from service.scoring.records import Scored
 from service.scoring.render import render_results
-from training.detector.image import ImageDetector, score_image_files
 from training.errors import DataError, TooLargeError
 from training.preprocessing.images import image_size, to_png
 
@@ -21,7 +20,7 @@ MAX_REQUEST_PIXELS = 2**28
 
 def is_image_model(model: ServedModel) -> bool:
     """Whether the model scores images (else records)."""
-    return isinstance(model.detector, ImageDetector)
+    return model.data_kind == "images"
 
 
 def require_records(model: ServedModel) -> None:
@@ -79,6 +78,8 @@ def score_images(model: ServedModel, files: list[tuple[str, bytes]], maps: bool 
     if len(files) > max_images:
         raise TooLargeError(f"{len(files)} images in one request; at most {max_images}")
     check_pixels(files, max_image_pixels, max_request_pixels)
+    from training.detector.image import score_image_files
+
     frame, anomaly_maps = score_image_files(model.detector, files, maps)
     cols: dict[str, Any] = {"file": [name for name, _ in files]}
     cols.update({c: frame[c].to_numpy() for c in frame.columns if c != "name"})

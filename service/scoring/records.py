@@ -16,7 +16,7 @@ import pydantic_core
 
 from service.model import ServedModel
 from service.scoring.render import render_results
-from training.detector.sequence import SequenceDetector, scored_primary
+from training.detector.scores import scored_primary
 from training.errors import DataError
 from training.preprocessing.tabular import Records
 
@@ -59,14 +59,14 @@ def _check_finite(model: ServedModel, records: Records | pd.DataFrame,
     if not bad.size:
         return
     i = int(bad[0])
-    if isinstance(model.detector, SequenceDetector):  # a window's score, not a row's
+    if model.data_kind == "sequences":  # a window's score, not a row's
         raise DataError("values too far outside the training data to score (the "
                         "reconstruction of the window ending here overflows); check the units",
                         record=i)
     frame = records if isinstance(records, pd.DataFrame) else records.frame(model.inputs.columns)
     row = frame.iloc[[i]]
-    X, _ = model.detector.preprocessor_.transform(row, source="request")
-    names = model.detector.preprocessor_.feature_names_
+    X, _ = model.scorer.preprocessor_.transform(row, source="request")
+    names = model.scorer.preprocessor_.feature_names_
     column = names[int(np.nanargmax(np.abs(X[0].astype(np.float64))))].split("=")[0]
     raise DataError("value too far outside the training data to score (the reconstruction "
                     "overflows); check its units", record=i, column=column)

@@ -14,14 +14,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.model import ServedModel
 from service.scoring.records import Scored
 from service.scoring.render import render_results
-from training.detector.sequence import SequenceDetector, SeriesStream, scored_primary
+from training.detector.scores import scored_primary
 from training.errors import DataError
 from training.preprocessing.tabular import Records
+
+if TYPE_CHECKING:
+    from training.detector.sequence import SeriesStream
 
 
 class StreamStates:
@@ -41,8 +44,8 @@ class StreamStates:
 
     def of(self, model: ServedModel) -> tuple[SeriesStream, threading.Lock]:
         """The stream of ``model``'s version; a new, empty one after a reload."""
-        if not isinstance(model.detector, SequenceDetector):
-            raise DataError(f"model '{model.name}' is a {model.detector.params.kind} model; "
+        if model.data_kind != "sequences":
+            raise DataError(f"model '{model.name}' is a {model.kind} model; "
                             "/stream scores sequence models (seq_ae, seq_vae): use /score")
         with self._lock:
             held = self._streams.get(model.name)

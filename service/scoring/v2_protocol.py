@@ -95,7 +95,7 @@ def check_version(model: ServedModel, version: str | None) -> None:
 
 def output_names(model: ServedModel) -> list[str]:
     """The output tensors of ``model``, in answer order."""
-    kinds = list(model.detector.calibrations_)
+    kinds = list(model.scorer.calibrations_)
     return (["score", "p_value", "is_anomaly"]
             + [f"{p}_{k}" for k in kinds for p in ("score", "p_value")]
             + ["unknown_categories"])
@@ -116,11 +116,11 @@ def tensor_type(spec: ColumnSpec) -> str:
 def metadata(model: ServedModel) -> dict[str, Any]:
     """The model metadata answer: inputs (one per column) and outputs, with types and shapes."""
     inputs = [{"name": s.name, "shape": [-1], "datatype": tensor_type(s)}
-              for s in model.detector.preprocessor_.columns_]
+              for s in model.scorer.preprocessor_.columns_]
     outputs = [{"name": n, "datatype": _output_type(n), "shape": [-1]}
                for n in output_names(model)]
     return {"name": model.name, "versions": [model.source.version],
-            "platform": f"ae-anomaly/{model.detector.params.kind}",
+            "platform": f"ae-anomaly/{model.kind}",
             "inputs": inputs, "outputs": outputs}
 
 
@@ -256,7 +256,7 @@ def _columns(model: ServedModel, inputs: list[_Tensor], tensors: dict[str, Any]
 
 
 def _matrix_columns(model: ServedModel, t: _Tensor, values: Any) -> dict[str, list[Any]]:
-    specs = model.detector.preprocessor_.columns_
+    specs = model.scorer.preprocessor_.columns_
     categorical = [s.name for s in specs if s.kind != NUMERIC]
     if categorical:
         raise DataError(f"a matrix input needs every column numeric; columns {categorical} "

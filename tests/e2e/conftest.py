@@ -71,8 +71,12 @@ class Service:
                     "--tracking-uri", tracking_uri, "--cache-dir", str(self.cache_dir)]
         for m in models:
             self.cmd += ["--model", m]
+        # A service that starts once gains nothing from the ONNX graph it would write for
+        # its next start (seconds of CPU in the background on a 2-core runner):
+        # test_service_start.py turns it on.
         self.env = {**os.environ, "ANOMALY_REGISTRY_TIMEOUT_S": "3",
-                    "ANOMALY_REGISTRY_RETRIES": "0", **(env or {})}
+                    "ANOMALY_REGISTRY_RETRIES": "0", "ANOMALY_GRAPH_RUNTIME": "false",
+                    **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log = None
 

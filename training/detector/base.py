@@ -50,11 +50,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 
 from training.calibration import ScoreCalibration
 from training.detector.registry import DETECTORS
+from training.detector.scores import CalibratedScores
 from training.errors import DataError, NotFittedError
 from training.nn.losses import (
     gaussian_nll,
@@ -81,7 +81,7 @@ CROSS_FIT_COVERAGE = 1.0
 REFERENCE_ROWS = 10_000  # training rows kept for the ``knn`` score (a random subset beyond)
 
 
-class BaseDetector:
+class BaseDetector(CalibratedScores):
     """What every detector does, whatever its data: see the module docstring.
 
     Args:
@@ -468,67 +468,7 @@ class BaseDetector:
         }
         return self
 
-    @property
-    def thresholds_(self) -> dict[str, float]:
-        """Threshold per score kind."""
-        self._check_calibrated()
-        return {k: c.threshold for k, c in self.calibrations_.items()}
-
-    @property
-    def achievable_fpr_(self) -> float:
-        """The false-positive rate the primary threshold promises new normals: the target or
-        below it, or more when the calibration data were too few for the target."""
-        self._check_calibrated()
-        return float(self.calibrations_[self.primary_score].achievable_fpr)
-
-    @property
-    def primary_score(self) -> str:
-        """The score kind that decides ``is_anomaly``."""
-        return str(self.params.primary_score)
-
-    # -- scoring -----------------------------------------------------------------------------
-    def score_columns(self, data: Any, source: str = "data", explain: bool = False
-                      ) -> dict[str, np.ndarray]:
-        """Score records: the one scoring path (the service, the pyfunc, batch and Spark).
-
-        Args:
-            data: records in any form the kind's preprocessing reads.
-            source: name for error messages.
-            explain: also return ``explanation``, the :meth:`explain` array, from the same
-                encoded records (no second pass through the preprocessing).
-
-        Returns:
-            columns, each (n_records,), in order: ``score``, ``p_value``, ``is_anomaly`` (the
-            primary score), ``score_<kind>`` and ``p_value_<kind>`` for every score kind, then
-            the kind's extras (tables: ``unknown_categories``); with ``explain``, also
-            ``explanation`` (n_records, ...).
-        """
-        self._check_calibrated()
-        X, extras = self._matrix(data, source)
-        raw = self._raw_from_matrix(X)
-        primary = self.primary_score
-        cal = self.calibrations_[primary]
-        cols: dict[str, np.ndarray] = {
-            "score": raw[primary],
-            "p_value": cal.p_values(raw[primary]),
-            "is_anomaly": raw[primary] > cal.threshold,
-        }
-        for k, v in raw.items():
-            cols[f"score_{k}"] = v
-            cols[f"p_value_{k}"] = self.calibrations_[k].p_values(v)
-        cols.update(extras)
-        if explain:
-            cols["explanation"] = self._explanation_of(X)
-        return cols
-
-    def score(self, data: Any, source: str = "data") -> pd.DataFrame:
-        """:meth:`score_columns` as a DataFrame, one row per record."""
-        return pd.DataFrame(self.score_columns(data, source))
-
-    def predict(self, data: Any, source: str = "data") -> np.ndarray:
-        """(n_records,) booleans: is each record an anomaly by the primary score."""
-        return self.score_columns(data, source)["is_anomaly"]
-
+    # -- scoring (score_columns, score, predict: CalibratedScores) ------------------------
     def explain(self, data: Any, source: str = "data") -> np.ndarray:
         """Where each record departs from normal: the terms of its ``recon`` score.
 

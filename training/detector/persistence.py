@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from training.calibration import ScoreCalibration
 from training.detector.registry import DETECTORS, detector_class
@@ -34,6 +33,8 @@ _REQUIRED = ("weights.pt", "detector.json", "preprocessing.json")
 def save_detector(det: Any, path: str | Path) -> Path:
     """Write a fitted, calibrated detector (a :class:`~training.detector.base.BaseDetector`)
     into the folder ``path``; returns it."""
+    import torch
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.save(det.network_.state_dict(), path / "weights.pt")
@@ -60,11 +61,12 @@ def save_detector(det: Any, path: str | Path) -> Path:
     return path
 
 
-def load_detector(path: str | Path) -> Any:
-    """The detector saved at ``path``, of whatever data kind its ``detector.json`` names.
+def read_saved(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``detector.json`` and ``preprocessing.json`` of the detector saved at ``path``, checked
+    (the files are there, valid JSON, this format); reads no tensors, imports no torch.
 
     Raises:
-        ModelFormatError: a missing file, invalid JSON, an unknown kind or another format.
+        ModelFormatError: a missing file, invalid JSON or another format.
     """
     path = Path(path)
     for name in _REQUIRED:
@@ -81,6 +83,33 @@ def load_detector(path: str | Path) -> Any:
         raise ModelFormatError(f"{path}: saved in detector format {version}; this library "
                                f"reads format {FORMAT_VERSION} only: retrain the model with "
                                "`anomaly train`")
+    return meta, preprocessing
+
+
+def read_calibrations(path: str | Path, meta: dict[str, Any], score_kinds: Any
+                      ) -> dict[str, ScoreCalibration]:
+    """The saved thresholds and calibration scores, one per score kind of the model.
+
+    Raises:
+        ModelFormatError: the calibrated kinds are not the model's.
+    """
+    calibrations = {k: ScoreCalibration.from_dict(v) for k, v in meta["calibration"].items()}
+    if set(calibrations) != set(score_kinds):
+        raise ModelFormatError(f"{path}: calibrated scores {sorted(calibrations)} do not "
+                               f"match the model's {sorted(score_kinds)}")
+    return calibrations
+
+
+def load_detector(path: str | Path) -> Any:
+    """The detector saved at ``path``, of whatever data kind its ``detector.json`` names.
+
+    Raises:
+        ModelFormatError: a missing file, invalid JSON, an unknown kind or another format.
+    """
+    import torch
+
+    path = Path(path)
+    meta, preprocessing = read_saved(path)
     kind = meta.get("params", {}).get("kind")
     cls = detector_class(kind)
     if cls is None:
@@ -108,8 +137,5 @@ def load_detector(path: str | Path) -> Any:
         det.complexity_slope_ = float(meta["complexity_slope"])
     det.feature_scale_ = np.asarray(meta["feature_scale"], dtype=np.float64)
     det.history_ = meta["history"]
-    det.calibrations_ = {k: ScoreCalibration.from_dict(v) for k, v in meta["calibration"].items()}
-    if set(det.calibrations_) != set(det.score_kinds):
-        raise ModelFormatError(f"{path}: calibrated scores {sorted(det.calibrations_)} do not "
-                               f"match the model's {sorted(det.score_kinds)}")
+    det.calibrations_ = read_calibrations(path, meta, det.score_kinds)
     return det

@@ -174,13 +174,6 @@ class SequenceDetector(BaseDetector):
             offset += len(chunk)
 
 
-def scored_primary(cols: Any) -> np.ndarray:
-    """The primary scores of the rows that have one, from score columns or a score frame of
-    any detector: a sequence's warm-up rows (no full window yet) are left out."""
-    primary = np.asarray(cols["score"])
-    return primary[~np.asarray(cols["warm_up"])] if "warm_up" in cols else primary
-
-
 class SeriesStream:
     """Scores a series as it arrives: per series key, the last ``window - 1`` rows (input
     columns) and the last timestamp, so each new row's window spans what came before.

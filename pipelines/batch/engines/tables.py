@@ -17,7 +17,8 @@ from pipelines.batch.options import ScoreOptions
 from pipelines.batch.plan import _prepare_output
 from pipelines.batch.results import InputResult, ScoreSample
 from training.data.tables import check_types
-from training.detector.sequence import SeriesStream, scored_primary
+from training.detector.scores import scored_primary
+from training.detector.sequence import SeriesStream
 from training.errors import DataError
 
 log = logging.getLogger(__name__)

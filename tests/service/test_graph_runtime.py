@@ -1,0 +1,108 @@
+"""Table models scored through their ONNX graph: torch's answers, from onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from service import model as served_model
+from service.model import ModelSource, ServedModel
+from training.detector import Detector
+from training.detector.graph import MARKER, graph_ready
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+RTOL = 1e-5
+SOURCE = ModelSource(uri="models:/g@champion", name="g", version="1", alias="champion",
+                     run_id="r1")
+
+
+@pytest.fixture(scope="module", params=["ae", "vae"])
+def saved(request, table, tmp_path_factory):
+    det = Detector(kind=request.param, max_epochs=3, seed=0).fit(table.iloc[:180])
+    det.calibrate(table.iloc[180:])
+    folder = tmp_path_factory.mktemp(f"graph-{request.param}")
+    return det.save(folder / "detector"), folder / "graph"
+
+
+def _load_after_export(path, graph):
+    """The model with torch, and through its graph (written by the first load that finds none,
+    in the background)."""
+    if not graph_ready(graph):
+        first = ServedModel.load(SOURCE, path, 100, graph_dir=graph)
+        assert first.runtime == "torch"
+        served_model._exports[graph].join(300)
+        assert graph_ready(graph)
+    return ServedModel.load(SOURCE, path, 100), ServedModel.load(SOURCE, path, 100,
+                                                                graph_dir=graph)
+
+
+def test_the_graph_gives_torchs_answers(saved, table):
+    path, graph = saved
+    torch_model, graph_model = _load_after_export(path, graph)
+    assert graph_model.runtime == "onnxruntime"
+    assert graph_model.describe()["runtime"] == "onnxruntime"
+    assert graph_model.describe() | {"runtime": "torch", "loaded_at": None} == \
+        torch_model.describe() | {"loaded_at": None}
+    want = torch_model.score(table)
+    got = graph_model.score(table)
+    assert list(got) == list(want)
+    cal = torch_model.scorer.calibrations_
+    for name in want:
+        if name.startswith("score"):
+            np.testing.assert_allclose(got[name], want[name], rtol=RTOL, err_msg=name)
+    for kind, c in cal.items():  # p-values and flags equal away from a calibration score
+        raw = want[f"score_{kind}"]
+        gap = np.min(np.abs(raw[:, None] - np.append(c.scores, c.threshold)[None, :]), axis=1)
+        away = gap > 10 * RTOL * np.abs(raw)
+        assert away.sum() >= 150  # the calibration rows themselves are not away
+        np.testing.assert_array_equal(got[f"p_value_{kind}"][away],
+                                      want[f"p_value_{kind}"][away])
+    primary = torch_model.scorer.primary_score
+    away = np.abs(want["score"] - cal[primary].threshold) > 10 * RTOL * np.abs(want["score"])
+    np.testing.assert_array_equal(got["is_anomaly"][away], want["is_anomaly"][away])
+    # One record at a time: the same as in the whole batch.
+    one = graph_model.score(table.iloc[[7]])
+    np.testing.assert_allclose(one["score"], got["score"][[7]], rtol=RTOL)
+
+
+def test_explanations_load_the_networks_on_first_use(saved, table):
+    path, graph = saved
+    torch_model, graph_model = _load_after_export(path, graph)
+    assert "detector" not in graph_model._held
+    got = graph_model.score(table.head(5), explain=True)
+    want = torch_model.score(table.head(5), explain=True)
+    np.testing.assert_array_equal(got["explanation"], want["explanation"])
+    assert graph_model.detector is graph_model._held["detector"]
+    assert graph_model.runtime == "onnxruntime"  # the networks explain; the graph scores
+
+
+def test_a_stale_graph_is_not_read_and_is_written_again(saved, tmp_path):
+    path, graph = saved
+    _load_after_export(path, graph)
+    marker = json.loads((graph / MARKER).read_text())
+    (graph / MARKER).write_text(json.dumps({**marker, "graph_version": 0}))
+    model = ServedModel.load(SOURCE, path, 100, graph_dir=graph)
+    assert model.runtime == "torch"
+    served_model._exports[graph].join(300)
+    assert graph_ready(graph)
+    assert ServedModel.load(SOURCE, path, 100, graph_dir=graph).runtime == "onnxruntime"
+
+
+def test_without_a_graph_folder_the_model_scores_with_torch(saved):
+    path, _ = saved
+    assert ServedModel.load(SOURCE, path, 100).runtime == "torch"
+
+
+def test_the_service_imports_neither_torch_nor_mlflow():
+    """What a start from a warm cache needs: the app, the CLI and onnxruntime; torch and
+    MLflow load later, only if a request or the registry check needs them."""
+    code = ("import sys, service.app, pipelines.cli.main, training.detector.graph; "
+            "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

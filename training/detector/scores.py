@@ -1,0 +1,108 @@
+"""From raw scores to answers: thresholds, conformal p-values and flags, with no network code.
+
+:class:`CalibratedScores` is the half of the Detector template that needs no torch: whatever
+computes the raw scores of a preprocessed matrix (the detector's own networks, or its ONNX
+graph in :mod:`training.detector.graph`), the columns a caller gets are built here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.calibration import ScoreCalibration
+from training.params import DetectorParams
+
+
+class CalibratedScores:
+    """Score columns from calibrated raw scores.
+
+    A subclass supplies ``params``, ``calibrations_`` (score kind ->
+    :class:`~training.calibration.ScoreCalibration`), ``_check_calibrated``, ``_matrix``
+    (records -> preprocessed matrix and the kind's extra columns), ``_raw_from_matrix``
+    (matrix -> raw score per kind) and ``_explanation_of`` (matrix -> explanations).
+    """
+
+    params: DetectorParams
+    calibrations_: dict[str, ScoreCalibration]
+
+    def _check_calibrated(self) -> None:
+        raise NotImplementedError
+
+    def _matrix(self, data: Any, source: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def _raw_from_matrix(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _explanation_of(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def thresholds_(self) -> dict[str, float]:
+        """Threshold per score kind."""
+        self._check_calibrated()
+        return {k: c.threshold for k, c in self.calibrations_.items()}
+
+    @property
+    def achievable_fpr_(self) -> float:
+        """The false-positive rate the primary threshold promises new normals: the target or
+        below it, or more when the calibration data were too few for the target."""
+        self._check_calibrated()
+        return float(self.calibrations_[self.primary_score].achievable_fpr)
+
+    @property
+    def primary_score(self) -> str:
+        """The score kind that decides ``is_anomaly``."""
+        return str(self.params.primary_score)
+
+    def score_columns(self, data: Any, source: str = "data", explain: bool = False
+                      ) -> dict[str, np.ndarray]:
+        """Score records: the one scoring path (the service, the pyfunc, batch and Spark).
+
+        Args:
+            data: records in any form the kind's preprocessing reads.
+            source: name for error messages.
+            explain: also return ``explanation``, the :meth:`explain` array, from the same
+                encoded records (no second pass through the preprocessing).
+
+        Returns:
+            columns, each (n_records,), in order: ``score``, ``p_value``, ``is_anomaly`` (the
+            primary score), ``score_<kind>`` and ``p_value_<kind>`` for every score kind, then
+            the kind's extras (tables: ``unknown_categories``); with ``explain``, also
+            ``explanation`` (n_records, ...).
+        """
+        self._check_calibrated()
+        X, extras = self._matrix(data, source)
+        raw = self._raw_from_matrix(X)
+        primary = self.primary_score
+        cal = self.calibrations_[primary]
+        cols: dict[str, np.ndarray] = {
+            "score": raw[primary],
+            "p_value": cal.p_values(raw[primary]),
+            "is_anomaly": raw[primary] > cal.threshold,
+        }
+        for k, v in raw.items():
+            cols[f"score_{k}"] = v
+            cols[f"p_value_{k}"] = self.calibrations_[k].p_values(v)
+        cols.update(extras)
+        if explain:
+            cols["explanation"] = self._explanation_of(X)
+        return cols
+
+    def score(self, data: Any, source: str = "data") -> pd.DataFrame:
+        """:meth:`score_columns` as a DataFrame, one row per record."""
+        return pd.DataFrame(self.score_columns(data, source))
+
+    def predict(self, data: Any, source: str = "data") -> np.ndarray:
+        """(n_records,) booleans: is each record an anomaly by the primary score."""
+        return self.score_columns(data, source)["is_anomaly"]
+
+
+def scored_primary(cols: Any) -> np.ndarray:
+    """The primary scores of the rows that have one, from score columns or a score frame of
+    any detector: a sequence's warm-up rows (no full window yet) are left out."""
+    primary = np.asarray(cols["score"])
+    return primary[~np.asarray(cols["warm_up"])] if "warm_up" in cols else primary
