@@ -151,6 +151,8 @@ class ServedModel:
             scorer = _load_torch_detector(path, threads)
             if use_graph:
                 export_graph_later(path, graph_dir)
+        if kind in KINDS:  # warm-up: the first request pays no one-off kernel set-up
+            scorer._raw_from_matrix(np.zeros((1, scorer.preprocessor_.n_features_), np.float32))
         inputs = None
         if data_kind(kind) != "images":  # images arrive as files, not records
             inputs = ModelInputs(source.name, scorer.preprocessor_.columns_, max_records)
