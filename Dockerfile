@@ -33,7 +33,8 @@ ENV ANOMALY_HOST=0.0.0.0 \
     ANOMALY_CACHE_DIR=/var/cache/ae-anomaly/models \
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
-# Downloaded models: kept across restarts, served when the registry is down at start.
+# Downloaded models and their ONNX graphs: kept across restarts, so a restart serves at once
+# (confirming with the registry behind it) and still serves when the registry is down.
 VOLUME ["/var/cache/ae-anomaly"]
 EXPOSE 8000
 

@@ -31,7 +31,6 @@ from training.detector.graph import GraphScorer, graph_ready
 from training.detector.image_params import IMAGE_KINDS
 from training.detector.persistence import read_saved
 from training.detector.sequence_params import SEQUENCE_KINDS
-from training.errors import ModelFormatError
 from training.params import KINDS
 from training.preprocessing.tabular import Records
 
@@ -144,9 +143,12 @@ class ServedModel:
         if use_graph and graph_ready(graph_dir):
             try:
                 scorer = GraphScorer(path, graph_dir, threads or 1)
-            except (ModelFormatError, ImportError, RuntimeError) as e:
+                scorer._raw_from_matrix(np.zeros((1, scorer.preprocessor_.n_features_),
+                                                 np.float32))
+            except Exception as e:  # noqa: BLE001 - onnxruntime's errors are plain Exceptions
+                scorer = None
                 log.warning("%s: its graph does not load (%s); scoring with torch",
-                            graph_dir, e)
+                            graph_dir, str(e).splitlines()[0][:300] if str(e) else type(e))
         if scorer is None:
             scorer = _load_torch_detector(path, threads)
             if use_graph:
