@@ -60,6 +60,13 @@ def _load_torch_detector(detector_dir: Path, threads: int | None) -> Any:
     return load_detector(detector_dir)
 
 
+def _warmed_up(scorer: Any) -> Any:
+    """``scorer`` after one pass on one row of a table model's matrix, so the first request
+    pays no one-off kernel set-up."""
+    scorer._raw_from_matrix(np.zeros((1, scorer.preprocessor_.n_features_), np.float32))
+    return scorer
+
+
 def graph_runtime_available() -> bool:
     """Whether onnxruntime, onnx and onnxscript are installed (graphs are made and read)."""
     return all(importlib.util.find_spec(m) is not None for m in _EXPORT_NEEDS)
@@ -137,24 +144,23 @@ class ServedModel:
                 through it when it is there, else written there for the next start. None:
                 score with torch.
         """
-        kind = read_saved(path)[0].get("params", {}).get("kind")
+        saved = read_saved(path)
+        kind = saved[0].get("params", {}).get("kind")
         scorer = None
         use_graph = graph_dir is not None and kind in KINDS and graph_runtime_available()
         if use_graph and graph_ready(graph_dir):
             try:
-                scorer = GraphScorer(path, graph_dir, threads or 1)
-                scorer._raw_from_matrix(np.zeros((1, scorer.preprocessor_.n_features_),
-                                                 np.float32))
+                scorer = _warmed_up(GraphScorer(path, graph_dir, threads or 1, saved=saved))
             except Exception as e:  # noqa: BLE001 - onnxruntime's errors are plain Exceptions
                 scorer = None
                 log.warning("%s: its graph does not load (%s); scoring with torch",
                             graph_dir, str(e).splitlines()[0][:300] if str(e) else type(e))
         if scorer is None:
             scorer = _load_torch_detector(path, threads)
+            if kind in KINDS:
+                _warmed_up(scorer)
             if use_graph:
                 export_graph_later(path, graph_dir)
-        if kind in KINDS:  # warm-up: the first request pays no one-off kernel set-up
-            scorer._raw_from_matrix(np.zeros((1, scorer.preprocessor_.n_features_), np.float32))
         inputs = None
         if data_kind(kind) != "images":  # images arrive as files, not records
             inputs = ModelInputs(source.name, scorer.preprocessor_.columns_, max_records)

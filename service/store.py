@@ -74,7 +74,6 @@ class ModelStore:
         self.tracking_uri = tracking_uri
         self.cache = ModelCache(settings.cache_dir, tracking_uri)
         self.slots: dict[str, Slot] = {}
-        self._confirming: list[threading.Thread] = []
         for uri in settings.models:
             name = parse_model_uri(uri, registered_only=True).name
             if name in self.slots:
@@ -101,10 +100,8 @@ class ModelStore:
                 slot.current = self._load(cached)
                 slot.note = (f"serving cached version {cached.source.version} while the "
                              "registry confirms it")
-                thread = threading.Thread(target=self._confirm, args=(slot,), daemon=True,
-                                          name=f"confirm-{slot.name}")
-                self._confirming.append(thread)
-                thread.start()
+                threading.Thread(target=self._confirm, args=(slot,), daemon=True,
+                                 name=f"confirm-{slot.name}").start()
             else:
                 try:
                     slot.current = self._load(self.cache.fetch(slot.uri))
@@ -138,11 +135,6 @@ class ModelStore:
                 slot.last_error = f"at start: {e}"
                 slot.note = f"serving cached version {current.source.version}"
                 log.error("%s: %s; %s", slot.name, slot.last_error, slot.note)
-
-    def wait_confirmed(self, timeout: float | None = None) -> None:
-        """Wait for the background confirmations of a start from the cache (tests, tools)."""
-        for thread in self._confirming:
-            thread.join(timeout)
 
     def _load(self, fetched: FetchedModel) -> ServedModel:
         graph_dir = fetched.path / GRAPH_DIR if self.settings.graph_runtime else None

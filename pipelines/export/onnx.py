@@ -188,6 +188,7 @@ def write_graph_folder(detector_dir: str | Path, graph_dir: str | Path) -> Path:
     Returns:
         ``graph_dir``.
     """
+    from pipelines.registry.download import replace_folder
     from training.detector.graph import GRAPH_FILE, MARKER, graph_marker
     from training.detector.persistence import load_detector
 
@@ -199,13 +200,7 @@ def write_graph_folder(detector_dir: str | Path, graph_dir: str | Path) -> Path:
         export_onnx(det, tmp / GRAPH_FILE, source={"detector": str(detector_dir)})
         chunk = det._score_chunk(int(det.preprocessor_.n_features_))
         (tmp / MARKER).write_text(json.dumps(graph_marker(chunk)))
-        if graph_dir.exists():  # stale: another format
-            shutil.rmtree(graph_dir, ignore_errors=True)
-        try:
-            tmp.rename(graph_dir)
-        except OSError:  # another process wrote it first
-            if not (graph_dir / MARKER).is_file():
-                raise
+        replace_folder(tmp, graph_dir, marker=MARKER)  # a stale one (another format) goes
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return graph_dir

@@ -250,7 +250,7 @@ class ModelCache:
                                           ) from None
             check_model_folder(got, f"{source.uri} (version {source.version})")
             _write_json(got / _META, {**asdict(source), "artifacts": artifacts})
-            _replace(got, target)
+            replace_folder(got, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("downloaded %s version %s to %s", source.name, source.version, target)
@@ -363,8 +363,10 @@ def check_model_folder(path: Path, what: str) -> None:
                                "`anomaly train`")
 
 
-def _replace(tmp: Path, target: Path) -> None:
-    """Rename the complete download ``tmp`` to ``target``, replacing a stale copy."""
+def replace_folder(tmp: Path, target: Path, marker: str = _META) -> None:
+    """Rename the complete folder ``tmp`` to ``target``, replacing a stale copy (renamed aside
+    first, so a reader never sees half of one); when another process renamed its own first,
+    keep that one if it holds ``marker`` (written last: complete)."""
     if target.exists():
         stale = target.with_name(f".stale-{target.name}-{os.getpid()}")
         try:
@@ -374,8 +376,8 @@ def _replace(tmp: Path, target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     try:
         tmp.rename(target)
-    except OSError:  # another process finished the same download first
-        if not (target / _META).is_file():
+    except OSError:  # another process finished the same folder first
+        if not (target / marker).is_file():
             raise
 
 

@@ -63,6 +63,8 @@ class GraphScorer(CalibratedScores):
         detector_dir: the saved detector (its ``detector.json`` and ``preprocessing.json``).
         graph_dir: a complete graph folder made from it (:func:`graph_ready`).
         threads: onnxruntime intra-op threads.
+        saved: :func:`~training.detector.persistence.read_saved` of ``detector_dir``, when
+            the caller has read it already.
 
     Raises:
         ModelFormatError: not a table model, an incomplete or stale graph folder, or a graph
@@ -72,10 +74,11 @@ class GraphScorer(CalibratedScores):
 
     runtime = "onnxruntime"
 
-    def __init__(self, detector_dir: Path | str, graph_dir: Path | str, threads: int = 1):
+    def __init__(self, detector_dir: Path | str, graph_dir: Path | str, threads: int = 1,
+                 saved: tuple[dict[str, Any], dict[str, Any]] | None = None):
         import onnxruntime as ort
 
-        meta, preprocessing = read_saved(detector_dir)
+        meta, preprocessing = saved or read_saved(detector_dir)
         kind = meta.get("params", {}).get("kind")
         if kind not in KINDS:
             raise ModelFormatError(f"{detector_dir}: a {kind} model; graph scoring reads "
