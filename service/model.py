@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -93,10 +92,10 @@ def export_graph_later(detector_dir: Path, graph_dir: Path) -> threading.Thread 
 
 def _export(detector_dir: Path, graph_dir: Path) -> None:
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "pipelines.export.onnx", str(detector_dir), str(graph_dir)]
+    cmd = [sys.executable, "-m", "pipelines.export.onnx", "--nice", "10", str(detector_dir),
+           str(graph_dir)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                              preexec_fn=lambda: os.nice(10))
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("%s: graph export did not run (%s); this model keeps scoring with torch",
                     graph_dir, e)
@@ -185,6 +184,11 @@ class ServedModel:
     def runtime(self) -> str:
         """``onnxruntime`` (the model's graph) or ``torch`` (its networks)."""
         return getattr(self.scorer, "runtime", "torch")
+
+    @property
+    def networks_loaded(self) -> bool:
+        """Whether :attr:`detector` is at hand without loading anything."""
+        return self.runtime == "torch" or "detector" in self._held
 
     @property
     def detector(self) -> Any:

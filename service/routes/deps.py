@@ -59,9 +59,11 @@ class JSONBytes(Response):
         return pydantic_core.to_json(content, inf_nan_mode="null")
 
 
-async def run_sized(model: ServedModel, n: int, fn, *args):
+async def run_sized(model: ServedModel, n: int, fn, *args, networks: bool = False):
     """``fn(model, *args)`` inline for ``n`` <= ``INLINE_RECORDS`` records, else in a worker
-    thread."""
-    if n <= INLINE_RECORDS:
+    thread. ``networks``: ``fn`` needs the model's networks (explanations, codes), which a
+    graph-served model loads on first need: that first call goes to a worker thread too, so
+    that loading torch never stalls the event loop."""
+    if n <= INLINE_RECORDS and (not networks or model.networks_loaded):
         return fn(model, *args)
     return await run_in_threadpool(fn, model, *args)

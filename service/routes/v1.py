@@ -98,7 +98,7 @@ async def score(name: str, request: Request, store: StoreDep, settings: Settings
                                                "contributing columns")] = False) -> JSONBytes:
     model, batch = await _parsed(name, request, store, settings, strict)
     scored = await run_sized(model, batch.n, scoring.score_batch, batch, explain,
-                        settings.explain_top_k)
+                             settings.explain_top_k, networks=explain)
     metrics.observe_scores(model, scored.primary, scored.flagged)
     return Response(scored.to_json(), media_type="application/json")
 
@@ -148,7 +148,7 @@ async def _answer(fn, name: str, request: Request, store: ModelStore, settings: 
                   strict: bool | None) -> JSONBytes:
     """``fn(model, records)`` on the request's records, as JSON."""
     model, records = await _parsed(name, request, store, settings, strict)
-    return JSONBytes(await run_sized(model, records.n, fn, records))
+    return JSONBytes(await run_sized(model, records.n, fn, records, networks=True))
 
 
 @v1.post("/models/{name}/score-file", summary="score a CSV or Parquet file",

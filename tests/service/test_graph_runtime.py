@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -106,3 +107,40 @@ def test_the_service_imports_neither_torch_nor_mlflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_first_call_that_needs_the_networks_runs_off_the_event_loop(saved, table):
+    """Loading torch takes seconds: on a graph-served model the first explanation or code is
+    computed in a worker thread, never inline on the event loop; later ones inline."""
+    import asyncio
+    import threading
+
+    from service.routes.deps import run_sized
+
+    path, graph = saved
+    _, graph_model = _load_after_export(path, graph)
+
+    def where(model):
+        model.detector  # noqa: B018 - loads the networks on first use
+        return threading.current_thread()
+
+    async def call(networks):
+        return threading.current_thread(), await run_sized(graph_model, 1, where,
+                                                           networks=networks)
+
+    loop_thread, ran_in = asyncio.run(call(networks=False))
+    assert ran_in is loop_thread  # a graph-only call stays inline (and loads the networks)
+    _, fresh = _load_after_export(path, graph)
+    graph_model = fresh
+    loop_thread, ran_in = asyncio.run(call(networks=True))
+    assert ran_in is not loop_thread and graph_model.networks_loaded
+    loop_thread, ran_in = asyncio.run(call(networks=True))
+    assert ran_in is loop_thread
+
+
+def test_the_graph_folder_is_readable_as_the_umask_allows(saved):
+    path, graph = saved
+    _load_after_export(path, graph)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert graph.stat().st_mode & 0o777 == 0o777 & ~mask

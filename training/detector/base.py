@@ -408,12 +408,13 @@ class BaseDetector(CalibratedScores):
             for i in range(0, len(X), step):
                 x = torch.from_numpy(X[i : i + step])
                 if self._variational:
-                    err, elbos = self._variational_terms(x, self.network_.encode(x), eps)
-                    for k, v in elbos.items():
-                        out[k].append(v.double().numpy())
+                    err, chunk = self._variational_terms(x, self.network_.encode(x), eps)
                 else:
-                    err = self._squared_errors(x)
-                out["recon"].append((err / scale).mean(dim=1).double().numpy())
+                    err, chunk = self._squared_errors(x), {}
+                chunk["recon"] = (err / scale).mean(dim=1).double()
+                chunk.update(self._derived_scores(x, chunk))
+                for k, v in chunk.items():
+                    out[k].append(v.double().numpy())
                 if self.reference_ is not None:
                     out["knn"].append(self._neighbour_distance(x))
         raw = {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
@@ -421,6 +422,12 @@ class BaseDetector(CalibratedScores):
             raw["combined"] = np.mean([(raw[k] - loc) / scale
                                        for k, (loc, scale) in self.combination_.items()], axis=0)
         return raw
+
+    def _derived_scores(self, x: torch.Tensor, raw: dict[str, torch.Tensor]
+                        ) -> dict[str, torch.Tensor]:
+        """Score kinds a data kind derives from a chunk's rows ``x`` (n, d) and its network
+        scores ``raw`` (each (n,)); none here."""
+        return {}
 
     def _neighbour_distance(self, x: torch.Tensor) -> np.ndarray:
         """(n,) Euclidean distance of each row of ``x`` to its ``neighbours``-th nearest
