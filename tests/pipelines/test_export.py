@@ -111,7 +111,7 @@ def test_image_model_exports_the_graph_scores_and_names_what_it_cannot(tmp_path,
     batch = np.stack([*images[55:60], paint_defect(images[60])])
     X, _ = det._matrix(batch, "images")
     session, names = _session(out)
-    assert names == ["agg_elbo", "elbo", "recon"]
+    assert names == ["agg_elbo", "elbo", "recon", "elbo_vs_local", "recon_vs_local"]
     got = dict(zip(names, session.run(None, {"x": X}), strict=True))
     want = det.raw_scores(batch)
     for kind in names:

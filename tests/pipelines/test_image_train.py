@@ -78,7 +78,9 @@ def test_pyfunc_scores_base64_bytes_and_paths(store, tmp_path):
     by_image = model.predict(pd.DataFrame({"image": [base64.b64encode(raw).decode(), raw]}))
     by_path = model.predict(pd.DataFrame({"path": [str(path)]}))
     assert list(by_image.columns) == ["score", "p_value", "is_anomaly", "score_recon",
-                                      "p_value_recon"]
+                                      "p_value_recon", "score_recon_vs_local",
+                                      "p_value_recon_vs_local"]
+    assert (by_image.score == by_image.score_recon_vs_local).all()  # the primary score
     assert by_image.score.nunique() == 1
     # float32 convolutions may round differently for another batch size
     assert by_path.score.iloc[0] == pytest.approx(by_image.score.iloc[0], rel=1e-5)

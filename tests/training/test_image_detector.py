@@ -56,7 +56,8 @@ def test_params_validate_and_resolve_from_shape():
     with pytest.raises(ConfigError, match="unknown"):
         ImageDetectorParams.from_dict({"kind": "conv_ae", "image_sise": 3})
     p = ImageDetectorParams(kind="conv_vae", image_size=28)
-    assert p.image_size == [28, 28] and "elbo" in p.score_kinds and p.primary_score == "elbo"
+    assert p.image_size == [28, 28] and "elbo" in p.score_kinds
+    assert p.primary_score == "elbo_vs_local"
     r = resolve_image(p, 600, (1, 28, 28))
     assert r["hidden_sizes"] == [32, 64] and r["latent_dim"] == 32
     assert resolve_image(p, 100, (3, 64, 64))["hidden_sizes"] == [32, 64, 128, 128]

@@ -18,6 +18,13 @@ Score kinds (higher = more abnormal):
   likelihood-based generative models", ICLR 2020, subtract it in bits). A continuous
   Gaussian ELBO is not a code length in the compressor's units, so the weight is the one the
   normals show rather than ln 2 per bit.
+- ``elbo_vs_local`` (``conv_vae``) and ``recon_vs_local`` (both kinds, with
+  ``local_complexity``, the default; primary): the network's score read against the image's
+  complexity as a background model that sees simplicity as the network does measures it (a
+  linear predictor of each pixel from its causal neighbours,
+  :mod:`training.detector.complexity`): high when the network cannot reconstruct the image
+  *for its complexity*, or when the complexity itself is unlike the normals', simpler or
+  more complex (:class:`~training.detector.complexity.ComplexityCorrection`).
 
 Anomaly maps: the per-pixel terms of ``recon`` (averaged over channels), lightly smoothed with a
 Gaussian; they have the image's (H, W) and show where an image departs from normal.
@@ -35,6 +42,7 @@ import torch
 from torch.nn import functional as F
 
 from training.detector.base import BaseDetector
+from training.detector.complexity import ComplexityCorrection, LocalPredictor
 from training.detector.image_params import IMAGE_KINDS, ImageDetectorParams, resolve_image
 from training.nn.conv import ConvAE, ConvEnsemble, ConvVAE
 from training.preprocessing.images import ImagePreprocessor, to_png
@@ -82,15 +90,36 @@ class ImageDetector(BaseDetector):
 
     # d elbo / d PNG bytes on the validation normals (``elbo_vs_png``); None before fitting.
     complexity_slope_: float | None = None
+    # The background model of the ``*_vs_local`` scores and, per such score, how its network
+    # score is read against the complexity; None before fitting.
+    local_: LocalPredictor | None = None
+    local_corrections_: dict[str, ComplexityCorrection] | None = None
 
     def _fit_scores(self, X_train: np.ndarray, X_val: np.ndarray) -> None:
         super()._fit_scores(X_train, X_val)
+        local = [k for k in self.score_kinds if k.endswith("_vs_local")]
+        if not local and "elbo_vs_png" not in self.score_kinds:
+            return
+        self.local_corrections_ = None  # the network's own scores first
+        raw = self._raw_from_matrix(X_val)
         if "elbo_vs_png" in self.score_kinds:
-            elbo = self._raw_from_matrix(X_val)["elbo"]
-            size = png_bytes(X_val, self.preprocessor_.shape)
-            var = float(np.var(size))
-            slope = float(np.cov(elbo, size, bias=True)[0, 1] / var) if var > 0 else 0.0
-            self.complexity_slope_ = max(slope, 0.0)
+            self.complexity_slope_ = ComplexityCorrection.fit(
+                raw["elbo"], png_bytes(X_val, self.preprocessor_.shape)).slope
+        if local:
+            self.local_ = LocalPredictor(self.preprocessor_.shape).fit(X_train)
+            c = self.local_.complexity(torch.from_numpy(X_val)).numpy()
+            self.local_corrections_ = {
+                k: ComplexityCorrection.fit(raw[k.removesuffix("_vs_local")], c) for k in local}
+
+    def _derived_scores(self, x: torch.Tensor, raw: dict[str, torch.Tensor]
+                        ) -> dict[str, torch.Tensor]:
+        """``<score>_vs_local``: the network's score read against the image's local
+        complexity (see :class:`~training.detector.complexity.ComplexityCorrection`)."""
+        if not self.local_corrections_:
+            return {}
+        c = self.local_.complexity(x)
+        return {k: correct(raw[k.removesuffix("_vs_local")], c)
+                for k, correct in self.local_corrections_.items()}
 
     def _raw_from_matrix(self, X: np.ndarray) -> dict[str, np.ndarray]:
         raw = super()._raw_from_matrix(X)

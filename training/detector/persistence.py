@@ -55,6 +55,9 @@ def save_detector(det: Any, path: str | Path) -> Path:
         "calibration": {k: c.to_dict() for k, c in det.calibrations_.items()},
         "combination": det.combination_,
         "complexity_slope": getattr(det, "complexity_slope_", None),
+        "local_complexity": None if getattr(det, "local_", None) is None else {
+            "predictor": det.local_.to_dict(),
+            "corrections": {k: c.to_dict() for k, c in det.local_corrections_.items()}},
     }
     (path / "detector.json").write_text(json.dumps(meta))
     (path / "preprocessing.json").write_text(json.dumps(det.preprocessor_.to_dict(), indent=1))
@@ -108,6 +111,8 @@ def load_detector(path: str | Path) -> Any:
     """
     import torch
 
+    from training.detector.complexity import ComplexityCorrection, LocalPredictor
+
     path = Path(path)
     meta, preprocessing = read_saved(path)
     kind = meta.get("params", {}).get("kind")
@@ -135,6 +140,14 @@ def load_detector(path: str | Path) -> Any:
         det.combination_ = meta.get("combination")
     if meta.get("complexity_slope") is not None:
         det.complexity_slope_ = float(meta["complexity_slope"])
+    if any(k.endswith("_vs_local") for k in det.score_kinds):
+        local = meta.get("local_complexity")
+        if not local:
+            raise ModelFormatError(f"{path}: not a saved detector (detector.json lacks the "
+                                   "local_complexity background model its scores need)")
+        det.local_ = LocalPredictor.from_dict(local["predictor"])
+        det.local_corrections_ = {k: ComplexityCorrection(**{f: float(v) for f, v in c.items()})
+                                  for k, c in local["corrections"].items()}
     det.feature_scale_ = np.asarray(meta["feature_scale"], dtype=np.float64)
     det.history_ = meta["history"]
     det.calibrations_ = read_calibrations(path, meta, det.score_kinds)

@@ -1,0 +1,158 @@
+"""Input complexity of images, measured the way a predictive image coder measures it.
+
+Reconstruction and likelihood scores rank an image that is simpler than the normal ones
+(smoother, fewer edges, flat) as *more* normal than the normals themselves (Nalisnick et al.,
+"Do deep generative models know what they don't know?", 2019; Serrà et al., "Input complexity
+and out-of-distribution detection with likelihood-based generative models", ICLR 2020). The
+cure is to compare the score with a simple background model of the same pixels: what part of
+an image's score is only its complexity.
+
+The background model here is a linear predictive coder, the front half of lossless image
+coders such as JPEG-LS and CALIC: every pixel is predicted from six neighbours already seen in
+raster order (two to the left, three above, one two rows up), with one set of weights for every
+position and channel, fitted by least squares on the training images. An image's
+**complexity** is its mean squared prediction residual; up to constants, the code length of
+its residuals under a Gaussian of fixed variance. A blurred or flat image is easy to predict
+and gets a low complexity even where a general-purpose compressor (PNG) finds blurred edges
+harder to code than near-binary strokes, which is why this background and not the PNG size
+backs the default image scores (docs/images.md).
+
+How a score is read against the complexity: :class:`ComplexityCorrection`. Everything is plain
+tensor arithmetic on the preprocessed (n, C*H*W) matrix, so the scores that use it are exported
+in the ONNX graph like the network's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+# (row, column) offsets of the neighbours each pixel is predicted from: all causal in raster
+# order (above, or on the same row to the left).
+OFFSETS = ((0, -1), (0, -2), (-1, -1), (-1, 0), (-1, 1), (-2, 0))
+# Pixel values per least-squares chunk while fitting (memory bounded whatever the image size).
+_FIT_BUDGET = 1 << 20
+
+
+def _neighbours(x: torch.Tensor) -> torch.Tensor:
+    """(n, C, H, W) -> (n, C, H, W, len(OFFSETS)): each pixel's causal neighbours, zero
+    outside the image."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (2, 2, 2, 0))  # left, right, top, bottom
+    return torch.stack([padded[..., 2 + di : 2 + di + h, 2 + dj : 2 + dj + w]
+                        for di, dj in OFFSETS], dim=-1)
+
+
+class LocalPredictor:
+    """Linear prediction of each pixel from its causal neighbours; complexity = the mean
+    squared residual.
+
+    Args:
+        shape: (C, H, W) of the images whose flat rows it reads.
+        weights: ``len(OFFSETS)`` neighbour weights then the intercept; None before :meth:`fit`.
+    """
+
+    def __init__(self, shape: Sequence[int], weights: Sequence[float] | None = None):
+        self.shape = tuple(int(v) for v in shape)
+        self.weights = None if weights is None else [float(v) for v in weights]
+
+    def fit(self, X: np.ndarray) -> LocalPredictor:
+        """Least-squares weights from flat image rows X (n, C*H*W), chunk by chunk.
+
+        Returns:
+            self
+        """
+        k = len(OFFSETS) + 1
+        gram, cross = np.zeros((k, k)), np.zeros(k)
+        step = max(1, _FIT_BUDGET // max(1, X.shape[1]))
+        for i in range(0, len(X), step):
+            x = torch.from_numpy(np.ascontiguousarray(X[i : i + step])).double()
+            a = _neighbours(x.reshape(-1, *self.shape)).reshape(-1, k - 1)
+            a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
+            gram += (a.T @ a).numpy()
+            cross += (a.T @ x.reshape(-1)).numpy()
+        # A whisker of ridge keeps the system solvable when the images are constant.
+        ridge = 1e-9 * max(float(np.trace(gram)), 1.0) * np.eye(k)
+        self.weights = np.linalg.solve(gram + ridge, cross).tolist()
+        return self
+
+    def complexity(self, x: torch.Tensor) -> torch.Tensor:
+        """(n,) float64 mean squared prediction residual of flat float32 rows x (n, C*H*W)."""
+        w = torch.tensor(self.weights[:-1], dtype=x.dtype)
+        pred = _neighbours(x.reshape(-1, *self.shape)) @ w + self.weights[-1]
+        resid = x.reshape(-1, *self.shape) - pred
+        return resid.pow(2).flatten(1).mean(dim=1).double()
+
+    def to_dict(self) -> dict[str, list[float] | list[int]]:
+        """JSON-ready state."""
+        return {"shape": list(self.shape), "weights": list(self.weights or [])}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> LocalPredictor:
+        """Inverse of :meth:`to_dict`."""
+        return cls(state["shape"], state["weights"])
+
+
+@dataclass
+class ComplexityCorrection:
+    """One ``<score>_vs_local`` score: a network score read against the image's complexity.
+
+    Among the validation normals, the network score ``s`` is regressed on the complexity
+    ``c`` (least squares, slope floored at 0: a score that falls with complexity needs no
+    correction), leaving the residual ``r = s - slope * c``, the part of the score that the
+    complexity does not explain. Both ``r`` and ``c`` are then standardised by their median
+    and interquartile range on those normals, and the score is
+
+        sqrt(max(z_r, 0)^2 + z_c^2)
+
+    the distance from the normals in the plane of the two (uncorrelated among the normals by
+    construction): an image is abnormal when the network cannot reconstruct it *for its
+    complexity* (one-sided: a residual below the normals' is no evidence), or when its
+    complexity is unlike theirs, in either direction (simpler, like a blurred or flat image,
+    or more complex, like a sharper texture that a correction alone would excuse). The second
+    part is the typicality test of Nalisnick et al. (2019) applied to the complexity.
+    """
+
+    slope: float
+    resid_loc: float
+    resid_scale: float
+    loc: float
+    scale: float
+
+    @classmethod
+    def fit(cls, score: np.ndarray, complexity: np.ndarray) -> ComplexityCorrection:
+        """From the (n,) network scores and complexities of validation normals."""
+        var = float(np.var(complexity))
+        slope = 0.0
+        if var > 0 and len(score) >= 2:
+            slope = max(float(np.cov(score, complexity, bias=True)[0, 1] / var), 0.0)
+        resid = score - slope * complexity
+        (r_loc, r_scale), (c_loc, c_scale) = robust_location_scale(resid), \
+            robust_location_scale(complexity)
+        return cls(slope, r_loc, r_scale, c_loc, c_scale)
+
+    def __call__(self, score: torch.Tensor, complexity: torch.Tensor) -> torch.Tensor:
+        """(n,) float64 corrected scores from (n,) network scores and complexities."""
+        z_r = (score.double() - self.slope * complexity - self.resid_loc) / self.resid_scale
+        z_c = (complexity - self.loc) / self.scale
+        return torch.sqrt(z_r.clamp(min=0).pow(2) + z_c.pow(2))
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-ready state."""
+        return asdict(self)
+
+
+def robust_location_scale(values: np.ndarray) -> tuple[float, float]:
+    """Median and interquartile range / 1.349 (the standard deviation, for a Gaussian) of
+    (n,) values; the scale floored so that a constant sample still divides."""
+    values = np.asarray(values, dtype=np.float64)
+    loc = float(np.median(values))
+    q1, q3 = np.quantile(values, [0.25, 0.75])
+    scale = float(q3 - q1) / 1.349
+    if not scale > 0:
+        scale = float(np.std(values))
+    return loc, max(scale, 1e-12 * max(1.0, abs(loc)))
