@@ -30,6 +30,10 @@ _PRIMARY_DEFAULTS = ", ".join(
     + [f"{kind}: {ImageDetectorParams.default_primary[twin]}" for kind, twin in DENSE_TWIN.items()])
 
 
+_PRIMARY_CHOICES = list(dict.fromkeys(
+    [*SCORE_KINDS["vae"], *ImageDetectorParams(kind="conv_vae").score_kinds]))
+
+
 def _default(name: str) -> Any:
     return _FIELDS[name].default
 
@@ -86,9 +90,10 @@ def _default(name: str) -> Any:
               help="Denoising: std of the noise added to inputs while training (0 = off).")
 @click.option("--beta", type=float, default=DetectorParams.beta,
               help="VAE: weight of the KL term.")
-@click.option("--primary-score", type=click.Choice(SCORE_KINDS["vae"]),
+@click.option("--primary-score", type=click.Choice(_PRIMARY_CHOICES),
               show_default=_PRIMARY_DEFAULTS,
-              help="Score that decides is_anomaly (an ae has recon only).")
+              help="Score that decides is_anomaly (an ae has recon only; the *_vs_png and "
+              "*_vs_local scores are the image kinds').")
 @click.option("--image-size", type=IntList(), metavar="H,W",
               show_default="the images' own size, at most 64 a side",
               help="Images: HEIGHT,WIDTH (or one number) to resize to.")

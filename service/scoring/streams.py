@@ -1,10 +1,11 @@
 """Stateful scoring of sequence models: per model, a :class:`~training.detector.sequence.
 SeriesStream` holding each series' last ``window - 1`` records.
 
-State belongs to the served version: a reload that brings another version (or the same
+State belongs to the loaded version: a reload that brings another version (or the same
 version loaded again) starts every series afresh, since the new model's window, channels and
 standardisation may differ from the ones the kept records were meant for; its first points
-are warm-up again. Requests for one model are scored one at a time (a series' points must
+are warm-up again. A start from the cache that the registry then confirms keeps them: the
+same networks go on serving. Requests for one model are scored one at a time (a series' points must
 arrive in order); the state is bounded by ``stream_max_keys`` series of ``window - 1`` records
 each, and a series idle for ``stream_idle_s`` seconds is dropped.
 """
@@ -49,7 +50,9 @@ class StreamStates:
                             "/stream scores sequence models (seq_ae, seq_vae): use /score")
         with self._lock:
             held = self._streams.get(model.name)
-            if held is None or held[0] is not model:
+            # The same loaded networks keep their streams: a registry confirmation of the
+            # version being served changes its source, not its model.
+            if held is None or held[0].scorer is not model.scorer:
                 stream = model.detector.stream(self.max_keys, self.idle_s, self.clock)
                 held = (model, stream, threading.Lock())
                 self._streams[model.name] = held

@@ -54,7 +54,9 @@ def test_help_lists_the_choices_and_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert f"--activation [{'|'.join(ACTIVATION_NAMES)}]" in out
     assert "--kind [ae|vae|conv_ae|conv_vae|seq_ae|seq_vae]" in out
-    assert "--primary-score [agg_elbo|elbo|recon]" in out
+    assert ("--primary-score [agg_elbo|elbo|recon|elbo_vs_png|elbo_vs_local|recon_vs_local]"
+            in out)
+    assert "conv_ae: recon_vs_local, conv_vae: elbo_vs_local" in out
     assert "[default: vae]" in out and "[default: challenger]" in out
     assert main(["score", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
