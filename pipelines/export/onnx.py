@@ -6,7 +6,9 @@ preprocessing makes of n records (``preprocessor_.transform``; the sidecar descr
 one float64 output (n,) per exported score kind, named as the kind: ``recon``, and for a VAE
 ``elbo`` and ``agg_elbo`` with the detector's fixed Monte-Carlo draws baked in as a constant
 (the same draws as in Python, so the same numbers), and with ``neighbours`` the ``knn``
-distance to the training rows kept with the model (a constant too) and ``combined``.
+distance to the training rows kept with the model (a constant too) and ``combined``; for an
+image model ``elbo_vs_local`` / ``recon_vs_local`` (its background predictor and
+standardisations as constants, through the detector's own ``_derived_scores``).
 
 Not exported: a score that is not a function of the matrix alone. ``elbo_vs_png`` (image VAEs)
 subtracts the PNG-compressed length of each image, which a compressor computes, not a graph;
