@@ -92,8 +92,10 @@ def export_graph_later(detector_dir: Path, graph_dir: Path) -> threading.Thread 
 
 def _export(detector_dir: Path, graph_dir: Path) -> None:
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "pipelines.export.onnx", "--nice", "10", str(detector_dir),
-           str(graph_dir)]
+    # Niced before anything is imported: loading torch is most of the child's work.
+    cmd = [sys.executable, "-c", "import os, runpy; os.nice(10); "
+           "runpy.run_module('pipelines.export.onnx', run_name='__main__')",
+           str(detector_dir), str(graph_dir)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as e:

@@ -210,21 +210,15 @@ def write_graph_folder(detector_dir: str | Path, graph_dir: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.export.onnx [--nice N] DETECTOR_DIR GRAPH_DIR``:
-    :func:`write_graph_folder` (what the scoring service runs in the background for a model it
-    serves with torch, at ``--nice 10`` so that it yields to the requests)."""
+    """``python -m pipelines.export.onnx DETECTOR_DIR GRAPH_DIR``: :func:`write_graph_folder`
+    (what the scoring service runs in the background, niced, for a model it serves with
+    torch)."""
     import sys
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    nice = 0
-    if len(args) == 4 and args[0] == "--nice" and args[1].isdigit():
-        nice, args = int(args[1]), args[2:]
+    args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m pipelines.export.onnx [--nice N] DETECTOR_DIR GRAPH_DIR",
-              file=sys.stderr)
+        print("usage: python -m pipelines.export.onnx DETECTOR_DIR GRAPH_DIR", file=sys.stderr)
         return 2
-    if nice:
-        os.nice(nice)
     torch.set_num_threads(1)
     try:
         write_graph_folder(*args)

@@ -363,12 +363,23 @@ def check_model_folder(path: Path, what: str) -> None:
                                "`anomaly train`")
 
 
+def _read_umask() -> int:
+    """The process's umask, read once at import: reading it means setting it, which another
+    thread creating a file in between would see."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def replace_folder(tmp: Path, target: Path, marker: str = _META) -> None:
     """Rename the complete folder ``tmp`` to ``target``, replacing a stale copy (renamed aside
     first, so a reader never sees half of one); when another process renamed its own first,
     keep that one if it holds ``marker`` (written last: complete). ``tmp`` (a ``mkdtemp``
     folder, private to its owner) gets the permissions of a folder made under the umask."""
-    tmp.chmod(0o777 & ~_umask())
+    tmp.chmod(0o777 & ~_UMASK)
     if target.exists():
         stale = target.with_name(f".stale-{target.name}-{os.getpid()}")
         try:
@@ -381,13 +392,6 @@ def replace_folder(tmp: Path, target: Path, marker: str = _META) -> None:
     except OSError:  # another process finished the same folder first
         if not (target / marker).is_file():
             raise
-
-
-def _umask() -> int:
-    """The process's umask (read by setting it; set back at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

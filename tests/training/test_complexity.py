@@ -28,18 +28,29 @@ def _weights(**named: float) -> list[float]:
 
 
 def test_complexity_by_hand():
-    # Predict each pixel by its left neighbour (0 outside the image).
-    pred = LocalPredictor((1, 2, 3), _weights(left=1.0))
-    x = torch.tensor([[1.0, 2.0, 4.0, 0.0, 0.0, 3.0]])  # rows [1, 2, 4] and [0, 0, 3]
-    # residuals: [1, 1, 2] and [0, 0, 3] -> mean square (1 + 1 + 4 + 0 + 0 + 9) / 6
-    assert pred.complexity(x).item() == pytest.approx(15 / 6)
-    # By the pixel above, plus an intercept of 1: rows [1-1, 2-1, 4-1], [0-2, 0-3, 3-5].
-    pred = LocalPredictor((1, 2, 3), _weights(up=1.0, intercept=1.0))
-    assert pred.complexity(x).item() == pytest.approx((0 + 1 + 9 + 4 + 9 + 4) / 6)
-    # Channels are predicted each on their own: the second channel's first pixel sees zeros.
-    pred = LocalPredictor((2, 1, 2), _weights(left=1.0))
-    x = torch.tensor([[5.0, 5.0, 7.0, 7.0]])
-    assert pred.complexity(x).item() == pytest.approx((25 + 0 + 49 + 0) / 4)
+    # A 3 x 5 image: only the pixels whose six causal neighbours lie inside it count, here
+    # (2, 2) = 4 and (2, 3) = 8 of the last row [1, 2, 4, 8, 0].
+    x = torch.tensor([[0.0] * 10 + [1.0, 2.0, 4.0, 8.0, 0.0]])
+    # Predicted by the left neighbour: residuals 4 - 2 and 8 - 4.
+    pred = LocalPredictor((1, 3, 5), _weights(left=1.0))
+    assert pred.complexity(x).item() == pytest.approx((2**2 + 4**2) / 2)
+    # By the pixel above (0) plus an intercept of 1: residuals 3 and 7.
+    pred = LocalPredictor((1, 3, 5), _weights(up=1.0, intercept=1.0))
+    assert pred.complexity(x).item() == pytest.approx((3**2 + 7**2) / 2)
+    # Channels are predicted each from their own neighbours: one counted pixel each, 0 and 3.
+    pred = LocalPredictor((2, 3, 4), _weights(left=1.0))
+    two = torch.zeros(1, 2, 3, 4)
+    two[0, 1, 2, 2] = 3.0
+    assert pred.complexity(two.reshape(1, -1)).item() == pytest.approx(9 / 2)
+    # A grey image is as simple as a black one: no border is invented around it.
+    grey = LocalPredictor((1, 3, 5), _weights(left=1.0)).complexity(torch.full((1, 15), 0.7))
+    assert grey.item() == pytest.approx(0.0, abs=1e-12)
+    # In chunks, the same.
+    many = torch.rand(7, 15)
+    np.testing.assert_allclose(pred_chunks := LocalPredictor((1, 3, 5), _weights(up=0.5))
+                               .complexity_of(many.numpy()),
+                               LocalPredictor((1, 3, 5), _weights(up=0.5)).complexity(many))
+    assert pred_chunks.shape == (7,)
 
 
 def test_fit_recovers_the_rule_that_made_the_images():
@@ -58,6 +69,7 @@ def test_fit_recovers_the_rule_that_made_the_images():
     c = pred.complexity(torch.from_numpy(images.reshape(n, -1).astype(np.float32)))
     assert c.mean().item() == pytest.approx(0.05**2, rel=0.15)
     # Constant images are predicted exactly (the ridge only keeps the system solvable).
+    assert c.dtype == torch.float64
     flat = np.full((5, 16), 0.4, dtype=np.float32)
     assert LocalPredictor((1, 4, 4)).fit(flat).complexity(torch.from_numpy(flat)).max() < 1e-6
 
@@ -143,3 +155,11 @@ def test_the_option_is_validated():
     with pytest.raises(Exception, match="local_complexity"):
         ImageDetectorParams(kind="conv_ae", local_complexity="yes")
     assert ImageDetectorParams(kind="conv_ae", local_complexity=False).score_kinds == ("recon",)
+
+
+def test_images_with_the_neighbour_score_fit_too(simpler_task):
+    """``combined`` pairs the network's own score with ``knn``, not the corrected one."""
+    train, X, _ = simpler_task
+    det = _fit(train, kind="conv_ae", neighbours=3)
+    assert set(det.combination_) == {"recon", "knn"}
+    assert {"combined", "recon_vs_local"} <= set(det.raw_scores(X))

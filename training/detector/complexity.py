@@ -10,7 +10,8 @@ an image's score is only its complexity.
 The background model here is a linear predictive coder, the front half of lossless image
 coders such as JPEG-LS and CALIC: every pixel is predicted from six neighbours already seen in
 raster order (two to the left, three above, one two rows up), with one set of weights for every
-position and channel, fitted by least squares on the training images. An image's
+position and channel, fitted by least squares on the training images. Only pixels whose six
+neighbours all lie inside the image count (an image needs 3 rows and 4 columns at least). An image's
 **complexity** is its mean squared prediction residual; up to constants, the code length of
 its residuals under a Gaussian of fixed variance. A blurred or flat image is easy to predict
 and gets a low complexity even where a general-purpose compressor (PNG) finds blurred edges
@@ -29,7 +30,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 # (row, column) offsets of the neighbours each pixel is predicted from: all causal in raster
 # order (above, or on the same row to the left).
@@ -38,13 +38,15 @@ OFFSETS = ((0, -1), (0, -2), (-1, -1), (-1, 0), (-1, 1), (-2, 0))
 _FIT_BUDGET = 1 << 20
 
 
-def _neighbours(x: torch.Tensor) -> torch.Tensor:
-    """(n, C, H, W) -> (n, C, H, W, len(OFFSETS)): each pixel's causal neighbours, zero
-    outside the image."""
+def _neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, C, H, W) -> the pixels whose causal neighbours all lie inside the image, (n, C,
+    H - 2, W - 3), and those neighbours, (n, C, H - 2, W - 3, len(OFFSETS)). Pixels on the
+    first two rows and columns and the last column are left out rather than padded: a padded
+    border would add edges that are not in the image (a grey image framed in black)."""
     h, w = x.shape[-2:]
-    padded = F.pad(x, (2, 2, 2, 0))  # left, right, top, bottom
-    return torch.stack([padded[..., 2 + di : 2 + di + h, 2 + dj : 2 + dj + w]
-                        for di, dj in OFFSETS], dim=-1)
+    target = x[..., 2:h, 2 : w - 1]
+    return target, torch.stack([x[..., 2 + di : h + di, 2 + dj : w - 1 + dj]
+                                for di, dj in OFFSETS], dim=-1)
 
 
 class LocalPredictor:
@@ -71,21 +73,30 @@ class LocalPredictor:
         step = max(1, _FIT_BUDGET // max(1, X.shape[1]))
         for i in range(0, len(X), step):
             x = torch.from_numpy(np.ascontiguousarray(X[i : i + step])).double()
-            a = _neighbours(x.reshape(-1, *self.shape)).reshape(-1, k - 1)
+            target, a = _neighbours(x.reshape(-1, *self.shape))
+            a = a.reshape(-1, k - 1)
             a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
             gram += (a.T @ a).numpy()
-            cross += (a.T @ x.reshape(-1)).numpy()
+            cross += (a.T @ target.reshape(-1)).numpy()
         # A whisker of ridge keeps the system solvable when the images are constant.
         ridge = 1e-9 * max(float(np.trace(gram)), 1.0) * np.eye(k)
         self.weights = np.linalg.solve(gram + ridge, cross).tolist()
         return self
 
     def complexity(self, x: torch.Tensor) -> torch.Tensor:
-        """(n,) float64 mean squared prediction residual of flat float32 rows x (n, C*H*W)."""
-        w = torch.tensor(self.weights[:-1], dtype=x.dtype)
-        pred = _neighbours(x.reshape(-1, *self.shape)) @ w + self.weights[-1]
-        resid = x.reshape(-1, *self.shape) - pred
-        return resid.pow(2).flatten(1).mean(dim=1).double()
+        """(n,) float64 mean squared prediction residual of flat float32 rows x (n, C*H*W),
+        over the pixels whose causal neighbours lie inside the image."""
+        target, a = _neighbours(x.reshape(-1, *self.shape).double())
+        w = torch.tensor(self.weights[:-1], dtype=torch.float64)
+        resid = target - (a @ w + self.weights[-1])
+        return resid.pow(2).flatten(1).mean(dim=1)
+
+    def complexity_of(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`complexity` of flat rows X (n, C*H*W), chunk by chunk (memory bounded)."""
+        step = max(1, _FIT_BUDGET // max(1, X.shape[1]))
+        parts = [self.complexity(torch.from_numpy(np.ascontiguousarray(X[i : i + step])))
+                 for i in range(0, len(X), step)]
+        return torch.cat(parts).numpy() if parts else np.zeros(0)
 
     def to_dict(self) -> dict[str, list[float] | list[int]]:
         """JSON-ready state."""
@@ -155,4 +166,5 @@ def robust_location_scale(values: np.ndarray) -> tuple[float, float]:
     scale = float(q3 - q1) / 1.349
     if not scale > 0:
         scale = float(np.std(values))
-    return loc, max(scale, 1e-12 * max(1.0, abs(loc)))
+    # Floor: a sample that hardly varies must not turn float32 rounding into many scales.
+    return loc, max(scale, 1e-6 * abs(loc), 1e-12)

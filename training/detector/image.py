@@ -96,18 +96,18 @@ class ImageDetector(BaseDetector):
     local_corrections_: dict[str, ComplexityCorrection] | None = None
 
     def _fit_scores(self, X_train: np.ndarray, X_val: np.ndarray) -> None:
+        self.local_ = self.local_corrections_ = None  # the network's own scores first
         super()._fit_scores(X_train, X_val)
         local = [k for k in self.score_kinds if k.endswith("_vs_local")]
         if not local and "elbo_vs_png" not in self.score_kinds:
             return
-        self.local_corrections_ = None  # the network's own scores first
         raw = self._raw_from_matrix(X_val)
         if "elbo_vs_png" in self.score_kinds:
             self.complexity_slope_ = ComplexityCorrection.fit(
                 raw["elbo"], png_bytes(X_val, self.preprocessor_.shape)).slope
         if local:
             self.local_ = LocalPredictor(self.preprocessor_.shape).fit(X_train)
-            c = self.local_.complexity(torch.from_numpy(X_val)).numpy()
+            c = self.local_.complexity_of(X_val)
             self.local_corrections_ = {
                 k: ComplexityCorrection.fit(raw[k.removesuffix("_vs_local")], c) for k in local}
 

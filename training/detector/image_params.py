@@ -87,7 +87,7 @@ class ImageDetectorParams(DetectorParams):
     @property
     def network_primary(self) -> str:
         """The network's own primary score: the first part of ``combined``."""
-        return self.default_primary[DENSE_TWIN.get(self.kind, self.kind)]
+        return self.plain_primary[DENSE_TWIN.get(self.kind, self.kind)]
 
 
 def resolve_image(params: ImageDetectorParams, n_images: int, shape: tuple[int, int, int]
