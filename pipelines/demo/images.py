@@ -38,7 +38,7 @@ def run_image_demo(folder: Path, uri: str, max_epochs: int | None = None) -> Tra
     m = result.metrics
     for kind in result.thresholds:
         star = " *" if kind == result.primary_score else ""
-        print(f"  {kind + star:8s} AUROC {m[f'eval/auroc_{kind}']:.4f}  "
+        print(f"  {kind + star:16s} AUROC {m[f'eval/auroc_{kind}']:.4f}  "
               f"AP {m[f'eval/ap_{kind}']:.4f}  recall {m[f'eval/recall_{kind}']:.3f} at FPR "
               f"{m[f'eval/fpr_{kind}']:.3f}")
     print(f"models:/digits@{result.alias} -> version {result.version}; pictures under the run's "
