@@ -163,3 +163,13 @@ def test_images_with_the_neighbour_score_fit_too(simpler_task):
     det = _fit(train, kind="conv_ae", neighbours=3)
     assert set(det.combination_) == {"recon", "knn"}
     assert {"combined", "recon_vs_local"} <= set(det.raw_scores(X))
+
+
+def test_images_too_small_to_predict_score_by_the_network_alone():
+    """Under 3 x 4 pixels no pixel has its six neighbours: complexity 0 for every image, and
+    the corrected score is the network's own, standardised (finite, calibrated)."""
+    images = np.random.default_rng(0).random((60, 2, 3)).astype(np.float32)
+    det = ImageDetector(kind="conv_ae", max_epochs=2).fit(images[:40]).calibrate(images[40:])
+    assert det.local_.complexity_of(images.reshape(60, -1)).tolist() == [0.0] * 60
+    scores = det.score(images[:5])
+    assert np.isfinite(scores["score_recon_vs_local"]).all()

@@ -11,7 +11,8 @@ The background model here is a linear predictive coder, the front half of lossle
 coders such as JPEG-LS and CALIC: every pixel is predicted from six neighbours already seen in
 raster order (two to the left, three above, one two rows up), with one set of weights for every
 position and channel, fitted by least squares on the training images. Only pixels whose six
-neighbours all lie inside the image count (an image needs 3 rows and 4 columns at least). An image's
+neighbours all lie inside the image count; an image smaller than 3 rows by 4 columns has none,
+and its complexity is 0 (the score is then the network's own, standardised). An image's
 **complexity** is its mean squared prediction residual; up to constants, the code length of
 its residuals under a Gaussian of fixed variance. A blurred or flat image is easy to predict
 and gets a low complexity even where a general-purpose compressor (PNG) finds blurred edges
@@ -87,6 +88,9 @@ class LocalPredictor:
         """(n,) float64 mean squared prediction residual of flat float32 rows x (n, C*H*W),
         over the pixels whose causal neighbours lie inside the image."""
         target, a = _neighbours(x.reshape(-1, *self.shape).double())
+        if target.shape[-2] <= 0 or target.shape[-1] <= 0:
+            # Smaller than 3 x 4: no pixel to predict, every image equally simple.
+            return torch.zeros(len(target), dtype=torch.float64)
         w = torch.tensor(self.weights[:-1], dtype=torch.float64)
         resid = target - (a @ w + self.weights[-1])
         return resid.pow(2).flatten(1).mean(dim=1)
