@@ -54,7 +54,7 @@ import torch
 
 from training.calibration import ScoreCalibration
 from training.detector.registry import DETECTORS
-from training.detector.scores import CalibratedScores
+from training.detector.scores import CalibratedScores, robust_location_scale
 from training.errors import DataError, NotFittedError
 from training.nn.losses import (
     gaussian_nll,
@@ -219,7 +219,7 @@ class BaseDetector(CalibratedScores):
             self._reference_rows = np.sort(rows)
             self.reference_ = torch.from_numpy(np.ascontiguousarray(X_train[self._reference_rows]))
             raw = self._raw_from_matrix(X_val)
-            self.combination_ = {k: _location_scale(raw[k])
+            self.combination_ = {k: list(robust_location_scale(raw[k]))
                                  for k in (p.network_primary, "knn")}
 
     def _aggregate_posterior(self, X_train: np.ndarray, folds: np.ndarray | None = None
@@ -595,13 +595,6 @@ class _Member(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # autoencoders
         return self.decode(self.encode(x))
-
-
-def _location_scale(values: np.ndarray) -> list[float]:
-    """Median and interquartile range / 1.349 (the standard deviation of a normal sample),
-    floored: a robust standardisation of one score on the validation normals."""
-    q25, q50, q75 = np.quantile(values, [0.25, 0.5, 0.75])
-    return [float(q50), float(max((q75 - q25) / 1.349, 1e-12 * max(abs(q50), 1.0), 1e-300))]
 
 
 def _progress(total: int, desc: str):

@@ -32,11 +32,22 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from training.detector.scores import robust_location_scale
+
 # (row, column) offsets of the neighbours each pixel is predicted from: all causal in raster
 # order (above, or on the same row to the left).
 OFFSETS = ((0, -1), (0, -2), (-1, -1), (-1, 0), (-1, 1), (-2, 0))
-# Pixel values per least-squares chunk while fitting (memory bounded whatever the image size).
-_FIT_BUDGET = 1 << 20
+# Pixel values per chunk of images, fitting or scoring (memory bounded whatever the size).
+_CHUNK_BUDGET = 1 << 20
+# Floor of the standardisations' scales, relative to the median's size.
+_REL_FLOOR = 1e-6
+
+
+def _chunks(X: np.ndarray):
+    """Consecutive row blocks of flat images X as float tensors of ``_CHUNK_BUDGET`` values."""
+    step = max(1, _CHUNK_BUDGET // max(1, X.shape[1]))
+    for i in range(0, len(X), step):
+        yield torch.from_numpy(np.ascontiguousarray(X[i : i + step]))
 
 
 def _neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,10 +82,8 @@ class LocalPredictor:
         """
         k = len(OFFSETS) + 1
         gram, cross = np.zeros((k, k)), np.zeros(k)
-        step = max(1, _FIT_BUDGET // max(1, X.shape[1]))
-        for i in range(0, len(X), step):
-            x = torch.from_numpy(np.ascontiguousarray(X[i : i + step])).double()
-            target, a = _neighbours(x.reshape(-1, *self.shape))
+        for x in _chunks(X):
+            target, a = _neighbours(x.double().reshape(-1, *self.shape))
             a = a.reshape(-1, k - 1)
             a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
             gram += (a.T @ a).numpy()
@@ -97,9 +106,7 @@ class LocalPredictor:
 
     def complexity_of(self, X: np.ndarray) -> np.ndarray:
         """:meth:`complexity` of flat rows X (n, C*H*W), chunk by chunk (memory bounded)."""
-        step = max(1, _FIT_BUDGET // max(1, X.shape[1]))
-        parts = [self.complexity(torch.from_numpy(np.ascontiguousarray(X[i : i + step])))
-                 for i in range(0, len(X), step)]
+        parts = [self.complexity(x) for x in _chunks(X)]
         return torch.cat(parts).numpy() if parts else np.zeros(0)
 
     def to_dict(self) -> dict[str, list[float] | list[int]]:
@@ -142,13 +149,11 @@ class ComplexityCorrection:
     def fit(cls, score: np.ndarray, complexity: np.ndarray) -> ComplexityCorrection:
         """From the (n,) network scores and complexities of validation normals."""
         var = float(np.var(complexity))
-        slope = 0.0
-        if var > 0 and len(score) >= 2:
-            slope = max(float(np.cov(score, complexity, bias=True)[0, 1] / var), 0.0)
-        resid = score - slope * complexity
-        (r_loc, r_scale), (c_loc, c_scale) = robust_location_scale(resid), \
-            robust_location_scale(complexity)
-        return cls(slope, r_loc, r_scale, c_loc, c_scale)
+        slope = max(float(np.cov(score, complexity, bias=True)[0, 1] / var), 0.0) if var > 0 \
+            else 0.0
+        # A complexity that hardly varies must not turn float32 rounding into many scales.
+        return cls(slope, *robust_location_scale(score - slope * complexity, _REL_FLOOR),
+                   *robust_location_scale(complexity, _REL_FLOOR))
 
     def __call__(self, score: torch.Tensor, complexity: torch.Tensor) -> torch.Tensor:
         """(n,) float64 corrected scores from (n,) network scores and complexities."""
@@ -159,16 +164,3 @@ class ComplexityCorrection:
     def to_dict(self) -> dict[str, float]:
         """JSON-ready state."""
         return asdict(self)
-
-
-def robust_location_scale(values: np.ndarray) -> tuple[float, float]:
-    """Median and interquartile range / 1.349 (the standard deviation, for a Gaussian) of
-    (n,) values; the scale floored so that a constant sample still divides."""
-    values = np.asarray(values, dtype=np.float64)
-    loc = float(np.median(values))
-    q1, q3 = np.quantile(values, [0.25, 0.75])
-    scale = float(q3 - q1) / 1.349
-    if not scale > 0:
-        scale = float(np.std(values))
-    # Floor: a sample that hardly varies must not turn float32 rounding into many scales.
-    return loc, max(scale, 1e-6 * abs(loc), 1e-12)

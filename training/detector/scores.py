@@ -106,3 +106,12 @@ def scored_primary(cols: Any) -> np.ndarray:
     any detector: a sequence's warm-up rows (no full window yet) are left out."""
     primary = np.asarray(cols["score"])
     return primary[~np.asarray(cols["warm_up"])] if "warm_up" in cols else primary
+
+
+def robust_location_scale(values: np.ndarray, rel_floor: float = 1e-12) -> tuple[float, float]:
+    """Median and interquartile range / 1.349 (the standard deviation of a normal sample) of
+    (n,) values: a robust standardisation on the validation normals. The scale is at least
+    ``rel_floor`` times the median's size and 1e-12, so a sample that hardly varies still
+    divides without turning rounding into many scales."""
+    q25, q50, q75 = np.quantile(np.asarray(values, dtype=np.float64), [0.25, 0.5, 0.75])
+    return float(q50), float(max((q75 - q25) / 1.349, rel_floor * abs(q50), 1e-12))
