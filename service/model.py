@@ -11,10 +11,8 @@ the first request that needs it.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +24,12 @@ import numpy as np
 
 from pipelines.registry.download import ModelSource
 from service.scoring.inputs import ModelInputs
-from training.detector.graph import GraphScorer, graph_ready
+from training.detector.graph import GraphScorer
+from training.detector.graph_files import (
+    graph_export_command,
+    graph_ready,
+    graph_runtime_available,
+)
 from training.detector.image_params import IMAGE_KINDS
 from training.detector.persistence import read_saved
 from training.detector.sequence_params import SEQUENCE_KINDS
@@ -35,9 +38,6 @@ from training.preprocessing.tabular import Records
 
 log = logging.getLogger(__name__)
 
-GRAPH_DIR = "graph"  # in a cached model folder, beside artifacts/
-# What exporting a graph needs (torch's exporter writes through onnxscript), and scoring one.
-_EXPORT_NEEDS = ("onnxruntime", "onnx", "onnxscript")
 _exports: dict[Path, threading.Thread] = {}
 _exports_lock = threading.Lock()
 
@@ -66,11 +66,6 @@ def _warmed_up(scorer: Any) -> Any:
     return scorer
 
 
-def graph_runtime_available() -> bool:
-    """Whether onnxruntime, onnx and onnxscript are installed (graphs are made and read)."""
-    return all(importlib.util.find_spec(m) is not None for m in _EXPORT_NEEDS)
-
-
 def export_graph_later(detector_dir: Path, graph_dir: Path) -> threading.Thread | None:
     """Write the graph folder ``graph_dir`` of the detector saved in ``detector_dir`` in a
     background process (lowered priority; the service keeps answering), unless it is there
@@ -92,12 +87,9 @@ def export_graph_later(detector_dir: Path, graph_dir: Path) -> threading.Thread 
 
 def _export(detector_dir: Path, graph_dir: Path) -> None:
     t0 = time.perf_counter()
-    # Niced before anything is imported: loading torch is most of the child's work.
-    cmd = [sys.executable, "-c", "import os, runpy; os.nice(10); "
-           "runpy.run_module('pipelines.export.onnx', run_name='__main__')",
-           str(detector_dir), str(graph_dir)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(graph_export_command(detector_dir, graph_dir),
+                              capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("%s: graph export did not run (%s); this model keeps scoring with torch",
                     graph_dir, e)

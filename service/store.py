@@ -34,8 +34,9 @@ from typing import Any
 
 from pipelines.registry.download import FetchedModel, ModelCache
 from pipelines.registry.uri import parse_model_uri
-from service.model import GRAPH_DIR, ServedModel
+from service.model import ServedModel
 from service.settings import Settings
+from training.detector.graph_files import GRAPH_DIR
 from training.errors import (
     ConfigError,
     ModelFormatError,

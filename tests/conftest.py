@@ -13,6 +13,9 @@ import torch
 # Two cores: one intra-op thread per test process keeps parallel subprocesses from thrashing.
 torch.set_num_threads(1)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# No background graph exports after every batch job or served model on two cores: the tests of
+# the graph paths turn it on where they need it.
+os.environ.setdefault("ANOMALY_GRAPH_RUNTIME", "false")
 
 
 @pytest.fixture(scope="session", autouse=True)

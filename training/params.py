@@ -15,6 +15,8 @@ from training.errors import ConfigError, shown
 from training.nn.names import ACTIVATION_NAMES
 
 KINDS = ("ae", "vae")
+# How a sequence model treats channels slower than its window (training.preprocessing.sequences).
+SLOW_RULES = ("centre", "keep")
 SCORE_KINDS = {"ae": ("recon",), "vae": ("agg_elbo", "elbo", "recon")}
 # The VAE's primary score is the plain ELBO: ``agg_elbo`` led only on the tables it was chosen
 # on and trailed ``elbo`` on the data it was not (docs/benchmarks/quality.md).

@@ -4,33 +4,72 @@ One job = one model and one input path or glob. Every input and output is checke
 columns match the model, outputs writable) before any row is scored; then each input is read in
 chunks, scored, and written to a temporary file renamed over the output at the end. The job
 logs one MLflow run in the ``batch-scoring`` experiment.
+
+A registered table model already in the model cache with its ONNX graph (written by the scoring
+service, or in the background after a job that scored it with torch) is scored through the
+graph, and the job leaves MLflow to a helper process (:mod:`pipelines.batch.runlog`) that
+confirms the cached version with the registry and keeps the run: the job itself imports neither
+torch nor MLflow, and starts scoring in about a second. ``ANOMALY_GRAPH_RUNTIME=false`` turns
+both off (every job resolves the model first and scores with torch).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import mlflow
 
 from pipelines.batch.engines import images as batch_images
 from pipelines.batch.engines.tables import _prepare, score_file
 from pipelines.batch.model import BatchModel, load_batch_model
 from pipelines.batch.options import ScoreOptions
 from pipelines.batch.plan import is_image_input, plan
-from pipelines.batch.results import EXPERIMENT, BatchResult, InputResult, ScoreSample, log_metrics
-from pipelines.registry.tracking import ensure_experiment, use_tracking_uri
+from pipelines.batch.results import (
+    EXPERIMENT,
+    BatchResult,
+    InputResult,
+    ScoreSample,
+    job_metrics,
+    job_summary,
+)
+from pipelines.batch.runlog import (
+    ModelMoved,
+    RunLog,
+    RunRequest,
+    cached_with_graph,
+    graph_enabled,
+    start_helper,
+)
+from pipelines.registry.download import DETECTOR_DIR
+from pipelines.registry.tracking import default_tracking_uri
+from pipelines.registry.uri import REGISTERED, parse_model_uri
+from training.detector.graph_files import GRAPH_DIR, graph_export_command, graph_ready
 from training.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-
 # -- the job -----------------------------------------------------------------------------------
-def run_batch(opts: ScoreOptions) -> BatchResult:
-    """Run one scoring job end to end and log it to MLflow."""
-    opts.check()
+def run_batch(opts: ScoreOptions, helper: RunLog | None = None) -> BatchResult:
+    """Run one scoring job end to end and log it to MLflow.
+
+    Args:
+        opts: the job.
+        helper: the MLflow helper :func:`~pipelines.batch.runlog.start_helper` started for
+            this job before its imports (default: started here when the job needs one).
+    """
+    try:
+        opts.check()
+    except BaseException:
+        if helper is not None:
+            helper.close()
+        raise
+    if opts.engine == "spark" and helper is not None:
+        helper.close()
+        helper = None
     if opts.engine == "spark" and is_image_input(opts.input):
         raise ConfigError(f"{opts.input}: --engine spark scores tables; score images with "
                           "--engine local")
@@ -38,11 +77,43 @@ def run_batch(opts: ScoreOptions) -> BatchResult:
         from pipelines.batch.engines.spark import run_spark
 
         return run_spark(opts)
-    pairs = plan(opts)
-    tracking_uri = use_tracking_uri(opts.tracking_uri)
+    tracking_uri = opts.tracking_uri or default_tracking_uri()
+    if helper is None:  # first: importing MLflow is the longest part of a small job
+        helper = start_helper(opts.model, tracking_uri, opts.cache_dir)
+    try:
+        pairs = plan(opts)
+        cached = cached_graph_model(opts.model, tracking_uri, opts.cache_dir) \
+            if helper is not None else None
+    except BaseException:
+        if helper is not None:
+            helper.close()
+        raise
+    if cached is not None:
+        request = RunRequest(tracking_uri=tracking_uri, model_uri=opts.model,
+                             version=cached.version, model_run_id=cached.run_id,
+                             experiment=EXPERIMENT, **_run_fields(opts, cached, pairs))
+        try:
+            return _score_all(opts, pairs, cached, helper.start(request))
+        except ModelMoved as e:
+            log.info("%s: %s, not the cached version %s: scoring with it", opts.model, e,
+                     cached.version)
+    elif helper is not None:
+        helper.close()
+    from pipelines.registry.tracking import use_tracking_uri
+
+    use_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="anomaly-score-") as tmp:
         model = load_batch_model(opts.model, Path(tmp), tracking_uri=tracking_uri,
                                  cache_dir=opts.cache_dir)
+        result = _score_all(opts, pairs, model, _InProcessRun(**_run_fields(opts, model, pairs)))
+    export_graph_after(opts.model, model)
+    return result
+
+
+def _score_all(opts: ScoreOptions, pairs: list[tuple[Path, Path]], model: BatchModel,
+               run: RunLog | _InProcessRun) -> BatchResult:
+    """Check every input, then score them into their outputs, the run kept by ``run``."""
+    try:
         todo, done = [], []
         for src, out in pairs:
             if opts.resume and out.exists():
@@ -52,36 +123,123 @@ def run_batch(opts: ScoreOptions) -> BatchResult:
                 prepare = batch_images.prepare if model.is_image else _prepare
                 todo.append(prepare(model, src, out, opts))  # every check before any scoring
         result = BatchResult(None, model.name, model.version, inputs=done).promised_by(model)
-        ensure_experiment(EXPERIMENT)
         start = time.perf_counter()
         sample = ScoreSample()
-        # Tags go with the run's creation: each separate call is one more database commit.
-        tags = {"model_name": model.name, "model_version": model.version, "engine": opts.engine}
-        with mlflow.start_run(run_name=f"score-{model.name.rsplit('/', 1)[-1]}",
-                              tags=tags) as run:
-            result.run_id = run.info.run_id
-            _log_params(opts, model, pairs)
-            try:
-                score = batch_images.score_images if model.is_image else score_file
-                for job in todo:
-                    result.inputs.append(score(model, job, opts.on_error, sample))
-            except BaseException as e:
-                mlflow.set_tag("error", str(e).splitlines()[0][:500] if str(e) else repr(e))
-                raise
-            result.seconds = time.perf_counter() - start
-            result.quantiles = sample.quantiles()
-            log_metrics(result)
+        log.info("%s version %s: scoring %d input(s) with %s", model.name, model.version,
+                 len(todo), getattr(model.detector, "runtime", "torch"))
+        for job in todo:
+            if model.is_image:
+                result.inputs.append(batch_images.score_images(model, job, opts.on_error,
+                                                               sample))
+            else:
+                result.inputs.append(score_file(model, job, opts.on_error, sample,
+                                                before_commit=run.confirm))
+        result.run_id = run.confirm()  # every input was skipped: still the registry's word
+        # The job's own time: not the wait for the registry's word on a small job.
+        result.seconds = time.perf_counter() - start - run.waited
+        result.quantiles = sample.quantiles()
+    except BaseException as e:
+        if not isinstance(e, ModelMoved):
+            run.finish(error=str(e).splitlines()[0][:500] if str(e) else repr(e))
+        raise
+    run.finish(job_metrics(result), job_summary(result))
     return result
 
 
-def _log_params(opts: ScoreOptions, model: BatchModel, pairs: list[tuple[Path, Path]]) -> None:
-    mlflow.log_params({
-        "model_uri": opts.model, "model_name": model.name, "model_version": model.version,
-        "input": opts.input[:500], "output": opts.output[:500], "n_inputs": len(pairs),
-        "on_error": opts.on_error, "engine": opts.engine, "chunk_rows": opts.chunk_rows,
-        "keep": ",".join(opts.keep or [])[:500], "resume": opts.resume,
-        **({"decode_workers": opts.decode_workers, "maps_dir": (opts.maps_dir or "")[:500]}
-           if model.is_image else {}),
-    })
-    mlflow.log_text("\n".join(str(src) for src, _ in pairs), "inputs.txt")
+def _run_fields(opts: ScoreOptions, model: BatchModel, pairs: list[tuple[Path, Path]]
+                ) -> dict:
+    """The run's name, tags (set with its creation: each separate call is one more database
+    commit), parameters and list of inputs."""
+    return {
+        "run_name": f"score-{model.name.rsplit('/', 1)[-1]}",
+        "tags": {"model_name": model.name, "model_version": model.version,
+                 "engine": opts.engine},
+        "params": {
+            "model_uri": opts.model, "model_name": model.name, "model_version": model.version,
+            "input": opts.input[:500], "output": opts.output[:500], "n_inputs": len(pairs),
+            "on_error": opts.on_error, "engine": opts.engine, "chunk_rows": opts.chunk_rows,
+            "keep": ",".join(opts.keep or [])[:500], "resume": opts.resume,
+            **({"decode_workers": opts.decode_workers,
+                "maps_dir": (opts.maps_dir or "")[:500]} if model.is_image else {}),
+        },
+        "inputs_text": "\n".join(str(src) for src, _ in pairs),
+    }
 
+
+class _InProcessRun:
+    """The job's run kept in this process (MLflow imported): opened before any scoring."""
+
+    def __init__(self, run_name: str, tags: dict[str, str], params: dict, inputs_text: str):
+        import mlflow
+
+        from pipelines.registry.tracking import ensure_experiment
+
+        ensure_experiment(EXPERIMENT)
+        self.run = mlflow.start_run(run_name=run_name, tags=tags)
+        mlflow.log_params(params)
+        mlflow.log_text(inputs_text, "inputs.txt")
+
+    waited = 0.0
+
+    def confirm(self) -> str:
+        """The run id (the version was resolved before the job began)."""
+        return self.run.info.run_id
+
+    def finish(self, metrics: dict[str, float] | None = None, summary: str = "",
+               error: str | None = None) -> None:
+        """Log the metrics and summary, or the error, and end the run."""
+        import mlflow
+
+        if error is not None:
+            mlflow.set_tag("error", error)
+            mlflow.end_run("FAILED")
+            return
+        mlflow.log_metrics(metrics or {})
+        mlflow.log_text(summary, "summary.json")
+        mlflow.end_run()
+
+
+# -- the graph fast path -----------------------------------------------------------------------
+def cached_graph_model(uri: str, tracking_uri: str, cache_dir: Path | str | None = None,
+                       threads: int | None = None) -> BatchModel | None:
+    """The version of ``uri`` last cached, scored through its ONNX graph, when it is a
+    registered table model whose cached folder holds a complete graph; else None.
+
+    Its version is the one the cache recorded: the caller confirms it with the registry
+    before it commits any output (:class:`~pipelines.batch.runlog.RunLog`).
+    """
+    found = cached_with_graph(uri, tracking_uri, cache_dir)
+    if found is None:
+        return None
+    fetched, graph_dir = found
+    from training.detector.graph import GraphScorer
+
+    try:
+        scorer = GraphScorer(fetched.detector_dir, graph_dir,
+                             threads or len(os.sched_getaffinity(0)))
+    except Exception as e:  # noqa: BLE001 - a stale or broken graph: score with torch
+        log.warning("%s: its graph does not load (%s); scoring with torch", graph_dir,
+                    str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+        return None
+    src = fetched.source
+    return BatchModel(uri=src.uri, name=src.name, version=src.version, path=fetched.path,
+                      detector=scorer, run_id=src.run_id)
+
+
+def export_graph_after(uri: str, model: BatchModel,
+                       spawn: Callable[..., object] = subprocess.Popen) -> bool:
+    """After a job that scored a cached registered table model with torch, write its graph
+    beside it in a detached, niced process, so that the next job scores without torch.
+
+    Returns:
+        whether an export was started.
+    """
+    graph_dir = model.path / GRAPH_DIR
+    if (model.is_image or model.is_sequence or not graph_enabled() or graph_ready(graph_dir)
+            or parse_model_uri(uri).kind != REGISTERED):
+        return False
+    spawn(graph_export_command(model.path / DETECTOR_DIR, graph_dir),
+          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+          start_new_session=True)
+    log.info("%s: writing its ONNX graph in the background for the next job", graph_dir)
+    return True

@@ -10,40 +10,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from pipelines.registry.download import load_model
-from training.detector import Detector
-from training.detector.image import ImageDetector
-from training.detector.sequence import SequenceDetector
+from training.detector.image_params import IMAGE_KINDS
+from training.detector.sequence_params import SEQUENCE_KINDS
 from training.preprocessing.tabular import NUMERIC
+
+if TYPE_CHECKING:
+    from training.detector import Detector
+    from training.detector.graph import GraphScorer
 
 MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN = "model_name", "model_version"
 
 
 @dataclass
 class BatchModel:
-    """A model ready to score: where it came from, where it lies, and its detector."""
+    """A model ready to score: where it came from, where it lies, and its detector (or, for a
+    cached table model with its ONNX graph, the graph's scorer: the same scores without torch).
+    """
 
     uri: str
     name: str
     version: str
     path: Path
-    detector: Detector
+    detector: Detector | GraphScorer
+    run_id: str | None = None  # the MLflow run that logged it
+
+    @property
+    def kind(self) -> str:
+        """The model kind (``ae``, ``vae``, ``conv_ae``, ``seq_ae``...)."""
+        return str(self.detector.params.kind)
 
     @property
     def is_image(self) -> bool:
         """Whether the model scores image files (one output row per image) instead of rows."""
-        return isinstance(self.detector, ImageDetector)
+        return self.kind in IMAGE_KINDS
 
     @property
     def is_sequence(self) -> bool:
         """Whether the model scores series: one output row per input row, each scored with
         the rows before it in its series (across chunks), the first ``window - 1`` warm-up."""
-        return isinstance(self.detector, SequenceDetector)
+        return self.kind in SEQUENCE_KINDS
 
     @property
     def input_columns(self) -> list[str]:
@@ -108,7 +120,7 @@ def load_batch_model(uri: str, workdir: Path | None = None, *, tracking_uri: str
     loaded = load_model(uri, tracking_uri=tracking_uri, cache_dir=cache_dir, workdir=workdir)
     return BatchModel(uri=loaded.source.uri, name=loaded.source.name,
                       version=loaded.source.version, path=loaded.path,
-                      detector=loaded.detector)
+                      detector=loaded.detector, run_id=loaded.source.run_id)
 
 
 def result_arrays(model: BatchModel, fields: list[pa.Field], scores: pd.DataFrame

@@ -7,7 +7,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import mlflow
 import numpy as np
 
 EXPERIMENT = "batch-scoring"
@@ -98,7 +97,7 @@ class ScoreSample:
         return out
 
 
-def log_metrics(result: BatchResult) -> None:
+def job_metrics(result: BatchResult) -> dict[str, float]:
     """Rows, anomalies, anomaly rate, score quantiles, seconds and rows/s of a finished job."""
     scored = [r for r in result.inputs if not r.skipped]
     metrics = {
@@ -111,6 +110,18 @@ def log_metrics(result: BatchResult) -> None:
     }
     if result.achievable_fpr is not None:
         metrics.update(target_fpr=result.target_fpr, achievable_fpr=result.achievable_fpr)
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-    mlflow.log_text(json.dumps([r.__dict__ for r in result.inputs], indent=1), "summary.json")
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def job_summary(result: BatchResult) -> str:
+    """``summary.json``: what each input produced."""
+    return json.dumps([r.__dict__ for r in result.inputs], indent=1)
+
+
+def log_metrics(result: BatchResult) -> None:
+    """Log :func:`job_metrics` and :func:`job_summary` to the active MLflow run."""
+    import mlflow
+
+    mlflow.log_metrics(job_metrics(result))
+    mlflow.log_text(job_summary(result), "summary.json")
 

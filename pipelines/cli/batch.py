@@ -47,13 +47,21 @@ def score(state: Globals, model: str, input_: str, output: str, keep: list[str] 
     p-value, is_anomaly, model name and version. The output appears only when the whole input
     is scored. Each job logs a run in the 'batch-scoring' experiment.
     """
+    from pipelines.batch.runlog import start_helper
+    from pipelines.registry.tracking import default_tracking_uri
+
+    # Before the job's imports: the MLflow helper of a cached graph model imports MLflow
+    # on the other core meanwhile.
+    helper = start_helper(model, state.tracking_uri or default_tracking_uri()) \
+        if engine == "local" else None
     from pipelines.batch.job import run_batch
     from pipelines.batch.options import ScoreOptions
 
     result = run_batch(ScoreOptions(
         model=model, input=input_, output=output, keep=keep, on_error=on_error, resume=resume,
         engine=engine, spark_master=spark_master, chunk_rows=chunk_rows,
-        tracking_uri=state.tracking_uri, maps_dir=maps_dir, decode_workers=decode_workers))
+        tracking_uri=state.tracking_uri, maps_dir=maps_dir, decode_workers=decode_workers),
+        helper=helper)
     click.echo(format_scoring(result))
     return 0
 

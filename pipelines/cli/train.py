@@ -13,8 +13,14 @@ from pipelines.train.config import TrainConfig
 from training.detector.image_params import DENSE_TWIN, IMAGE_KINDS, ImageDetectorParams
 from training.detector.sequence_params import SEQUENCE_KINDS
 from training.nn.names import ACTIVATION_NAMES, ARCHITECTURES
-from training.params import DEFAULT_PRIMARY, KINDS, MAX_EPOCHS, SCORE_KINDS, DetectorParams
-from training.preprocessing.sequences import SLOW_RULES
+from training.params import (
+    DEFAULT_PRIMARY,
+    KINDS,
+    MAX_EPOCHS,
+    SCORE_KINDS,
+    SLOW_RULES,
+    DetectorParams,
+)
 
 # The flags, by the config keys they override (MODEL_FLAGS: keys under ``model:``).
 TOP_FLAGS = ("data", "kind", "name", "label_column", "id_column", "eval_data", "target_fpr",

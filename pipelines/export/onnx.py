@@ -192,7 +192,7 @@ def write_graph_folder(detector_dir: str | Path, graph_dir: str | Path) -> Path:
         ``graph_dir``.
     """
     from pipelines.registry.download import replace_folder
-    from training.detector.graph import GRAPH_FILE, MARKER, graph_marker
+    from training.detector.graph_files import GRAPH_FILE, MARKER, graph_marker
     from training.detector.persistence import load_detector
 
     detector_dir, graph_dir = Path(detector_dir), Path(graph_dir)

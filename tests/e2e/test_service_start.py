@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.detector.graph import graph_ready
+from training.detector.graph_files import graph_ready
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

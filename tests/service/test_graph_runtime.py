@@ -13,7 +13,7 @@ import pytest
 from service import model as served_model
 from service.model import ModelSource, ServedModel
 from training.detector import Detector
-from training.detector.graph import MARKER, graph_ready
+from training.detector.graph_files import MARKER, graph_ready
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -10,12 +10,7 @@ pass is several times faster (``docs/export.md``).
 
 It scores only: explanations, latent codes and reconstructions need the detector's networks.
 
-A graph folder, beside the saved detector it was made from::
-
-    score.onnx      the scoring graph (input ``x``, one output per score kind)
-    score.onnx.json the export's sidecar (thresholds, preprocessing, as ``anomaly export``)
-    graph.json      written last: the graph's format, the detector format it was made from,
-                    the records per pass
+The graph folder's layout and completeness check: :mod:`training.detector.graph_files`.
 """
 
 from __future__ import annotations
@@ -26,33 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from training.detector.persistence import FORMAT_VERSION, read_calibrations, read_saved
+from training.detector.graph_files import GRAPH_FILE, INPUT, MARKER, graph_ready
+from training.detector.persistence import read_calibrations, read_saved
 from training.detector.scores import CalibratedScores
 from training.errors import ModelFormatError
 from training.params import KINDS, DetectorParams
 from training.preprocessing.tabular import TabularPreprocessor
-
-GRAPH_VERSION = 1  # bumped whenever what a graph folder holds changes meaning
-GRAPH_FILE = "score.onnx"
-MARKER = "graph.json"
-INPUT = "x"
-
-
-def graph_marker(score_chunk: int) -> dict[str, Any]:
-    """What ``graph.json`` records: the formats, and the records per pass."""
-    return {"graph_version": GRAPH_VERSION, "detector_format": FORMAT_VERSION,
-            "score_chunk": int(score_chunk)}
-
-
-def graph_ready(graph_dir: Path) -> bool:
-    """Whether ``graph_dir`` holds a complete graph of the current formats."""
-    try:
-        marker = json.loads((Path(graph_dir) / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return (isinstance(marker, dict) and marker.get("graph_version") == GRAPH_VERSION
-            and marker.get("detector_format") == FORMAT_VERSION
-            and (Path(graph_dir) / GRAPH_FILE).is_file())
 
 
 class GraphScorer(CalibratedScores):

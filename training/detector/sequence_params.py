@@ -13,8 +13,7 @@ from typing import Any, ClassVar
 
 from training.errors import ConfigError, shown
 from training.nn.names import ARCHITECTURES
-from training.params import SCORE_KINDS, DetectorParams
-from training.preprocessing.sequences import SLOW_RULES
+from training.params import SCORE_KINDS, SLOW_RULES, DetectorParams
 
 SEQUENCE_KINDS = ("seq_ae", "seq_vae")
 DENSE_TWIN = {"seq_ae": "ae", "seq_vae": "vae"}

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from training.errors import DataError, shown
+from training.params import SLOW_RULES
 from training.preprocessing.tabular import CATEGORICAL, NUMERIC, ColumnSpec
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ GAP_FACTOR = 1.5  # a step longer than this times the median step is a gap
 MIN_WINDOW = 8
 MAX_WINDOW = 128
 _STD_FLOOR = 1e-6
-SLOW_RULES = ("centre", "keep")
 
 
 def decorrelation_lags(values: np.ndarray, n_rows: int,

@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -18,8 +20,10 @@ from pipelines.batch.plan import _prepare_output
 from pipelines.batch.results import InputResult, ScoreSample
 from training.data.tables import check_types
 from training.detector.scores import scored_primary
-from training.detector.sequence import SeriesStream
 from training.errors import DataError
+
+if TYPE_CHECKING:
+    from training.detector.sequence import SeriesStream
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +73,13 @@ def _progress(total: int | None, desc: str):
     return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, leave=False)
 
 
-def score_file(model: BatchModel, job: _Prepared, on_error: str, sample: ScoreSample
-               ) -> InputResult:
-    """Score one prepared input into its output; all or nothing."""
+def score_file(model: BatchModel, job: _Prepared, on_error: str, sample: ScoreSample,
+               before_commit: Callable[[], object] | None = None) -> InputResult:
+    """Score one prepared input into its output; all or nothing.
+
+    ``before_commit`` runs once every row is scored, before the output and its rejects file
+    are renamed into place; what it raises leaves neither.
+    """
     res = InputResult(str(job.src), str(job.out))
     read_cols = list(dict.fromkeys(job.keep + model.input_columns))
     n_keep = len(job.keep)
@@ -100,6 +108,8 @@ def score_file(model: BatchModel, job: _Prepared, on_error: str, sample: ScoreSa
                     last_log = time.perf_counter()
                     log.info("%s: %d rows scored (%.0f rows/s)", job.src, res.rows,
                              res.rows / (last_log - start))
+            if before_commit is not None:
+                before_commit()
             rejects.commit()
     except BaseException:
         rejects.abort()

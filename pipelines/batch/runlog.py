@@ -1,0 +1,239 @@
+"""A batch job's MLflow run, kept by a helper process while the job scores.
+
+Importing MLflow and opening its store takes seconds, longer than scoring a small file through
+a model's ONNX graph. When a job scores a cached table model through its graph
+(:mod:`pipelines.batch.job`), it starts ``python -m pipelines.batch.runlog`` first and goes on
+without MLflow; the helper, on the other core:
+
+1. resolves the model URI in the registry and checks that it still names the cached version
+   (an alias may have moved since it was cached);
+2. creates the job's run (tags, parameters, ``inputs.txt``) and answers with its id;
+3. waits for the job's end: logs its metrics and ``summary.json`` and finishes the run, or
+   marks it failed with the job's error.
+
+The job commits no output before step 1 has answered (:meth:`RunLog.confirm`), so it never
+writes scores of a version the registry no longer names. One JSON line each way per step, on
+the helper's stdin and stdout. A job that dies mid-way closes the helper's stdin: the run is
+marked failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pipelines.registry.download import FetchedModel, ModelCache
+from pipelines.registry.uri import REGISTERED, parse_model_uri
+from training import errors
+from training.detector.graph_files import GRAPH_DIR, graph_ready, graph_runtime_available
+from training.errors import AnomalyError, ConfigError, RegistryUnavailable
+
+GRAPH_ENV = "ANOMALY_GRAPH_RUNTIME"
+
+
+def graph_enabled() -> bool:
+    """Whether jobs may score through ONNX graphs (``ANOMALY_GRAPH_RUNTIME``, on by default)
+    and the runtime is installed."""
+    off = os.environ.get(GRAPH_ENV, "true").strip().lower() in ("0", "false", "no", "off")
+    return not off and graph_runtime_available()
+
+
+def cached_with_graph(uri: str, tracking_uri: str, cache_dir: Path | str | None
+                      ) -> tuple[FetchedModel, Path] | None:
+    """The cached version of a registered model URI and its complete graph folder, or None
+    (files only: nothing is loaded)."""
+    try:
+        parsed = parse_model_uri(uri)
+    except ConfigError:
+        return None
+    if parsed.kind != REGISTERED or not graph_enabled():
+        return None
+    fetched = ModelCache(cache_dir, tracking_uri).cached(uri)
+    if fetched is None or not graph_ready(fetched.path / GRAPH_DIR):
+        return None
+    return fetched, fetched.path / GRAPH_DIR
+
+
+def start_helper(uri: str, tracking_uri: str, cache_dir: Path | str | None = None
+                 ) -> RunLog | None:
+    """The helper, started now, when a job of ``uri`` will score a cached graph; else None."""
+    return RunLog() if cached_with_graph(uri, tracking_uri, cache_dir) is not None else None
+
+
+class ModelMoved(AnomalyError):
+    """The registry names another version than the cached one: score again with that one."""
+
+    def __init__(self, version: str):
+        super().__init__(f"the registry now names version {version}")
+        self.version = version
+
+
+@dataclass
+class RunRequest:
+    """What the helper needs to resolve the model and open the run."""
+
+    tracking_uri: str
+    model_uri: str
+    version: str  # the cached version the job scores with
+    model_run_id: str | None
+    experiment: str
+    run_name: str
+    tags: dict[str, str]
+    params: dict[str, Any]
+    inputs_text: str
+
+
+class RunLog:
+    """The job's side of the helper: start it, confirm the version, finish the run."""
+
+    def __init__(self) -> None:
+        """Start the helper: it imports MLflow while the job goes on, then waits for
+        :meth:`start`."""
+        self.run_id: str | None = None
+        self.waited = 0.0  # seconds the job spent waiting in confirm()
+        self._confirmed = False
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.batch.runlog"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1)
+
+    def start(self, request: RunRequest) -> RunLog:
+        """Ask the helper to confirm the version and open the run; returns self."""
+        _send(self.proc.stdin, request.__dict__)
+        return self
+
+    def confirm(self) -> str:
+        """Wait until the registry has confirmed the version and the run is open.
+
+        Returns:
+            the run id.
+
+        Raises:
+            ModelMoved: the URI names another version now.
+            ModelNotFoundError, RegistryUnavailable...: what resolving the URI or opening the
+                run raised in the helper, as the same class.
+        """
+        if not self._confirmed:
+            t0 = time.perf_counter()
+            answer = self._receive()
+            self.waited += time.perf_counter() - t0
+            self._confirmed = True
+            if "moved" in answer:
+                self.close()
+                raise ModelMoved(str(answer["moved"]))
+            if "error" in answer:
+                self.close()
+                cls = getattr(errors, str(answer["error"]), None)
+                if not (isinstance(cls, type) and issubclass(cls, AnomalyError)):
+                    cls = RegistryUnavailable
+                raise cls(str(answer["message"]))
+            self.run_id = str(answer["run_id"])
+        return self.run_id  # type: ignore[return-value]
+
+    def finish(self, metrics: dict[str, float] | None = None, summary: str = "",
+               error: str | None = None) -> None:
+        """Log the job's metrics and summary (or its error) and finish the run."""
+        if self.proc.poll() is None:
+            try:
+                _send(self.proc.stdin, {"metrics": metrics or {}, "summary": summary,
+                                        "error": error})
+                answer = self._receive()
+            except RegistryUnavailable:
+                if error is None:
+                    raise
+            else:
+                if "error" in answer and error is None:
+                    raise RegistryUnavailable(str(answer["message"]))
+        self.close()
+
+    def close(self) -> None:
+        """Stop the helper (an open run is marked failed)."""
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._stderr.close()
+
+    def _receive(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self._stderr.seek(0)
+            why = (self._stderr.read().strip().splitlines() or ["no message"])[-1]
+            raise RegistryUnavailable(f"the MLflow run helper stopped ({why[:300]})")
+        return json.loads(line)
+
+
+def _send(stream: IO[str] | None, message: dict[str, Any]) -> None:
+    try:
+        stream.write(json.dumps(message) + "\n")  # type: ignore[union-attr]
+        stream.flush()  # type: ignore[union-attr]
+    except (OSError, ValueError) as e:
+        raise RegistryUnavailable(f"the MLflow run helper stopped ({e})") from None
+
+
+def _serve(inp: IO[str], out: IO[str]) -> int:
+    """The helper: one request, one run."""
+    import mlflow
+
+    from pipelines.registry.download import get_version
+    from pipelines.registry.tracking import ensure_experiment, use_tracking_uri
+    from pipelines.registry.uri import parse_model_uri
+
+    req = RunRequest(**json.loads(inp.readline()))
+    try:
+        uri = use_tracking_uri(req.tracking_uri)
+        mv = get_version(parse_model_uri(req.model_uri, registered_only=True), uri)
+        if str(mv.version) != req.version or mv.run_id != req.model_run_id:
+            _send(out, {"moved": str(mv.version)})
+            return 0
+        ensure_experiment(req.experiment)
+        run = mlflow.start_run(run_name=req.run_name, tags=req.tags)
+        mlflow.log_params(req.params)
+        mlflow.log_text(req.inputs_text, "inputs.txt")
+    except AnomalyError as e:
+        _send(out, {"error": type(e).__name__, "message": str(e)})
+        return 0
+    except Exception as e:  # noqa: BLE001 - MLflow's store errors: the registry failed
+        _send(out, {"error": "RegistryUnavailable",
+                    "message": f"registry unreachable at {req.tracking_uri}: "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"})
+        return 0
+    _send(out, {"run_id": run.info.run_id})
+    line = inp.readline()
+    end = json.loads(line) if line else {"error": "the job stopped before it finished"}
+    try:
+        if end.get("error"):
+            mlflow.set_tag("error", str(end["error"])[:500])
+            mlflow.end_run("FAILED")
+        else:
+            mlflow.log_metrics({k: float(v) for k, v in end["metrics"].items()})
+            mlflow.log_text(end["summary"], "summary.json")
+            mlflow.end_run()
+    except Exception as e:  # noqa: BLE001 - the job hears of it and says so
+        _send(out, {"error": "RegistryUnavailable", "message": f"logging the run failed: {e}"})
+        return 0
+    _send(out, {"ok": True})
+    return 0
+
+
+if __name__ == "__main__":
+    protocol, sys.stdout = sys.stdout, sys.stderr  # what MLflow prints stays off the protocol
+    code = _serve(sys.stdin, protocol)
+    sys.stderr.flush()
+    # Everything is committed and answered: skip MLflow's exit hooks (over half a second,
+    # which the job would wait for).
+    os._exit(code)

@@ -1,0 +1,136 @@
+"""``anomaly score`` on a cached table model through its ONNX graph, as real processes.
+
+The first job scores with torch and writes the graph beside the cached model in the
+background; the next one scores through the graph, imports neither torch nor MLflow (its
+MLflow run is kept by a helper process), and writes the same scores. An alias that moved since
+the version was cached is followed; an unreachable registry fails the job with nothing written.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.cli.main import main
+from pipelines.demo.run import write_demo_data
+from tests.servers import free_port
+from training.detector.graph_files import graph_ready
+
+NAME = "graph-bc"
+SCORES = ["score", "score_recon"]
+P_VALUES = ["p_value", "p_value_recon"]
+# Prints which of torch and MLflow the job imported, at its exit.
+PROBE = ("import atexit, sys; atexit.register(lambda: sys.stderr.write('IMPORTED %s\\n' % "
+         "[m for m in ('torch', 'mlflow') if m in sys.modules])); "
+         "from pipelines.cli.main import main; sys.exit(main(sys.argv[1:]))")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("graph-store")
+    csv = write_demo_data(folder)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    assert main(["train", "--data", str(csv), "--kind", "ae", "--name", NAME, "--id-column",
+                 "id", "--label-column", "malignant", "--epochs", "2", "--alias", "champion",
+                 "--tracking-uri", uri]) == 0
+    env = {**os.environ, "ANOMALY_CACHE_DIR": str(folder / "cache"),
+           "ANOMALY_GRAPH_RUNTIME": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    return {"folder": folder, "uri": uri, "csv": csv, "env": env,
+            "graph": folder / "cache" / NAME / "v1" / "graph"}
+
+
+def _score(store, out: Path, *, model: str = f"models:/{NAME}@champion",
+           tracking_uri: str | None = None, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
+    args = ["score", "--model", model, "--tracking-uri", tracking_uri or store["uri"],
+            "--input", str(store["csv"]), "--output", str(out), "--keep", "id"]
+    return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
+                          text=True, timeout=300, env={**store["env"], **(env or {})})
+
+
+def _wait_for_graph(graph: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not graph_ready(graph):
+        assert time.monotonic() < deadline, "the background export wrote no graph"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def torch_scored(store, tmp_path_factory) -> pd.DataFrame:
+    """The first job: torch, then the graph written in the background for the next one."""
+    out = tmp_path_factory.mktemp("torch") / "o.parquet"
+    done = _score(store, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "IMPORTED ['torch', 'mlflow']" in done.stderr
+    _wait_for_graph(store["graph"])
+    return pd.read_parquet(out)
+
+
+def test_cached_graph_scores_like_torch_without_importing_torch_or_mlflow(
+        store, torch_scored, tmp_path):
+    out = tmp_path / "o.parquet"
+    done = _score(store, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "IMPORTED []" in done.stderr
+    got = pd.read_parquet(out)
+    assert list(got.columns) == list(torch_scored.columns)
+    for c in SCORES:
+        np.testing.assert_allclose(got[c], torch_scored[c], rtol=1e-5, atol=1e-7, err_msg=c)
+    for c in P_VALUES:
+        # A record of the calibration split ties its own calibration score under torch; float32
+        # rounding in the graph may move it one rank, one step of 1 / (n_calibration + 1).
+        step = torch_scored[c].min()
+        assert np.abs(got[c] - torch_scored[c]).max() <= step + 1e-12, c
+        assert (got[c] == torch_scored[c]).mean() > 0.9, c
+    np.testing.assert_array_equal(got["id"], torch_scored["id"])
+    assert (got["is_anomaly"] == torch_scored["is_anomaly"]).mean() > 0.99
+    assert set(got["model_version"]) == {"1"}
+    # The helper kept the job's run: parameters, metrics, artifacts, finished.
+    client = MlflowClient(tracking_uri=store["uri"])
+    exp = client.get_experiment_by_name("batch-scoring")
+    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
+                             max_results=1)[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_id in done.stdout
+    assert run.data.params["model_version"] == "1" and run.data.tags["model_name"] == NAME
+    assert run.data.metrics["rows"] == len(got)
+    assert run.data.metrics["anomalies"] == int(got["is_anomaly"].sum())
+    names = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"inputs.txt", "summary.json"} <= names
+
+
+def test_a_moved_alias_is_followed_not_the_cached_version(store, torch_scored, tmp_path):
+    client = MlflowClient(tracking_uri=store["uri"], registry_uri=store["uri"])
+    v1 = client.get_model_version(NAME, "1")
+    v2 = client.create_model_version(NAME, v1.source, run_id=v1.run_id)
+    client.set_registered_model_alias(NAME, "champion", v2.version)
+    try:
+        out = tmp_path / "o.parquet"
+        done = _score(store, out)
+        assert done.returncode == 0, done.stderr[-3000:]
+        got = pd.read_parquet(out)
+        assert set(got["model_version"]) == {str(v2.version)}
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    finally:
+        client.set_registered_model_alias(NAME, "champion", "1")
+
+
+def test_an_unreachable_registry_fails_the_job_and_writes_nothing(store, torch_scored,
+                                                                  tmp_path):
+    out = tmp_path / "o.parquet"
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    done = _score(store, out, tracking_uri=dead,
+                  env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"})
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "registry unreachable at http://127.0.0.1:" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
