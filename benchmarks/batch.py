@@ -8,7 +8,9 @@ child holds the same rows as a float32 matrix and times the ceilings: the networ
 forward pass, and the scoring arithmetic (``_raw_from_matrix``: every score kind, for a VAE its
 Monte-Carlo draws and aggregate-prior term, without reading, preprocessing, p-values or
 output). A start-up row times the job on a single record: the fixed cost (process start,
-imports, the registry, the MLflow run) that large inputs spread over their rows.
+imports, the registry, the MLflow run) that large inputs spread over their rows. Each job runs
+twice (``--runtimes``): through the cached model's ONNX graph, as every job after a model's
+first does, and with torch (``ANOMALY_GRAPH_RUNTIME=false``); the ceilings are torch's.
 
     python benchmarks/batch.py [--kinds ae vae] [--rows 1000000 3000000 10000000] [--epochs 5]
     python benchmarks/batch.py --kinds vae --rows 1000000 --profile   # where the time goes
@@ -27,6 +29,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +102,8 @@ def timed_chunks(self, columns):
 io.TableReader.chunks = timed_chunks
 timed(tables, "_scored_batch", "scoring, all stages")
 timed(BaseDetector, "_raw_from_matrix", "scoring arithmetic")
+from training.detector.graph import GraphScorer
+timed(GraphScorer, "_raw_from_matrix", "scoring arithmetic")
 kinds = {}
 p_values = ScoreCalibration.p_values
 def timed_p_values(self, scores):
@@ -115,6 +120,13 @@ def remember(self, *a, **k):
     return matrix(self, *a, **k)
 BaseDetector._matrix = remember
 timed(BaseDetector, "_matrix", "preprocessing (validate, encode)")
+graph_matrix = GraphScorer._matrix
+def graph_remember(self, *a, **k):
+    for k_, c in self.calibrations_.items():
+        kinds[id(c)] = k_
+    return graph_matrix(self, *a, **k)
+GraphScorer._matrix = graph_remember
+timed(GraphScorer, "_matrix", "preprocessing (validate, encode)")
 timed(io.AtomicTableWriter, "write", "write")
 code = main(sys.argv[1:])
 total = time.perf_counter() - T0
@@ -181,6 +193,15 @@ def _score_cmd(model: str, src: Path, out: Path, uri: str) -> list[str]:
             "--tracking-uri", uri]
 
 
+def _wait_for_graph(folder: Path, timeout: float = 600.0) -> None:
+    """Until a graph of the model cached in ``folder`` is complete."""
+    deadline = time.monotonic() + timeout
+    while not list(folder.glob("v*/graph/graph.json")):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no graph written in {folder}")
+        time.sleep(0.5)
+
+
 def profile_table(model: str, src: Path, out: Path, uri: str, env: dict[str, str],
                   n: int) -> list[dict[str, str]]:
     """Seconds per stage of one job on ``src`` (see ``_PROFILE``), largest first."""
@@ -207,6 +228,11 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", choices=["ae", "vae"], default=["ae", "vae"],
                     help="model kinds to score with (the VAE with its defaults)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in every child")
+    ap.add_argument("--runtimes", nargs="+", choices=["graph", "torch"],
+                    default=["graph", "torch"],
+                    help="score each size through the cached model's ONNX graph (the default "
+                    "once the first job has written it) and/or with torch "
+                    "(ANOMALY_GRAPH_RUNTIME=false)")
     ap.add_argument("--profile", action="store_true",
                     help="also time each stage of a job on the largest size")
     args = ap.parse_args()
@@ -226,44 +252,59 @@ def main() -> None:
         models = {k: _train(k, csv, uri, args.epochs, env) for k in args.kinds}
         one = folder / "in-1.parquet"
         write_rows(one, 1)
+        envs = {"graph": env, "torch": {**env, "ANOMALY_GRAPH_RUNTIME": "false"}}
         for kind, model in models.items():
-            secs, mb, _ = _child([*anomaly, *_score_cmd(model, one, folder / "o.parquet", uri)],
-                                 env)
-            rows.append({"model": kind, "rows": "1 (start-up)", "end-to-end rows/s": "-",
-                         "scoring rows/s": "-", "in-memory scores rows/s": "-",
-                         "forward rows/s": "-", "e2e / in-memory scores": "-",
-                         "e2e / forward": "-", "e2e s": f"{secs:.1f}",
-                         "e2e peak MB": f"{mb:,.0f}", "in-memory peak MB": "-"})
+            # The first job caches the model and writes its graph in the background.
+            _child([*anomaly, *_score_cmd(model, one, folder / "o.parquet", uri)], env)
+            _wait_for_graph(folder / "cache" / f"bench-{kind}")
+            for runtime in args.runtimes:
+                secs, mb, _ = _child(
+                    [*anomaly, *_score_cmd(model, one, folder / "o.parquet", uri)],
+                    envs[runtime])
+                rows.append({"model": f"{kind} ({runtime})", "rows": "1 (start-up)",
+                             "end-to-end rows/s": "-", "scoring rows/s": "-",
+                             "in-memory scores rows/s": "-", "forward rows/s": "-",
+                             "e2e / in-memory scores": "-", "e2e / forward": "-",
+                             "e2e s": f"{secs:.1f}", "e2e peak MB": f"{mb:,.0f}",
+                             "in-memory peak MB": "-"})
         for n in args.rows:
             src = folder / f"in-{n}.parquet"
             write_rows(src, n)
             for kind, model in models.items():
                 out = folder / f"out-{n}.parquet"
-                log.info("%s: scoring %d rows ...", kind, n)
-                secs, mb, stdout = _child([*anomaly, *_score_cmd(model, src, out, uri)], env)
-                job_rate = float(stdout.strip().splitlines()[-1].split("(")[1].split()[0])
                 _, fmb, fout = _child([sys.executable, "-c", _IN_MEMORY, uri, model, str(src),
                                        str(args.threads)], env)
                 mem = json.loads(fout.strip().splitlines()[-1])
-                e2e, fwd, sc = n / secs, n / mem["forward"], n / mem["scores"]
-                rows.append({
-                    "model": kind, "rows": f"{n:,}",
-                    "end-to-end rows/s": f"{e2e:,.0f}", "scoring rows/s": f"{job_rate:,.0f}",
-                    "in-memory scores rows/s": f"{sc:,.0f}", "forward rows/s": f"{fwd:,.0f}",
-                    "e2e / in-memory scores": f"{e2e / sc:.3f}",
-                    "e2e / forward": f"{e2e / fwd:.3f}", "e2e s": f"{secs:.1f}",
-                    "e2e peak MB": f"{mb:,.0f}", "in-memory peak MB": f"{fmb:,.0f}",
-                })
-                if args.profile and n == max(args.rows):
-                    profiles[kind] = profile_table(model, src, out, uri, env, n)
-                out.unlink()
+                fwd, sc = n / mem["forward"], n / mem["scores"]
+                for runtime in args.runtimes:
+                    log.info("%s (%s): scoring %d rows ...", kind, runtime, n)
+                    secs, mb, stdout = _child([*anomaly, *_score_cmd(model, src, out, uri)],
+                                              envs[runtime])
+                    job_rate = float(stdout.strip().splitlines()[-1].split("(")[1].split()[0])
+                    e2e = n / secs
+                    rows.append({
+                        "model": f"{kind} ({runtime})", "rows": f"{n:,}",
+                        "end-to-end rows/s": f"{e2e:,.0f}",
+                        "scoring rows/s": f"{job_rate:,.0f}",
+                        "in-memory scores rows/s": f"{sc:,.0f}",
+                        "forward rows/s": f"{fwd:,.0f}",
+                        "e2e / in-memory scores": f"{e2e / sc:.3f}",
+                        "e2e / forward": f"{e2e / fwd:.3f}", "e2e s": f"{secs:.1f}",
+                        "e2e peak MB": f"{mb:,.0f}", "in-memory peak MB": f"{fmb:,.0f}",
+                    })
+                    if args.profile and n == max(args.rows):
+                        profiles[f"{kind} ({runtime})"] = profile_table(
+                            model, src, out, uri, envs[runtime], n)
+                    out.unlink()
             src.unlink()
     print(format_table(rows, list(rows[0])))
     print("end-to-end: the whole `anomaly score` process (start-up, registry, MLflow run, "
           "read, score, write);\nscoring: rows/s the job reports over reading, scoring and "
           "writing; in-memory scores: every score kind of the model on an in-memory float32 "
           "matrix;\nforward: the network's bare forward pass on it (that process holds the "
-          f"whole matrix). One torch thread; load average {os.getloadavg()[0]:.2f}.")
+          "whole matrix), both with torch. graph: the job scores through the cached model's "
+          "ONNX graph; torch: ANOMALY_GRAPH_RUNTIME=false.\n"
+          f"{args.threads} thread(s); load average {os.getloadavg()[0]:.2f}.")
     for kind, table in profiles.items():
         print(f"\n{kind}, {max(args.rows):,} rows: where the time goes")
         print(format_table(table, list(table[0])))

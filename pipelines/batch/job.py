@@ -215,8 +215,7 @@ def cached_graph_model(uri: str, tracking_uri: str, cache_dir: Path | str | None
     from training.detector.graph import GraphScorer
 
     try:
-        scorer = GraphScorer(fetched.detector_dir, graph_dir,
-                             threads or len(os.sched_getaffinity(0)))
+        scorer = GraphScorer(fetched.detector_dir, graph_dir, threads or _threads())
     except Exception as e:  # noqa: BLE001 - a stale or broken graph: score with torch
         log.warning("%s: its graph does not load (%s); scoring with torch", graph_dir,
                     str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
@@ -224,6 +223,15 @@ def cached_graph_model(uri: str, tracking_uri: str, cache_dir: Path | str | None
     src = fetched.source
     return BatchModel(uri=src.uri, name=src.name, version=src.version, path=fetched.path,
                       detector=scorer, run_id=src.run_id)
+
+
+def _threads() -> int:
+    """onnxruntime's intra-op threads for a job: ``OMP_NUM_THREADS`` when set, as torch reads
+    it; else 0, onnxruntime's default (one per physical core, as torch's)."""
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
 
 
 def export_graph_after(uri: str, model: BatchModel,
