@@ -14,7 +14,8 @@ graph), then times, in alternated rounds (so outside load hits every row alike):
 - ``anomaly score`` of one record, exec to exit and exec to its first scoring (the model
   loaded, the input checked), by default (the cached graph, the run kept by the helper) and
   with ``ANOMALY_GRAPH_RUNTIME=false`` (resolved in the registry, scored with torch, the run
-  kept in process: what every job did before);
+  kept in process: what every job did before), and by default against an ``mlflow server`` on
+  loopback (the run kept through its REST API, no helper process);
 - ``anomaly serve`` from exec to the first scored record (a 200 from ``/v1/models/NAME/score``):
   by default (served from the cache through the graph, the registry confirming the alias
   behind it), and with ``ANOMALY_START_FROM_CACHE=false ANOMALY_GRAPH_RUNTIME=false`` (the
@@ -106,12 +107,34 @@ def _score_times(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     return ready, time.perf_counter() - t
 
 
-def _wait_for_graph(cache: Path, timeout: float = 300.0) -> None:
+def _wait_for_graph(cache: Path, name: str = "bench", timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
-    while not list(cache.glob("bench/v*/graph/graph.json")):
+    while not list(cache.glob(f"{name}/v*/graph/graph.json")):
         if time.monotonic() > deadline:
             raise RuntimeError(f"no graph written in {cache}")
         time.sleep(0.5)
+
+
+def _mlflow_server(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` on loopback with a SQLite store and proxied artifacts in ``folder``."""
+    port = _free_port()
+    folder.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination",
+         str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers",
+         "1"], cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("mlflow server did not start")
 
 
 def main() -> None:
@@ -145,11 +168,22 @@ def main() -> None:
         body = json.dumps({"records": pd.read_csv(csv).drop(columns=["id", "malignant"])
                            .head(1).to_dict(orient="records")}).encode()
         _wait_for_graph(folder / "cache")
+        # The same against an MLflow tracking server: the job keeps its run through the
+        # server's REST API, with no helper process.
+        server, http = _mlflow_server(folder / "server", env)
+        subprocess.run([*anomaly, "train", "--data", str(csv), "--kind", args.kind, "--name",
+                        "bench-http", "--id-column", "id", "--label-column", "malignant",
+                        "--epochs", "2", "--tracking-uri", http],
+                       check=True, capture_output=True, env=env)
+        score_http = [*anomaly, "score", "--model", "models:/bench-http@challenger", "--input",
+                      str(one), "--output", str(folder / "out.parquet"), "--tracking-uri", http]
+        _timed(score_http, env)
+        _wait_for_graph(folder / "cache", "bench-http")
         before = {**env, "ANOMALY_START_FROM_CACHE": "false", "ANOMALY_GRAPH_RUNTIME": "false"}
         last: dict[str, float] = {}
 
-        def score_case(environ: dict[str, str], what: str) -> float:
-            ready, done = _score_times(score, environ)
+        def score_case(environ: dict[str, str], what: str, cmd: list[str] = score) -> float:
+            ready, done = _score_times(cmd, environ)
             last[what] = ready
             return done
 
@@ -167,6 +201,10 @@ def main() -> None:
                 lambda: score_case(env, "default"),
             "anomaly score, 1 record, default (exec to scoring)":
                 lambda: last["default"],
+            "anomaly score, 1 record, default, tracking server (exec to exit)":
+                lambda: score_case(env, "http", score_http),
+            "anomaly score, 1 record, default, tracking server (exec to scoring)":
+                lambda: last["http"],
             "anomaly score, 1 record, ANOMALY_GRAPH_RUNTIME=false (exec to exit)":
                 lambda: score_case(before, "torch"),
             "anomaly score, 1 record, ANOMALY_GRAPH_RUNTIME=false (exec to scoring)":
@@ -177,9 +215,13 @@ def main() -> None:
                 lambda: _serve_ready(serve, before, body),
         }
         times: dict[str, list[float]] = {k: [] for k in cases}
-        for _ in range(args.rounds):
-            for name, run in cases.items():
-                times[name].append(run())
+        try:
+            for _ in range(args.rounds):
+                for name, run in cases.items():
+                    times[name].append(run())
+        finally:
+            server.terminate()
+            server.wait()
     floor = statistics.median(times[BATCH_FLOOR])
     rows = [{"what": k, "median s": f"{statistics.median(v):.2f}",
              "range s": f"{min(v):.2f}-{max(v):.2f}",

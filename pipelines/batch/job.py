@@ -28,6 +28,7 @@ from pipelines.batch.engines.tables import _prepare, score_file
 from pipelines.batch.model import BatchModel, load_batch_model
 from pipelines.batch.options import ScoreOptions
 from pipelines.batch.plan import is_image_input, plan
+from pipelines.batch.restlog import RestRunLog
 from pipelines.batch.results import (
     EXPERIMENT,
     BatchResult,
@@ -42,6 +43,7 @@ from pipelines.batch.runlog import (
     RunRequest,
     cached_with_graph,
     graph_enabled,
+    rest_eligible,
     start_helper,
 )
 from pipelines.registry.download import DETECTOR_DIR
@@ -83,7 +85,7 @@ def run_batch(opts: ScoreOptions, helper: RunLog | None = None) -> BatchResult:
     try:
         pairs = plan(opts)
         cached = cached_graph_model(opts.model, tracking_uri, opts.cache_dir) \
-            if helper is not None else None
+            if helper is not None or rest_eligible(tracking_uri) else None
     except BaseException:
         if helper is not None:
             helper.close()
@@ -92,8 +94,10 @@ def run_batch(opts: ScoreOptions, helper: RunLog | None = None) -> BatchResult:
         request = RunRequest(tracking_uri=tracking_uri, model_uri=opts.model,
                              version=cached.version, model_run_id=cached.run_id,
                              experiment=EXPERIMENT, **_run_fields(opts, cached, pairs))
+        run = helper.start(request) if helper is not None else \
+            RestRunLog(tracking_uri).start(request)
         try:
-            return _score_all(opts, pairs, cached, helper.start(request))
+            return _score_all(opts, pairs, cached, run)
         except ModelMoved as e:
             log.info("%s: %s, not the cached version %s: scoring with it", opts.model, e,
                      cached.version)
@@ -111,7 +115,7 @@ def run_batch(opts: ScoreOptions, helper: RunLog | None = None) -> BatchResult:
 
 
 def _score_all(opts: ScoreOptions, pairs: list[tuple[Path, Path]], model: BatchModel,
-               run: RunLog | _InProcessRun) -> BatchResult:
+               run: RunLog | RestRunLog | _InProcessRun) -> BatchResult:
     """Check every input, then score them into their outputs, the run kept by ``run``."""
     try:
         todo, done = [], []

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlparse
 
 from pipelines.registry.download import FetchedModel, ModelCache
 from pipelines.registry.uri import REGISTERED, parse_model_uri
@@ -61,10 +62,27 @@ def cached_with_graph(uri: str, tracking_uri: str, cache_dir: Path | str | None
     return fetched, fetched.path / GRAPH_DIR
 
 
+# MLflow client settings the REST path (pipelines.batch.restlog) does not implement: with any of
+# them set, the helper process (MLflow's own client) keeps the run.
+_NEEDS_MLFLOW = ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+                 "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_AUTH")
+
+
+def rest_eligible(tracking_uri: str) -> bool:
+    """Whether a job's run on ``tracking_uri`` can be kept through a tracking server's REST
+    API (:mod:`pipelines.batch.restlog`), without MLflow's client."""
+    scheme = urlparse(tracking_uri).scheme
+    return scheme in ("http", "https") and not any(os.environ.get(v) for v in _NEEDS_MLFLOW)
+
+
 def start_helper(uri: str, tracking_uri: str, cache_dir: Path | str | None = None
                  ) -> RunLog | None:
-    """The helper, started now, when a job of ``uri`` will score a cached graph; else None."""
-    return RunLog() if cached_with_graph(uri, tracking_uri, cache_dir) is not None else None
+    """The helper, started now, when a job of ``uri`` will score a cached graph and its run
+    needs MLflow's client (a tracking server's REST API needs none:
+    :mod:`pipelines.batch.restlog`); else None."""
+    if rest_eligible(tracking_uri) or cached_with_graph(uri, tracking_uri, cache_dir) is None:
+        return None
+    return RunLog()
 
 
 class ModelMoved(AnomalyError):

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 DETECTOR_DIR = Path("artifacts") / "detector"
 CACHE_ENV = "ANOMALY_CACHE_DIR"
-_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
+# MLflow error codes that mean "no such model, version, alias or artifact".
+NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 _META = "source.json"
 
 
@@ -413,7 +414,7 @@ def _not_found(e: BaseException) -> bool:
     """Whether MLflow answered that the thing asked for does not exist."""
     from mlflow.exceptions import MlflowException
 
-    return isinstance(e, MlflowException) and e.error_code in _NOT_FOUND
+    return isinstance(e, MlflowException) and e.error_code in NOT_FOUND_CODES
 
 
 def _first_line(e: BaseException) -> str:

@@ -134,3 +134,66 @@ def test_an_unreachable_registry_fails_the_job_and_writes_nothing(store, torch_s
     assert "registry unreachable at http://127.0.0.1:" in done.stderr
     assert "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# -- a tracking server: the run through its REST API, no helper process ------------------------
+@pytest.fixture(scope="module")
+def server_store(tmp_path_factory):
+    from tests.servers import MlflowServer
+
+    folder = tmp_path_factory.mktemp("graph-server")
+    server = MlflowServer(folder / "server").start()
+    try:
+        csv = write_demo_data(folder)
+        env = {**os.environ, "ANOMALY_CACHE_DIR": str(folder / "cache"),
+               "ANOMALY_GRAPH_RUNTIME": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+        assert main(["train", "--data", str(csv), "--kind", "ae", "--name", NAME,
+                     "--id-column", "id", "--label-column", "malignant", "--epochs", "2",
+                     "--alias", "champion", "--tracking-uri", server.uri]) == 0
+        store = {"folder": folder, "uri": server.uri, "csv": csv, "env": env,
+                 "graph": folder / "cache" / NAME / "v1" / "graph"}
+        first = _score(store, folder / "first.parquet")
+        assert first.returncode == 0, first.stderr[-3000:]
+        _wait_for_graph(store["graph"])
+        yield store
+    finally:
+        server.stop()
+
+
+def test_a_tracking_server_keeps_the_run_through_its_rest_api(server_store, tmp_path):
+    out = tmp_path / "o.parquet"
+    done = _score(server_store, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "IMPORTED []" in done.stderr
+    got = pd.read_parquet(out)
+    first = pd.read_parquet(server_store["folder"] / "first.parquet")
+    np.testing.assert_allclose(got["score"], first["score"], rtol=1e-5, atol=1e-7)
+    client = MlflowClient(tracking_uri=server_store["uri"])
+    exp = client.get_experiment_by_name("batch-scoring")
+    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
+                             max_results=1)[0]
+    assert run.info.run_id in done.stdout
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith("score-")
+    # Kept by the job itself (its own argv), not by the helper process.
+    assert run.data.tags["mlflow.source.name"] == "-c"
+    assert run.data.tags["model_version"] == "1"
+    assert run.data.params["model_uri"] == f"models:/{NAME}@champion"
+    assert run.data.metrics["rows"] == len(got)
+    assert run.data.metrics["anomalies"] == int(got["is_anomaly"].sum())
+    inputs = client.download_artifacts(run.info.run_id, "inputs.txt", str(tmp_path))
+    assert Path(inputs).read_text() == str(server_store["csv"])
+    summary = client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))
+    assert f'"rows": {len(got)}' in Path(summary).read_text()
+
+
+def test_an_alias_removed_from_the_server_is_a_clear_error(server_store, tmp_path):
+    client = MlflowClient(tracking_uri=server_store["uri"], registry_uri=server_store["uri"])
+    client.delete_registered_model_alias(NAME, "champion")
+    try:
+        out = tmp_path / "o.parquet"
+        done = _score(server_store, out)
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert f"models:/{NAME}@champion: model '{NAME}' has no alias 'champion'" in done.stderr
+        assert "Traceback" not in done.stderr and not out.exists()
+    finally:
+        client.set_registered_model_alias(NAME, "champion", "1")
