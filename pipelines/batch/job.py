@@ -94,13 +94,15 @@ def run_batch(opts: ScoreOptions, helper: RunLog | None = None) -> BatchResult:
         request = RunRequest(tracking_uri=tracking_uri, model_uri=opts.model,
                              version=cached.version, model_run_id=cached.run_id,
                              experiment=EXPERIMENT, **_run_fields(opts, cached, pairs))
-        run = helper.start(request) if helper is not None else \
-            RestRunLog(tracking_uri).start(request)
         try:
-            return _score_all(opts, pairs, cached, run)
+            return _score_all(opts, pairs, cached, lambda: helper.start(request)
+                              if helper is not None else RestRunLog(tracking_uri).start(request))
         except ModelMoved as e:
             log.info("%s: %s, not the cached version %s: scoring with it", opts.model, e,
                      cached.version)
+        finally:
+            if helper is not None:
+                helper.close()  # stopped at once when the inputs failed their checks
     elif helper is not None:
         helper.close()
     from pipelines.registry.tracking import use_tracking_uri
@@ -109,23 +111,26 @@ def run_batch(opts: ScoreOptions, helper: RunLog | None = None) -> BatchResult:
     with tempfile.TemporaryDirectory(prefix="anomaly-score-") as tmp:
         model = load_batch_model(opts.model, Path(tmp), tracking_uri=tracking_uri,
                                  cache_dir=opts.cache_dir)
-        result = _score_all(opts, pairs, model, _InProcessRun(**_run_fields(opts, model, pairs)))
+        result = _score_all(opts, pairs, model,
+                            lambda: _InProcessRun(**_run_fields(opts, model, pairs)))
     export_graph_after(opts.model, model)
     return result
 
 
 def _score_all(opts: ScoreOptions, pairs: list[tuple[Path, Path]], model: BatchModel,
-               run: RunLog | RestRunLog | _InProcessRun) -> BatchResult:
-    """Check every input, then score them into their outputs, the run kept by ``run``."""
+               open_run: Callable[[], RunLog | RestRunLog | _InProcessRun]) -> BatchResult:
+    """Check every input, open the job's run (``open_run``: none for a job whose input fails
+    its checks), then score the inputs into their outputs."""
+    todo, done = [], []
+    for src, out in pairs:
+        if opts.resume and out.exists():
+            log.info("%s: already scored into %s, skipping (--resume)", src, out)
+            done.append(InputResult(str(src), str(out), skipped=True))
+        else:
+            prepare = batch_images.prepare if model.is_image else _prepare
+            todo.append(prepare(model, src, out, opts))  # every check before any scoring
+    run = open_run()
     try:
-        todo, done = [], []
-        for src, out in pairs:
-            if opts.resume and out.exists():
-                log.info("%s: already scored into %s, skipping (--resume)", src, out)
-                done.append(InputResult(str(src), str(out), skipped=True))
-            else:
-                prepare = batch_images.prepare if model.is_image else _prepare
-                todo.append(prepare(model, src, out, opts))  # every check before any scoring
         result = BatchResult(None, model.name, model.version, inputs=done).promised_by(model)
         start = time.perf_counter()
         sample = ScoreSample()

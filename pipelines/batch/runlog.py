@@ -117,6 +117,7 @@ class RunLog:
         self.run_id: str | None = None
         self.waited = 0.0  # seconds the job spent waiting in confirm()
         self._confirmed = False
+        self._started = False
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipelines.batch.runlog"], stdin=subprocess.PIPE,
@@ -125,6 +126,7 @@ class RunLog:
     def start(self, request: RunRequest) -> RunLog:
         """Ask the helper to confirm the version and open the run; returns self."""
         _send(self.proc.stdin, request.__dict__)
+        self._started = True
         return self
 
     def confirm(self) -> str:
@@ -172,7 +174,10 @@ class RunLog:
         self.close()
 
     def close(self) -> None:
-        """Stop the helper (an open run is marked failed)."""
+        """Stop the helper (an open run is marked failed; one never asked for anything is
+        stopped at once, not left to finish importing MLflow)."""
+        if not self._started and self.proc.poll() is None:
+            self.proc.kill()
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()
@@ -211,7 +216,10 @@ def _serve(inp: IO[str], out: IO[str]) -> int:
     from pipelines.registry.tracking import ensure_experiment, use_tracking_uri
     from pipelines.registry.uri import parse_model_uri
 
-    req = RunRequest(**json.loads(inp.readline()))
+    first = inp.readline()
+    if not first:  # the job ended before it asked for a run
+        return 0
+    req = RunRequest(**json.loads(first))
     try:
         uri = use_tracking_uri(req.tracking_uri)
         mv = get_version(parse_model_uri(req.model_uri, registered_only=True), uri)

@@ -123,6 +123,21 @@ def test_a_moved_alias_is_followed_not_the_cached_version(store, torch_scored, t
         client.set_registered_model_alias(NAME, "champion", "1")
 
 
+def test_a_missing_input_is_exit_2_and_opens_no_run(store, torch_scored, tmp_path):
+    client = MlflowClient(tracking_uri=store["uri"])
+    exp = client.get_experiment_by_name("batch-scoring")
+    before = len(client.search_runs([exp.experiment_id]))
+    args = ["score", "--model", f"models:/{NAME}@champion", "--tracking-uri", store["uri"],
+            "--input", str(tmp_path / "nowhere.csv"), "--output", str(tmp_path / "o.parquet")]
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
+                          text=True, timeout=120, env=store["env"])
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "nowhere.csv" in done.stderr and "Traceback" not in done.stderr
+    # The helper, started before the input was checked, was stopped before it opened a run.
+    assert len(client.search_runs([exp.experiment_id])) == before
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unreachable_registry_fails_the_job_and_writes_nothing(store, torch_scored,
                                                                   tmp_path):
     out = tmp_path / "o.parquet"
