@@ -91,10 +91,10 @@ def run_batch(opts: ScoreOptions, helper: RunLog | None = None) -> BatchResult:
             helper.close()
         raise
     if cached is not None:
-        request = RunRequest(tracking_uri=tracking_uri, model_uri=opts.model,
-                             version=cached.version, model_run_id=cached.run_id,
-                             experiment=EXPERIMENT, **_run_fields(opts, cached, pairs))
         try:
+            request = RunRequest(tracking_uri=tracking_uri, model_uri=opts.model,
+                                 version=cached.version, model_run_id=cached.run_id,
+                                 experiment=EXPERIMENT, **_run_fields(opts, cached, pairs))
             return _score_all(opts, pairs, cached, lambda: helper.start(request)
                               if helper is not None else RestRunLog(tracking_uri).start(request))
         except ModelMoved as e:
@@ -149,10 +149,16 @@ def _score_all(opts: ScoreOptions, pairs: list[tuple[Path, Path]], model: BatchM
         result.quantiles = sample.quantiles()
     except BaseException as e:
         if not isinstance(e, ModelMoved):
-            run.finish(error=str(e).splitlines()[0][:500] if str(e) else repr(e))
+            run.finish(error=_first_line(e))
         raise
     run.finish(job_metrics(result), job_summary(result))
     return result
+
+
+def _first_line(e: BaseException) -> str:
+    """The error as the run's ``error`` tag: its first non-empty line."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0][:500] if lines else repr(e)[:500]
 
 
 def _run_fields(opts: ScoreOptions, model: BatchModel, pairs: list[tuple[Path, Path]]
@@ -203,8 +209,12 @@ class _InProcessRun:
             mlflow.set_tag("error", error)
             mlflow.end_run("FAILED")
             return
-        mlflow.log_metrics(metrics or {})
-        mlflow.log_text(summary, "summary.json")
+        try:
+            mlflow.log_metrics(metrics or {})
+            mlflow.log_text(summary, "summary.json")
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
         mlflow.end_run()
 
 
@@ -243,6 +253,19 @@ def _threads() -> int:
         return 0
 
 
+def _export_running(graph_dir: Path, fresh_s: float = 600.0) -> bool:
+    """Whether another export of ``graph_dir`` began less than ``fresh_s`` ago (its temporary
+    folder, ``.graph-*`` beside it, is there)."""
+    now = time.time()
+    for tmp in graph_dir.parent.glob(f".{graph_dir.name}-*"):
+        try:
+            if now - tmp.stat().st_mtime < fresh_s:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def export_graph_after(uri: str, model: BatchModel,
                        spawn: Callable[..., object] = subprocess.Popen) -> bool:
     """After a job that scored a cached registered table model with torch, write its graph
@@ -253,10 +276,15 @@ def export_graph_after(uri: str, model: BatchModel,
     """
     graph_dir = model.path / GRAPH_DIR
     if (model.is_image or model.is_sequence or not graph_enabled() or graph_ready(graph_dir)
-            or parse_model_uri(uri).kind != REGISTERED):
+            or parse_model_uri(uri).kind != REGISTERED or _export_running(graph_dir)):
         return False
-    spawn(graph_export_command(model.path / DETECTOR_DIR, graph_dir),
-          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-          start_new_session=True)
+    try:
+        spawn(graph_export_command(model.path / DETECTOR_DIR, graph_dir),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+              start_new_session=True)
+    except OSError as e:
+        log.warning("%s: the graph export did not start (%s); jobs keep scoring with torch",
+                    graph_dir, e)
+        return False
     log.info("%s: writing its ONNX graph in the background for the next job", graph_dir)
     return True

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import getpass
+import http.client
 import json
 import os
 import sys
@@ -41,6 +42,14 @@ _RETRY = {429, 500, 502, 503, 504}
 _ARTIFACTS = "mlflow-artifacts"
 
 
+def _number(name: str, default: float) -> float:
+    """A numeric MLflow setting from the environment; its default when unset or malformed."""
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
 class _RestError(Exception):
     def __init__(self, status: int | None, code: str, message: str):
         super().__init__(message)
@@ -52,17 +61,18 @@ class RestClient:
 
     def __init__(self, tracking_uri: str):
         self.base = tracking_uri.rstrip("/")
-        self.timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "120"))
-        self.retries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7"))
-        self.backoff = float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2"))
+        self.timeout = _number("MLFLOW_HTTP_REQUEST_TIMEOUT", 120.0)
+        self.retries = int(_number("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 7))
+        self.backoff = _number("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 2.0)
         self.headers = {"User-Agent": "ae-anomaly"}
-        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
         user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-        if token:
-            self.headers["Authorization"] = f"Bearer {token}"
-        elif user:
-            pair = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+        if user and password:  # MLflow's own order: basic auth first, then a token
+            pair = f"{user}:{password}".encode()
             self.headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        elif token:
+            self.headers["Authorization"] = f"Bearer {token}"
 
     def call(self, method: str, endpoint: str, body: dict[str, Any] | None = None,
              params: dict[str, str] | None = None) -> dict[str, Any]:
@@ -97,7 +107,7 @@ class RestClient:
                     raise _RestError(e.code, str(err.get("error_code", "")),
                                      str(err.get("message") or raw[:300] or e.reason)
                                      ) from None
-            except (OSError, urllib.error.URLError) as e:
+            except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
                 if attempt == self.retries:
                     raise _RestError(None, "", str(getattr(e, "reason", e))) from None
             time.sleep(min(self.backoff * 2 ** attempt, 60.0))
@@ -133,12 +143,17 @@ class RestRunLog:
             self._thread = None
             self.waited += time.perf_counter() - t0
         if self._delegate is not None:
-            self.run_id = self._delegate.confirm()
-            self.waited += self._delegate.waited
-            self._delegate.waited = 0.0
+            try:
+                self.run_id = self._delegate.confirm()
+            finally:
+                self.waited += self._delegate.waited
+                self._delegate.waited = 0.0
+        if self._error is None and self.run_id is None:
+            self._error = RegistryUnavailable(f"registry at {self.tracking_uri}: no run was "
+                                              "opened for this job")
         if self._error is not None:
             raise self._error
-        return self.run_id  # type: ignore[return-value]
+        return self.run_id
 
     def finish(self, metrics: dict[str, float] | None = None, summary: str = "",
                error: str | None = None) -> None:
@@ -146,6 +161,8 @@ class RestRunLog:
         try:
             self.confirm()
         except AnomalyError:
+            self._fail_quietly()
+            self.close()
             if error is None:
                 raise
             return
@@ -165,9 +182,19 @@ class RestRunLog:
             self.client.put_artifact(f"{self._artifacts}/summary.json", summary)
             self._end("FINISHED", now)
         except _RestError as e:
+            self._fail_quietly()
             if error is None:
                 raise RegistryUnavailable(f"registry unreachable at {self.tracking_uri}: "
                                           f"logging the run failed: {e}") from None
+
+    def _fail_quietly(self) -> None:
+        """Best effort: a run this job opened is not left running."""
+        if self.run_id is None or self._delegate is not None:
+            return
+        try:
+            self._end("FAILED", int(time.time() * 1000))
+        except _RestError:
+            pass
 
     def close(self) -> None:
         """Nothing to stop but a delegate helper."""
@@ -205,7 +232,7 @@ class RestRunLog:
         except _RestError as e:
             self._error = RegistryUnavailable(f"registry unreachable at {self.tracking_uri}: "
                                               f"{e}")
-        except (KeyError, TypeError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - an answer of the wrong shape, a bug: no output
             self._error = RegistryUnavailable(f"registry at {self.tracking_uri} answered "
                                               f"unexpectedly: {e!r}")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,8 @@ def cached_with_graph(uri: str, tracking_uri: str, cache_dir: Path | str | None
 # MLflow client settings the REST path (pipelines.batch.restlog) does not implement: with any of
 # them set, the helper process (MLflow's own client) keeps the run.
 _NEEDS_MLFLOW = ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
-                 "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_AUTH")
+                 "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_AUTH",
+                 "MLFLOW_TRACKING_AWS_SIGV4", "MLFLOW_WORKSPACE")
 
 
 def rest_eligible(tracking_uri: str) -> bool:
@@ -118,6 +120,8 @@ class RunLog:
         self.waited = 0.0  # seconds the job spent waiting in confirm()
         self._confirmed = False
         self._started = False
+        self._closed = False
+        self._error: AnomalyError | None = None
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipelines.batch.runlog"], stdin=subprocess.PIPE,
@@ -142,25 +146,45 @@ class RunLog:
         """
         if not self._confirmed:
             t0 = time.perf_counter()
-            answer = self._receive()
+            try:
+                answer = self._receive()
+            except AnomalyError as e:
+                self._error = e
+            else:
+                if "moved" in answer:
+                    self._error = ModelMoved(str(answer["moved"]))
+                elif "error" in answer:
+                    cls = getattr(errors, str(answer["error"]), None)
+                    if not (isinstance(cls, type) and issubclass(cls, AnomalyError)):
+                        cls = RegistryUnavailable
+                    self._error = cls(str(answer["message"]))
+                else:
+                    self.run_id = str(answer["run_id"])
             self.waited += time.perf_counter() - t0
             self._confirmed = True
-            if "moved" in answer:
+            if self._error is not None:
                 self.close()
-                raise ModelMoved(str(answer["moved"]))
-            if "error" in answer:
-                self.close()
-                cls = getattr(errors, str(answer["error"]), None)
-                if not (isinstance(cls, type) and issubclass(cls, AnomalyError)):
-                    cls = RegistryUnavailable
-                raise cls(str(answer["message"]))
-            self.run_id = str(answer["run_id"])
+        if self._error is not None:
+            raise self._error
         return self.run_id  # type: ignore[return-value]
 
     def finish(self, metrics: dict[str, float] | None = None, summary: str = "",
                error: str | None = None) -> None:
-        """Log the job's metrics and summary (or its error) and finish the run."""
-        if self.proc.poll() is None:
+        """Log the job's metrics and summary (or its error) and finish the run.
+
+        A job that failed before the registry answered leaves its error with the helper and
+        does not wait for the answer: the helper marks the run failed once it has opened it."""
+        if error is not None and not self._confirmed:
+            if self._started and self.proc.poll() is None:
+                try:
+                    _send(self.proc.stdin, {"metrics": {}, "summary": "", "error": error})
+                except RegistryUnavailable:
+                    pass
+            self.close()
+            return
+        if error is None:
+            self.confirm()
+        if self._error is None and self.proc.poll() is None:
             try:
                 _send(self.proc.stdin, {"metrics": metrics or {}, "summary": summary,
                                         "error": error})
@@ -176,6 +200,9 @@ class RunLog:
     def close(self) -> None:
         """Stop the helper (an open run is marked failed; one never asked for anything is
         stopped at once, not left to finish importing MLflow)."""
+        if self._closed:
+            return
+        self._closed = True
         if not self._started and self.proc.poll() is None:
             self.proc.kill()
         for stream in (self.proc.stdin, self.proc.stdout):
@@ -197,7 +224,10 @@ class RunLog:
             self._stderr.seek(0)
             why = (self._stderr.read().strip().splitlines() or ["no message"])[-1]
             raise RegistryUnavailable(f"the MLflow run helper stopped ({why[:300]})")
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise RegistryUnavailable(f"the MLflow run helper answered {line[:200]!r}") from None
 
 
 def _send(stream: IO[str] | None, message: dict[str, Any]) -> None:
@@ -220,45 +250,79 @@ def _serve(inp: IO[str], out: IO[str]) -> int:
     if not first:  # the job ended before it asked for a run
         return 0
     req = RunRequest(**json.loads(first))
+    run = None
     try:
         uri = use_tracking_uri(req.tracking_uri)
         mv = get_version(parse_model_uri(req.model_uri, registered_only=True), uri)
         if str(mv.version) != req.version or mv.run_id != req.model_run_id:
-            _send(out, {"moved": str(mv.version)})
+            _answer(out, {"moved": str(mv.version)})
             return 0
         ensure_experiment(req.experiment)
         run = mlflow.start_run(run_name=req.run_name, tags=req.tags)
         mlflow.log_params(req.params)
         mlflow.log_text(req.inputs_text, "inputs.txt")
-    except AnomalyError as e:
-        _send(out, {"error": type(e).__name__, "message": str(e)})
-        return 0
     except Exception as e:  # noqa: BLE001 - MLflow's store errors: the registry failed
-        _send(out, {"error": "RegistryUnavailable",
-                    "message": f"registry unreachable at {req.tracking_uri}: "
-                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"})
+        _fail(run, "opening the run failed")
+        _answer(out, _error_answer(e, req.tracking_uri))
         return 0
-    _send(out, {"run_id": run.info.run_id})
+    _answer(out, {"run_id": run.info.run_id})
     line = inp.readline()
     end = json.loads(line) if line else {"error": "the job stopped before it finished"}
     try:
-        if end.get("error"):
-            mlflow.set_tag("error", str(end["error"])[:500])
+        if end.get("error") is not None:
+            mlflow.set_tag("error", str(end["error"])[:500] or "failed")
             mlflow.end_run("FAILED")
         else:
             mlflow.log_metrics({k: float(v) for k, v in end["metrics"].items()})
             mlflow.log_text(end["summary"], "summary.json")
             mlflow.end_run()
     except Exception as e:  # noqa: BLE001 - the job hears of it and says so
-        _send(out, {"error": "RegistryUnavailable", "message": f"logging the run failed: {e}"})
+        _fail(run, "logging the run failed")
+        _answer(out, {"error": "RegistryUnavailable", "message": f"logging the run failed: {e}"})
         return 0
-    _send(out, {"ok": True})
+    _answer(out, {"ok": True})
     return 0
 
 
+def _error_answer(e: BaseException, tracking_uri: str) -> dict[str, str]:
+    if isinstance(e, AnomalyError):
+        return {"error": type(e).__name__, "message": str(e)}
+    first = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+    return {"error": "RegistryUnavailable",
+            "message": f"registry unreachable at {tracking_uri}: {first}"}
+
+
+def _fail(run: Any, why: str) -> None:
+    """Best effort: a run that was opened is not left running."""
+    if run is None:
+        return
+    import mlflow
+
+    try:
+        mlflow.set_tag("error", why)
+        mlflow.end_run("FAILED")
+    except Exception:  # noqa: BLE001, S110 - the store is failing already; the job reports it
+        pass
+
+
+def _answer(out: IO[str], message: dict[str, Any]) -> None:
+    """One answer to the job; a job that has stopped listening is no error here."""
+    try:
+        _send(out, message)
+    except RegistryUnavailable:
+        pass
+
+
 if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group: the job decides, and its closed input tells the
+    # helper to mark the run failed (MLflow's own exit hook would end it as finished).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     protocol, sys.stdout = sys.stdout, sys.stderr  # what MLflow prints stays off the protocol
-    code = _serve(sys.stdin, protocol)
+    try:
+        code = _serve(sys.stdin, protocol)
+    except Exception as e:  # noqa: BLE001 - one line in the log the job reads, no traceback
+        print(f"{type(e).__name__}: {e}".splitlines()[0][:500], file=sys.stderr)
+        code = 1
     sys.stderr.flush()
     # Everything is committed and answered: skip MLflow's exit hooks (over half a second,
     # which the job would wait for).

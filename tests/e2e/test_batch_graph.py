@@ -138,6 +138,29 @@ def test_a_missing_input_is_exit_2_and_opens_no_run(store, torch_scored, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_job_failing_mid_file_marks_its_run_failed(store, torch_scored, tmp_path):
+    lines = store["csv"].read_text().splitlines()
+    fields = lines[301].split(",")
+    fields[2] = "n/a?"  # record 300: text in a numeric feature, past the checks
+    lines[301] = ",".join(fields)
+    src = tmp_path / "bad.csv"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o.parquet"
+    args = ["score", "--model", f"models:/{NAME}@champion", "--tracking-uri", store["uri"],
+            "--input", str(src), "--output", str(out), "--chunk-rows", "100"]
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
+                          text=True, timeout=120, env=store["env"])
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "bad.csv: record 300" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists() and not list(tmp_path.glob(".o.parquet*"))
+    client = MlflowClient(tracking_uri=store["uri"])
+    exp = client.get_experiment_by_name("batch-scoring")
+    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
+                             max_results=1)[0]
+    assert run.data.params["input"] == str(src)
+    assert run.info.status == "FAILED" and "record 300" in run.data.tags["error"]
+
+
 def test_an_unreachable_registry_fails_the_job_and_writes_nothing(store, torch_scored,
                                                                   tmp_path):
     out = tmp_path / "o.parquet"
