@@ -230,3 +230,19 @@ def test_unusable_tables_exit_2_naming_the_column_or_record(store, tmp_path, cap
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith(f"error: {src}: {message}"), err
     assert not out.exists()
+
+
+def test_runtime_choice_weighs_the_graphs_start_up_against_torchs_rows(store, tmp_path):
+    from pipelines.batch.job import TORCH_FROM_ROWS, _rows_about, torch_pays
+    from pipelines.batch.model import load_batch_model
+
+    model = load_batch_model(store.model_uri, tmp_path, tracking_uri=store.uri)
+    parquet, csv = tmp_path / "a.parquet", tmp_path / "b.csv"
+    store.frame.to_parquet(parquet)
+    store.frame.to_csv(csv, index=False)
+    # Parquet: the footer's count; CSV: an estimate from its size, of the right magnitude.
+    assert _rows_about([(parquet, tmp_path / "o1.parquet")], model) == len(store.frame)
+    estimate = _rows_about([(csv, tmp_path / "o2.parquet")], model)
+    assert len(store.frame) / 5 < estimate < len(store.frame) * 5
+    assert not torch_pays("vae", TORCH_FROM_ROWS["vae"]) and torch_pays("vae", 10**7)
+    assert not torch_pays("ae", 10**8)
