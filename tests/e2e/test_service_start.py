@@ -39,6 +39,9 @@ def _status(c) -> dict:
 
 
 def _until(c, done, timeout: float = 60.0) -> dict:
+    """The first status ``done`` accepts, or the last one after ``timeout``. /v1/models and
+    /readyz are two requests: during a swap one may already name the new version while the
+    other still describes the old, so wait for the whole state, not for one field of it."""
     deadline = time.monotonic() + timeout
     while True:
         got = _status(c)
@@ -68,9 +71,10 @@ def test_a_restart_on_a_warm_cache_scores_through_the_graph(svc_registry, start_
 
     again = service_factory([uri], svc_registry.uri, GRAPHS, cache_dir=cache)
     with again.client() as c:
-        status = _until(c, lambda s: s["note"] is None)
-        assert (status["runtime"], status["origin"], status["version"]) == \
-            ("onnxruntime", "registry", "1")
+        state = ("onnxruntime", "registry", "1")
+        status = _until(c, lambda s: s["note"] is None and
+                        (s["runtime"], s["origin"], s["version"]) == state)
+        assert (status["runtime"], status["origin"], status["version"]) == state
         got = c.post(f"/v1/models/{NAME}/score", json={"records": records}).json()
         explained = c.post(f"/v1/models/{NAME}/score", params={"explain": "true"},
                            json={"records": records[:3]})
@@ -91,9 +95,9 @@ def test_an_alias_moved_while_the_service_was_down_is_swapped_in(
     try:
         svc = service_factory([uri], svc_registry.uri, GRAPHS, cache_dir=cache)
         with svc.client() as c:
-            status = _until(c, lambda s: s["version"] == "2")
-            assert (status["version"], status["kind"], status["origin"], status["note"]) == \
-                ("2", "vae", "registry", None)
+            want = ("2", "vae", "registry", None)
+            status = _until(c, lambda s: (s["version"], s["kind"], s["origin"], s["note"]) == want)
+            assert (status["version"], status["kind"], status["origin"], status["note"]) == want
             r = c.post(f"/v1/models/{NAME}/score", json={"records": _records(svc_registry, 2)})
             assert r.status_code == 200 and r.json()["model"]["version"] == "2"
         assert "the registry names version 2 (cached: 1)" in svc.logs()
