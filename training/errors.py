@@ -34,6 +34,13 @@ class AnomalyError(Exception):
         self.details = details
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's first non-empty line (at most ``limit`` characters), or its class name:
+    what a one-line message quotes of an error from a library."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0].strip()[:limit] if lines else type(e).__name__
+
+
 def shown(value: Any) -> str:
     """A value as a message quotes it: plain Python (``2``, ``inf``, ``'x'``), not a numpy repr."""
     if hasattr(value, "item") and callable(value.item):

@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from training.data.tables import check_columns, not_utf8, table_format
-from training.errors import DataError, OutputError, shown
+from training.errors import DataError, OutputError, first_line, shown
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,6 @@ class Chunk:
     batch: pa.RecordBatch
     records: np.ndarray
     rejects: list[Reject] = field(default_factory=list)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _is_number(t: pa.DataType) -> bool:
@@ -131,7 +126,8 @@ class TableReader:
                 source = self._infer_csv_schema()
                 self.num_rows = None
         except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"{path}: cannot read as {self.format}: {_first_line(e)}") from None
+            raise DataError(f"{path}: cannot read as {self.format}: "
+                            f"{first_line(e, 1000)}") from None
         check_columns(source.names, str(path))
         if self.format == "csv" and any(pa.types.is_binary(f.type) for f in source):
             self._raise_if_not_utf8()  # pyarrow reads text that is not UTF-8 as binary
@@ -221,7 +217,7 @@ class TableReader:
                             np.zeros(0, dtype=np.int64), list(invalid))
         except pa.ArrowInvalid as e:
             self._raise_if_not_utf8()
-            raise DataError(f"{self.path}: cannot read as csv: {_first_line(e)}") from None
+            raise DataError(f"{self.path}: cannot read as csv: {first_line(e, 1000)}") from None
         finally:
             reader.close()
 

@@ -51,7 +51,7 @@ from pipelines.registry.download import DETECTOR_DIR
 from pipelines.registry.tracking import default_tracking_uri
 from pipelines.registry.uri import REGISTERED, parse_model_uri
 from training.detector.graph_files import GRAPH_DIR, graph_export_command, graph_ready
-from training.errors import ConfigError
+from training.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def run_batch(opts: ScoreOptions, helper: RunLog | None = None) -> BatchResult:
         pairs = plan(opts)
         cached = cached_graph_model(opts.model, tracking_uri, opts.cache_dir) \
             if helper is not None or rest_eligible(tracking_uri) else None
-        if cached is not None and torch_pays(cached.kind, _rows_about(pairs, cached)):
+        if cached is not None and torch_pays(cached.kind, lambda: _rows_about(pairs, cached)):
             cached = _with_torch(cached)
     except BaseException:
         if helper is not None:
@@ -152,16 +152,10 @@ def _score_all(opts: ScoreOptions, pairs: list[tuple[Path, Path]], model: BatchM
         result.quantiles = sample.quantiles()
     except BaseException as e:
         if not isinstance(e, ModelMoved):
-            run.finish(error=_first_line(e))
+            run.finish(error=first_line(e, 500))
         raise
     run.finish(job_metrics(result), job_summary(result))
     return result
-
-
-def _first_line(e: BaseException) -> str:
-    """The error as the run's ``error`` tag: its first non-empty line."""
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    return lines[0][:500] if lines else repr(e)[:500]
 
 
 # A graph saves a fixed cost (torch's import, about 1.7 s); torch then scores a default table
@@ -172,11 +166,12 @@ TORCH_FROM_ROWS = {"vae": 1_000_000}
 _CSV_BYTES_PER_VALUE = 10  # a rough guess of a CSV's bytes per field, for a size estimate
 
 
-def torch_pays(kind: str, rows: int) -> bool:
-    """Whether a job of about ``rows`` rows of a ``kind`` model scores sooner with torch than
-    through its graph (the same scores to float32 rounding either way)."""
+def torch_pays(kind: str, rows: int | Callable[[], int]) -> bool:
+    """Whether a job of about ``rows`` rows (or a function counting them, called only for a
+    kind with a limit) of a ``kind`` model scores sooner with torch than through its graph
+    (the same scores to float32 rounding either way)."""
     limit = TORCH_FROM_ROWS.get(kind)
-    return limit is not None and rows > limit
+    return limit is not None and (rows() if callable(rows) else rows) > limit
 
 
 def _rows_about(pairs: list[tuple[Path, Path]], model: BatchModel) -> int:
@@ -227,6 +222,8 @@ def _run_fields(opts: ScoreOptions, model: BatchModel, pairs: list[tuple[Path, P
 class _InProcessRun:
     """The job's run kept in this process (MLflow imported): opened before any scoring."""
 
+    waited = 0.0  # the version was resolved before the job: it never waits in confirm()
+
     def __init__(self, run_name: str, tags: dict[str, str], params: dict, inputs_text: str):
         import mlflow
 
@@ -236,8 +233,6 @@ class _InProcessRun:
         self.run = mlflow.start_run(run_name=run_name, tags=tags)
         mlflow.log_params(params)
         mlflow.log_text(inputs_text, "inputs.txt")
-
-    waited = 0.0
 
     def confirm(self) -> str:
         """The run id (the version was resolved before the job began)."""
@@ -262,8 +257,8 @@ class _InProcessRun:
 
 
 # -- the graph fast path -----------------------------------------------------------------------
-def cached_graph_model(uri: str, tracking_uri: str, cache_dir: Path | str | None = None,
-                       threads: int | None = None) -> BatchModel | None:
+def cached_graph_model(uri: str, tracking_uri: str, cache_dir: Path | str | None = None
+                       ) -> BatchModel | None:
     """The version of ``uri`` last cached, scored through its ONNX graph, when it is a
     registered table model whose cached folder holds a complete graph; else None.
 
@@ -277,10 +272,10 @@ def cached_graph_model(uri: str, tracking_uri: str, cache_dir: Path | str | None
     from training.detector.graph import GraphScorer
 
     try:
-        scorer = GraphScorer(fetched.detector_dir, graph_dir, threads or _threads())
+        scorer = GraphScorer(fetched.detector_dir, graph_dir, _threads())
     except Exception as e:  # noqa: BLE001 - a stale or broken graph: score with torch
         log.warning("%s: its graph does not load (%s); scoring with torch", graph_dir,
-                    str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+                    first_line(e))
         return None
     src = fetched.source
     return BatchModel(uri=src.uri, name=src.name, version=src.version, path=fetched.path,
@@ -309,8 +304,7 @@ def _export_running(graph_dir: Path, fresh_s: float = 600.0) -> bool:
     return False
 
 
-def export_graph_after(uri: str, model: BatchModel,
-                       spawn: Callable[..., object] = subprocess.Popen) -> bool:
+def export_graph_after(uri: str, model: BatchModel) -> bool:
     """After a job that scored a cached registered table model with torch, write its graph
     beside it in a detached, niced process, so that the next job scores without torch.
 
@@ -322,9 +316,9 @@ def export_graph_after(uri: str, model: BatchModel,
             or parse_model_uri(uri).kind != REGISTERED or _export_running(graph_dir)):
         return False
     try:
-        spawn(graph_export_command(model.path / DETECTOR_DIR, graph_dir),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-              start_new_session=True)
+        subprocess.Popen(graph_export_command(model.path / DETECTOR_DIR, graph_dir),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
     except OSError as e:
         log.warning("%s: the graph export did not start (%s); jobs keep scoring with torch",
                     graph_dir, e)

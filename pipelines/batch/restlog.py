@@ -33,10 +33,10 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlparse
 
 from pipelines.batch.runlog import ModelMoved, RunLog, RunRequest
-from pipelines.registry.download import NOT_FOUND_CODES
+from pipelines.registry.download import NOT_FOUND_CODES, no_such_version
 from pipelines.registry.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING
 from pipelines.registry.uri import parse_model_uri
-from training.errors import AnomalyError, ModelNotFoundError, RegistryUnavailable
+from training.errors import AnomalyError, RegistryUnavailable
 
 _RETRY = {429, 500, 502, 503, 504}
 _ARTIFACTS = "mlflow-artifacts"
@@ -248,11 +248,7 @@ class RestRunLog:
                                       params={"name": parsed.name, "version": parsed.version})
         except _RestError as e:
             if e.code in NOT_FOUND_CODES or e.status == 404:
-                what = f"alias '{parsed.alias}'" if parsed.alias else \
-                    f"version {parsed.version}"
-                raise ModelNotFoundError(f"{parsed.uri}: model '{parsed.name}' has no {what} "
-                                         f"in the registry at {self.tracking_uri} ({e}); see "
-                                         "`anomaly models list`") from None
+                raise no_such_version(parsed, self.tracking_uri, str(e)) from None
             raise
         version = mv["model_version"]
         if str(version["version"]) != req.version or version.get("run_id") != req.model_run_id:

@@ -35,7 +35,7 @@ from pipelines.registry.download import FetchedModel, ModelCache
 from pipelines.registry.uri import REGISTERED, parse_model_uri
 from training import errors
 from training.detector.graph_files import GRAPH_DIR, graph_ready, graph_runtime_available
-from training.errors import AnomalyError, ConfigError, RegistryUnavailable
+from training.errors import AnomalyError, ConfigError, RegistryUnavailable, first_line
 
 GRAPH_ENV = "ANOMALY_GRAPH_RUNTIME"
 
@@ -244,7 +244,6 @@ def _serve(inp: IO[str], out: IO[str]) -> int:
 
     from pipelines.registry.download import get_version
     from pipelines.registry.tracking import ensure_experiment, use_tracking_uri
-    from pipelines.registry.uri import parse_model_uri
 
     first = inp.readline()
     if not first:  # the job ended before it asked for a run
@@ -287,9 +286,8 @@ def _serve(inp: IO[str], out: IO[str]) -> int:
 def _error_answer(e: BaseException, tracking_uri: str) -> dict[str, str]:
     if isinstance(e, AnomalyError):
         return {"error": type(e).__name__, "message": str(e)}
-    first = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
     return {"error": "RegistryUnavailable",
-            "message": f"registry unreachable at {tracking_uri}: {first}"}
+            "message": f"registry unreachable at {tracking_uri}: {first_line(e)}"}
 
 
 def _fail(run: Any, why: str) -> None:
@@ -321,7 +319,7 @@ if __name__ == "__main__":
     try:
         code = _serve(sys.stdin, protocol)
     except Exception as e:  # noqa: BLE001 - one line in the log the job reads, no traceback
-        print(f"{type(e).__name__}: {e}".splitlines()[0][:500], file=sys.stderr)
+        print(f"{type(e).__name__}: {first_line(e, 500)}", file=sys.stderr)
         code = 1
     sys.stderr.flush()
     # Everything is committed and answered: skip MLflow's exit hooks (over half a second,

@@ -40,6 +40,7 @@ from training.errors import (
     ModelFormatError,
     ModelNotFoundError,
     RegistryUnavailable,
+    first_line,
 )
 
 if TYPE_CHECKING:
@@ -139,8 +140,8 @@ def registry_error(e: BaseException, what: str, tracking_uri: str,
         return e
     if _not_found(e):
         return ModelNotFoundError(f"{what} in the registry at {tracking_uri} "
-                                  f"({_first_line(e)})" + (f"; {hint}" if hint else ""))
-    return RegistryUnavailable(f"registry unreachable at {tracking_uri}: {_first_line(e)}")
+                                  f"({first_line(e)})" + (f"; {hint}" if hint else ""))
+    return RegistryUnavailable(f"registry unreachable at {tracking_uri}: {first_line(e)}")
 
 
 def get_version(parsed: ModelURI, tracking_uri: str) -> ModelVersion:
@@ -166,9 +167,17 @@ def get_version(parsed: ModelURI, tracking_uri: str) -> ModelVersion:
             return client.get_model_version_by_alias(name, alias)
         return client.get_model_version(name, parsed.version)
     except Exception as e:  # MLflow's errors, connection refused, timeouts...
-        what = f"alias '{alias}'" if alias else f"version {parsed.version}"
-        raise registry_error(e, f"{parsed.uri}: model '{name}' has no {what}",
-                             tracking_uri) from None
+        if _not_found(e):
+            raise no_such_version(parsed, tracking_uri, first_line(e)) from None
+        raise registry_error(e, parsed.uri, tracking_uri) from None
+
+
+def no_such_version(parsed: ModelURI, tracking_uri: str, detail: str) -> ModelNotFoundError:
+    """The error for a registered URI whose model, version or alias the registry lacks."""
+    what = f"alias '{parsed.alias}'" if parsed.alias else f"version {parsed.version}"
+    return ModelNotFoundError(f"{parsed.uri}: model '{parsed.name}' has no {what} in the "
+                              f"registry at {tracking_uri} ({detail}); see `anomaly models "
+                              "list`")
 
 
 class ModelCache:
@@ -244,10 +253,10 @@ class ModelCache:
             except Exception as e:
                 if _not_found(e):  # the version exists, its files do not
                     raise ModelFormatError(f"{source.uri}: version {source.version} has no "
-                                           f"artifacts ({_first_line(e)})") from None
+                                           f"artifacts ({first_line(e)})") from None
                 raise RegistryUnavailable(f"registry unreachable at {self.tracking_uri}: "
                                           f"download of {source.uri} version "
-                                          f"{source.version} failed: {_first_line(e)}"
+                                          f"{source.version} failed: {first_line(e)}"
                                           ) from None
             check_model_folder(got, f"{source.uri} (version {source.version})")
             _write_json(got / _META, {**asdict(source), "artifacts": artifacts})
@@ -415,8 +424,3 @@ def _not_found(e: BaseException) -> bool:
     from mlflow.exceptions import MlflowException
 
     return isinstance(e, MlflowException) and e.error_code in NOT_FOUND_CODES
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__

@@ -27,7 +27,7 @@ from pipelines.batch.options import ScoreOptions
 from pipelines.batch.results import EXPERIMENT, QUANTILES, BatchResult, InputResult, log_metrics
 from pipelines.registry.tracking import ensure_experiment, use_tracking_uri
 from training.data.tables import table_format
-from training.errors import ConfigError, DataError
+from training.errors import ConfigError, DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def run_spark(opts: ScoreOptions) -> BatchResult:
                     raise OSError(f"could not rename {tmp_out} to {out}")
             except BaseException as e:
                 fs.delete(tmp_path, True)
-                mlflow.set_tag("error", str(e).splitlines()[0][:500] if str(e) else repr(e))
+                mlflow.set_tag("error", first_line(e, 500))
                 raise _as_data_error(e) from None
             res = _summarise(spark, out, opts, total)
             result = BatchResult(run.info.run_id, model.name, model.version, inputs=[res],
