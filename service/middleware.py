@@ -5,12 +5,11 @@ All are plain ASGI (no BaseHTTPMiddleware), so they add microseconds, not a task
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
 from typing import Any
-
-import anyio
 
 from service.errors import error_body, shaped
 
@@ -98,6 +97,8 @@ class RequestTimeout:
         if scope["type"] != "http" or not self.seconds:
             return await self.app(scope, receive, send)
         state = {"started": False, "timed_out": False}
+        loop = asyncio.get_running_loop()
+        answer: list[asyncio.Task] = []
 
         async def guarded_send(message: dict[str, Any]) -> None:
             if state["timed_out"]:
@@ -106,24 +107,22 @@ class RequestTimeout:
                 state["started"] = True
             await send(message)
 
-        async def watch(done: anyio.Event) -> None:
-            with anyio.move_on_after(self.seconds):
-                await done.wait()
-                return
+        def expire() -> None:
             if not state["started"]:
                 state["timed_out"] = True
-                await _timed_out(send, self.seconds)
+                answer.append(loop.create_task(_timed_out(send, self.seconds)))
 
-        done = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch, done)
-            try:
-                await self.app(scope, receive, guarded_send)
-            except Exception:
-                if not state["timed_out"]:
-                    raise
-            finally:
-                done.set()
+        # A timer, not a watcher task: arming and cancelling it costs microseconds per request.
+        timer = loop.call_later(self.seconds, expire)
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Exception:
+            if not state["timed_out"]:
+                raise
+        finally:
+            timer.cancel()
+            if answer:
+                await answer[0]
 
 
 async def _timed_out(send: Send, seconds: float) -> None:
