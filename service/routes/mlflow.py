@@ -17,6 +17,7 @@ from service.auth import ScoreAccess
 from service.metrics import Metrics
 from service.model import ServedModel
 from service.routes.deps import MetricsDep, SettingsDep, StoreDep, run_sized
+from service.routes.direct import DirectRoute
 from service.schemas import ErrorResponse
 from service.scoring import images
 from service.scoring import mlflow_protocol as protocol
@@ -40,10 +41,11 @@ _ANSWER = {200: {"description": "one prediction per record: score, p_value, is_a
                       "score_recon": 0.81, "p_value_recon": 0.42,
                       "unknown_categories": 0}]}}}}}
 
-mlflow_probes = APIRouter(tags=["mlflow protocol"])
-single = APIRouter(tags=["mlflow protocol"], dependencies=[ScoreAccess], responses=_ERRORS)
-per_model = APIRouter(prefix="/v1", tags=["mlflow protocol"], dependencies=[ScoreAccess],
-                      responses=_ERRORS)
+mlflow_probes = APIRouter(route_class=DirectRoute, tags=["mlflow protocol"])
+single = APIRouter(route_class=DirectRoute, tags=["mlflow protocol"],
+                   dependencies=[ScoreAccess], responses=_ERRORS)
+per_model = APIRouter(route_class=DirectRoute, prefix="/v1", tags=["mlflow protocol"],
+                      dependencies=[ScoreAccess], responses=_ERRORS)
 
 
 @mlflow_probes.get("/ping", summary="200 once every model is loaded (MLflow's health check)")

@@ -21,6 +21,7 @@ from service.routes.deps import (
     StreamsDep,
     run_sized,
 )
+from service.routes.direct import DirectRoute
 from service.schemas import (
     EncodeResponse,
     ErrorResponse,
@@ -51,8 +52,9 @@ _BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": ScoreRequest.model_json_schema()}}}}
 
 
-probes = APIRouter(tags=["operations"])
-v1 = APIRouter(prefix="/v1", tags=["models"], dependencies=[ScoreAccess], responses=ERRORS)
+probes = APIRouter(route_class=DirectRoute, tags=["operations"])
+v1 = APIRouter(route_class=DirectRoute, prefix="/v1", tags=["models"],
+               dependencies=[ScoreAccess], responses=ERRORS)
 
 
 @probes.get("/healthz", summary="the process is alive")

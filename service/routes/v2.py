@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from service.auth import ScoreAccess
 from service.metrics import Metrics
 from service.routes.deps import JSONBytes, MetricsDep, SettingsDep, StoreDep, run_sized
+from service.routes.direct import DirectRoute
 from service.scoring import images
 from service.scoring import v2_protocol as protocol
 from service.settings import Settings
@@ -41,9 +42,9 @@ _BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "example": {"inputs": [{"name": "mean_radius", "shape": [1], "datatype": "FP64",
                             "data": [13.5]}]}}}}}
 
-health = APIRouter(prefix="/v2", tags=["open inference protocol"])
-models = APIRouter(prefix="/v2", tags=["open inference protocol"], dependencies=[ScoreAccess],
-                   responses=_ERRORS)
+health = APIRouter(route_class=DirectRoute, prefix="/v2", tags=["open inference protocol"])
+models = APIRouter(route_class=DirectRoute, prefix="/v2", tags=["open inference protocol"],
+                   dependencies=[ScoreAccess], responses=_ERRORS)
 
 
 @health.get("", summary="server metadata")
