@@ -11,6 +11,7 @@ with a template, so no dict is built per record.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -53,10 +54,19 @@ def render_results(cols: dict[str, Any], explanation_names: Sequence[str] | None
         grouped: gather the per-kind columns into ``scores`` and ``p_values``; without it every
             column is a key of its own, as in the pyfunc's DataFrame (MLflow's predictions).
     """
-    kinds = [c[len("score_"):] for c in cols if c.startswith("score_")] if grouped else []
+    template, sources = _layout(tuple(cols), grouped)
+    texts = [_explanations(np.asarray(cols[c]), explanation_names or [], top_k)
+             if c == "explanation" else _texts(cols[c]) for c in sources]
+    return ("[" + ",".join([template % t for t in zip(*texts, strict=True)]) + "]").encode()
+
+
+@lru_cache(maxsize=256)
+def _layout(names: tuple[str, ...], grouped: bool) -> tuple[str, tuple[str, ...]]:
+    """A result's ``%``-template for columns ``names`` and the column behind each ``%s``."""
+    kinds = [c[len("score_"):] for c in names if c.startswith("score_")] if grouped else []
     keys: list[str] = []
-    texts: list[list[str]] = []
-    for c, values in cols.items():
+    sources: list[str] = []
+    for c in names:
         if kinds and c.startswith("p_value_"):
             continue
         if kinds and c.startswith("score_"):
@@ -66,10 +76,8 @@ def render_results(cols: dict[str, Any], explanation_names: Sequence[str] | None
                 keys.append(f'"{group}":{{' + ",".join(
                     pydantic_core.to_json(k).decode().replace("%", "%%") + ":%s"
                     for k in kinds) + "}")
-                texts.extend(_texts(cols[prefix + k]) for k in kinds)
+                sources.extend(prefix + k for k in kinds)
             continue
         keys.append(pydantic_core.to_json(c).decode().replace("%", "%%") + ":%s")
-        texts.append(_explanations(np.asarray(values), explanation_names or [], top_k)
-                     if c == "explanation" else _texts(values))
-    template = "{" + ",".join(keys) + "}"
-    return ("[" + ",".join([template % t for t in zip(*texts, strict=True)]) + "]").encode()
+        sources.append(c)
+    return "{" + ",".join(keys) + "}", tuple(sources)

@@ -78,15 +78,15 @@ class CalibratedScores:
         X, extras = self._matrix(data, source)
         raw = self._raw_from_matrix(X)
         primary = self.primary_score
-        cal = self.calibrations_[primary]
+        p_values = {k: self.calibrations_[k].p_values(v) for k, v in raw.items()}
         cols: dict[str, np.ndarray] = {
             "score": raw[primary],
-            "p_value": cal.p_values(raw[primary]),
-            "is_anomaly": raw[primary] > cal.threshold,
+            "p_value": p_values[primary],
+            "is_anomaly": raw[primary] > self.calibrations_[primary].threshold,
         }
         for k, v in raw.items():
             cols[f"score_{k}"] = v
-            cols[f"p_value_{k}"] = self.calibrations_[k].p_values(v)
+            cols[f"p_value_{k}"] = p_values[k]
         cols.update(extras)
         if explain:
             cols["explanation"] = self._explanation_of(X)

@@ -336,11 +336,13 @@ class TabularPreprocessor:
         by column, written straight into the float32 matrix (no float64 copy of it)."""
         plan = self._plan()
         n = records.n
-        X = np.zeros((n, self.n_features_), dtype=np.float32)
+        X = np.zeros((n, plan.width), dtype=np.float32)
         unknown = np.zeros(n, dtype=np.int64)
         if plan.numeric:
             M = records.numeric(plan.numeric)  # (n, k) float64
-            np.copyto(M, np.broadcast_to(plan.medians, M.shape), where=np.isnan(M))
+            missing = np.isnan(M)
+            if missing.any():
+                np.copyto(M, np.broadcast_to(plan.medians, M.shape), where=missing)
             M -= plan.means
             M /= plan.stds
             with np.errstate(over="ignore"):  # overflow: caught as a non-finite score
@@ -423,6 +425,7 @@ class _EncodingPlan:
     stds: np.ndarray
     # name, first position, categories, dropped, pooled (OTHER after the categories)
     categorical: list[tuple[str, int, list[str], bool, bool]]
+    width: int  # the matrix's columns
 
     @classmethod
     def of(cls, specs: list[ColumnSpec]) -> _EncodingPlan:
@@ -440,7 +443,7 @@ class _EncodingPlan:
             j += s.width
         f64 = np.float64
         return cls(numeric, np.asarray(positions, dtype=np.intp), np.asarray(medians, dtype=f64),
-                   np.asarray(means, dtype=f64), np.asarray(stds, dtype=f64), categorical)
+                   np.asarray(means, dtype=f64), np.asarray(stds, dtype=f64), categorical, j)
 
 
 @dataclass
