@@ -66,13 +66,14 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     app.state.startup_error = None
     app.state.metrics = Metrics(lambda: app.state.store.loaded())
     errors.install(app)
-    app.include_router(probes)
+    # Routers are tried in this order: the scoring routes first (no two routers share a path).
     app.include_router(v1)
-    app.include_router(mlflow.mlflow_probes)
-    app.include_router(mlflow.single)
     app.include_router(mlflow.per_model)
-    app.include_router(v2.health)
+    app.include_router(mlflow.single)
     app.include_router(v2.models)
+    app.include_router(probes)
+    app.include_router(mlflow.mlflow_probes)
+    app.include_router(v2.health)
     docs.install(app)
     app.add_middleware(BodyLimit, limit_for=lambda path: settings.max_upload_bytes
                        if path.endswith("/score-file") else settings.max_body_bytes)

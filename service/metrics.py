@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -26,6 +28,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
                    5.0, 10.0, 30.0)
 _QUANTILES = np.array([0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99])
 _BEYOND = np.array([1.0, 2.0, 5.0, 10.0, 100.0])
+_FEW = 8  # batches up to this size are counted record by record
 
 
 def score_buckets(model: ServedModel) -> np.ndarray:
@@ -41,7 +44,7 @@ class ScoreHistograms(Collector):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._data: dict[tuple[str, str], list] = {}  # -> [bounds, counts, sum]
+        self._data: dict[tuple[str, str], list] = {}  # -> [bounds, counts, sum, bounds list]
 
     def observe(self, model: ServedModel, scores: np.ndarray) -> None:
         """Count a batch of (n,) primary scores."""
@@ -49,9 +52,15 @@ class ScoreHistograms(Collector):
         with self._lock:
             if key not in self._data:
                 bounds = score_buckets(model)
-                self._data[key] = [bounds, np.zeros(len(bounds) + 1, dtype=np.int64), 0.0]
+                self._data[key] = [bounds, np.zeros(len(bounds) + 1, dtype=np.int64), 0.0,
+                                   bounds.tolist()]
             entry = self._data[key]
-            idx = np.searchsorted(entry[0], scores, side="left")  # bucket: first bound >= s
+            if len(scores) <= _FEW:  # a request's few records: no array passes
+                for s in scores.tolist():
+                    entry[1][bisect_left(entry[3], s)] += 1  # bucket: first bound >= s
+                    entry[2] += s
+                return
+            idx = np.searchsorted(entry[0], scores, side="left")
             entry[1] += np.bincount(idx, minlength=len(entry[0]) + 1)
             entry[2] += float(np.sum(scores))
 
@@ -60,7 +69,7 @@ class ScoreHistograms(Collector):
                                     "Primary anomaly scores served (higher = more abnormal)",
                                     labels=["model", "version"])
         with self._lock:
-            for (name, version), (bounds, counts, total) in self._data.items():
+            for (name, version), (bounds, counts, total, _) in self._data.items():
                 cum = np.cumsum(counts)
                 buckets = [(f"{b:.6g}", int(c))
                            for b, c in zip(bounds, cum[:-1], strict=True)]
@@ -105,20 +114,34 @@ class Metrics:
                                  ["model", "version"], registry=self.registry)
         self.reloads = Counter("anomaly_model_reloads", "Model reloads by outcome",
                                ["model", "outcome"], registry=self.registry)
+        # Labelled children by label values: label sets are bounded (route templates,
+        # configured models, statuses; served versions), and nothing is ever removed.
+        self._per_request: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._per_version: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.scores = ScoreHistograms()
         self.registry.register(self.scores)
         self.registry.register(LoadedModels(loaded))
 
     def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
         """Count one answered request."""
-        self.requests.labels(route, model, str(status)).inc()
-        self.latency.labels(route, model, str(status)).observe(seconds)
+        key = (route, model, status)
+        children = self._per_request.get(key)
+        if children is None:  # label lookups once per label set, not per request
+            labels = (route, model, str(status))
+            children = self._per_request[key] = (self.requests.labels(*labels),
+                                                  self.latency.labels(*labels))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_scores(self, model: ServedModel, scores: np.ndarray, flagged: int) -> None:
         """Count a batch of scored records: (n,) primary scores, ``flagged`` anomalies."""
-        version = model.source.version
-        self.records.labels(model.name, version).inc(len(scores))
-        self.anomalies.labels(model.name, version).inc(flagged)
+        key = (model.name, model.source.version)
+        children = self._per_version.get(key)
+        if children is None:
+            children = self._per_version[key] = (self.records.labels(*key),
+                                                  self.anomalies.labels(*key))
+        children[0].inc(len(scores))
+        children[1].inc(flagged)
         self.scores.observe(model, scores)
 
     def render(self) -> bytes:

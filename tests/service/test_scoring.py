@@ -105,6 +105,19 @@ def test_score_histogram_counts_by_bucket(served):
     assert total == pytest.approx(scores.sum() + scores[0])
 
 
+def test_score_histogram_counts_a_request_and_a_large_batch_alike(served):
+    """Up to a few records are counted one by one, larger batches with array passes."""
+    bounds = score_buckets(served)
+    scores = np.r_[bounds, bounds - 1e-9, bounds + 1e-9, bounds[-1] * 10]
+    one_by_one, batched = ScoreHistograms(), ScoreHistograms()
+    for s in scores:
+        one_by_one.observe(served, np.array([s]))
+    batched.observe(served, scores)
+    (a,), (b,) = one_by_one.collect(), batched.collect()
+    assert [(s.name, s.labels) for s in a.samples] == [(s.name, s.labels) for s in b.samples]
+    assert [s.value for s in a.samples] == pytest.approx([s.value for s in b.samples])
+
+
 def test_metrics_render(served):
     m = Metrics(lambda: [served])
     m.observe_scores(served, np.array([0.1, 5.0]), 1)
