@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pipelines.registry.tracking import default_tracking_uri
 from service import docs, errors
 from service.metrics import Metrics
-from service.middleware import BodyLimit, RequestMetrics, RequestTimeout
+from service.middleware import RequestGuard
 from service.routes import mlflow, v2
 from service.routes.v1 import probes, v1
 from service.scoring.streams import StreamStates
@@ -75,14 +75,13 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     app.include_router(mlflow.mlflow_probes)
     app.include_router(v2.health)
     docs.install(app)
-    app.add_middleware(BodyLimit, limit_for=lambda path: settings.max_upload_bytes
-                       if path.endswith("/score-file") else settings.max_body_bytes)
-    app.add_middleware(RequestTimeout, seconds=settings.request_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["X-API-Key",
                                                                          "Content-Type"])
-    app.add_middleware(RequestMetrics, metrics=app.state.metrics,
+    app.add_middleware(RequestGuard, limit_for=lambda path: settings.max_upload_bytes
+                       if path.endswith("/score-file") else settings.max_body_bytes,
+                       seconds=settings.request_timeout_s, metrics=app.state.metrics,
                        known_model=lambda name: name in app.state.store.slots)
     return app
 

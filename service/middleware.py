@@ -1,6 +1,7 @@
-"""ASGI middleware: request-body limits, a request timeout and per-request metrics.
+"""ASGI middleware: request-body limits, a request timeout and per-request metrics, in one layer.
 
-All are plain ASGI (no BaseHTTPMiddleware), so they add microseconds, not a task per request.
+One plain ASGI layer (no BaseHTTPMiddleware, one wrapper of ``send`` and one of ``receive``):
+the three duties of every request cost microseconds, not a task or three stacked wrappers.
 """
 
 from __future__ import annotations
@@ -18,50 +19,102 @@ Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
 
 
-class BodyLimit:
-    """Answer 413 once a request body passes its limit, whether announced or streamed.
+class RequestGuard:
+    """Every HTTP request's limits and metrics.
+
+    - **Body limit:** answer 413 once a request body passes its limit, whether announced
+      (``Content-Length``) or streamed.
+    - **Timeout:** answer 504 when a request has not started its answer within ``seconds``.
+      Work already running in a worker thread cannot be interrupted, so it finishes in the
+      background and its answer is dropped (a scored file's temporary output is still
+      deleted). An answer that has started (a file streaming back) is never cut.
+    - **Metrics:** time every request and count it by route template, model and status,
+      the 413s and 504s above included.
 
     Args:
         app: the wrapped ASGI app.
-        limit_for: path -> byte limit.
+        limit_for: path -> body byte limit.
+        seconds: the timeout; None = no limit.
+        metrics: a :class:`service.metrics.Metrics`.
+        known_model: name -> whether it is configured (unknown names are not labels, so
+            random paths cannot grow the metric set without bound).
     """
 
-    def __init__(self, app: Any, limit_for: Callable[[str], int]):
+    def __init__(self, app: Any, limit_for: Callable[[str], int], seconds: float | None,
+                 metrics: Any, known_model: Callable[[str], bool]):
         self.app = app
         self.limit_for = limit_for
+        self.seconds = seconds
+        self.metrics = metrics
+        self.known_model = known_model
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        # status: of the answer sent; answered: a 413 or 504 of ours went out, drop the app's
+        state: dict[str, Any] = {"status": 500, "started": False, "answered": False}
+        try:
+            await self._guarded(scope, receive, send, state)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            name = (scope.get("path_params") or {}).get("name", "")
+            model = name if name and self.known_model(name) else ""
+            self.metrics.observe_request(path, model, state["status"],
+                                         time.perf_counter() - start)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send,
+                       state: dict[str, Any]) -> None:
         limit = self.limit_for(scope["path"])
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await _too_large(send, limit, scope["path"])
-        state = {"seen": 0, "answered": False, "started": False}
+        for header, value in scope.get("headers") or ():
+            if header == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    state["status"] = 413
+                    return await _too_large(send, limit, scope["path"])
+                break
+        seen = 0
+        answers: list[asyncio.Task] = []
 
         async def limited_receive() -> dict[str, Any]:
+            nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
-                state["seen"] += len(message.get("body", b""))
-                if state["seen"] > limit:
-                    if not state["started"]:
-                        state["answered"] = True
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    if not state["started"] and not state["answered"]:
+                        state["answered"], state["status"] = True, 413
                         await _too_large(send, limit, scope["path"])
                     return {"type": "http.disconnect"}
             return message
 
         async def guarded_send(message: dict[str, Any]) -> None:
             if state["answered"]:
-                return  # the 413 went out already; the app's own answer is dropped
+                return  # our 413 or 504 went out already; the app's own answer is dropped
             if message["type"] == "http.response.start":
-                state["started"] = True
+                state["started"], state["status"] = True, message["status"]
             await send(message)
 
+        def expire() -> None:
+            if not state["started"] and not state["answered"]:
+                state["answered"], state["status"] = True, 504
+                answers.append(loop.create_task(_timed_out(send, self.seconds)))
+
+        timer = None
+        if self.seconds:
+            loop = asyncio.get_running_loop()
+            # A timer, not a watcher task: arming and cancelling it costs microseconds.
+            timer = loop.call_later(self.seconds, expire)
         try:
             await self.app(scope, limited_receive, guarded_send)
         except Exception:
             if not state["answered"]:
                 raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if answers:
+                await answers[0]
 
 
 async def _too_large(send: Send, limit: int, path: str) -> None:
@@ -76,55 +129,6 @@ async def _too_large(send: Send, limit: int, path: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestTimeout:
-    """Answer 504 when a request has not started its answer within ``seconds``.
-
-    The caller gets the 504 at the deadline; work already running in a worker thread cannot be
-    interrupted, so it finishes in the background and its answer is dropped (a scored file's
-    temporary output is still deleted). An answer that has started (a file streaming back) is
-    never cut.
-
-    Args:
-        app: the wrapped ASGI app.
-        seconds: the limit; None = no limit.
-    """
-
-    def __init__(self, app: Any, seconds: float | None):
-        self.app = app
-        self.seconds = seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.seconds:
-            return await self.app(scope, receive, send)
-        state = {"started": False, "timed_out": False}
-        loop = asyncio.get_running_loop()
-        answer: list[asyncio.Task] = []
-
-        async def guarded_send(message: dict[str, Any]) -> None:
-            if state["timed_out"]:
-                return  # the 504 went out already
-            if message["type"] == "http.response.start":
-                state["started"] = True
-            await send(message)
-
-        def expire() -> None:
-            if not state["started"]:
-                state["timed_out"] = True
-                answer.append(loop.create_task(_timed_out(send, self.seconds)))
-
-        # A timer, not a watcher task: arming and cancelling it costs microseconds per request.
-        timer = loop.call_later(self.seconds, expire)
-        try:
-            await self.app(scope, receive, guarded_send)
-        except Exception:
-            if not state["timed_out"]:
-                raise
-        finally:
-            timer.cancel()
-            if answer:
-                await answer[0]
-
-
 async def _timed_out(send: Send, seconds: float) -> None:
     body = json.dumps(error_body(
         "timeout", f"no answer within {seconds:g} seconds; send less per request or raise the "
@@ -133,40 +137,3 @@ async def _timed_out(send: Send, seconds: float) -> None:
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-
-
-class RequestMetrics:
-    """Time every HTTP request and count it by route template, model and status.
-
-    Args:
-        app: the wrapped ASGI app.
-        metrics: a :class:`service.metrics.Metrics`.
-        known_model: name -> whether it is configured (unknown names are not labels, so
-            random paths cannot grow the metric set without bound).
-    """
-
-    def __init__(self, app: Any, metrics: Any, known_model: Callable[[str], bool]):
-        self.app = app
-        self.metrics = metrics
-        self.known_model = known_model
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start = time.perf_counter()
-        status = {"code": 500}
-
-        async def send_status(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            name = (scope.get("path_params") or {}).get("name", "")
-            model = name if name and self.known_model(name) else ""
-            self.metrics.observe_request(path, model, status["code"],
-                                         time.perf_counter() - start)

@@ -35,7 +35,8 @@ from pydantic_core import PydanticUndefined
 from starlette.requests import Request
 from starlette.responses import Response
 
-Getter = Callable[[Request], Awaitable[Any]]
+# What one argument gets per request, and whether it is awaited (dependencies) or not.
+Getter = tuple[Callable[[Request], Any], bool]
 
 
 class Unplanned(Exception):
@@ -51,15 +52,19 @@ class DirectRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         try:
-            call = _plan_call(self.endpoint, set(self.param_convertors), returns_response=True)
+            call, _ = _plan_call(self.endpoint, set(self.param_convertors),
+                                 returns_response=True)
             before = [_plan_dependency(d, set(self.param_convertors)) for d in self.dependencies]
         except Unplanned:
             return super().get_route_handler()
         self.planned = True
 
         async def handler(request: Request) -> Response:
-            for dependency in before:
-                await dependency(request)
+            for get, awaited in before:
+                if awaited:
+                    await get(request)
+                else:
+                    get(request)
             return await call(request)
 
         return handler
@@ -67,20 +72,22 @@ class DirectRoute(APIRoute):
 
 def _plan_call(fn: Callable[..., Awaitable[Any]], path_names: set[str],
                returns_response: bool = False) -> Getter:
-    """A coroutine ``request -> fn(**arguments)`` with every argument planned."""
+    """A coroutine function ``request -> fn(**arguments)`` with every argument planned."""
     if not inspect.iscoroutinefunction(fn):
         raise Unplanned(f"{fn!r} is not an async def")
     hints = typing.get_type_hints(fn, include_extras=True)
     if returns_response and not _is_response(hints.get("return")):
         raise Unplanned(f"{fn!r} does not return a Response")
-    getters: list[tuple[str, Getter]] = []
-    for p in inspect.signature(fn).parameters.values():
-        getters.append((p.name, _plan_parameter(p, hints.get(p.name, Any), path_names)))
+    getters = [(p.name, *_plan_parameter(p, hints.get(p.name, Any), path_names))
+               for p in inspect.signature(fn).parameters.values()]
 
     async def call(request: Request) -> Any:
-        return await fn(**{name: await get(request) for name, get in getters})
+        arguments = {}
+        for name, get, awaited in getters:
+            arguments[name] = (await get(request)) if awaited else get(request)
+        return await fn(**arguments)
 
-    return call
+    return call, True
 
 
 def _is_response(annotation: Any) -> bool:
@@ -93,10 +100,10 @@ def _plan_dependency(marker: params.Depends, path_names: set[str]) -> Getter:
     if isinstance(dependency, APIKeyHeader) and not dependency.auto_error:
         header = dependency.model.name.lower()
 
-        async def key(request: Request) -> str | None:
+        def key(request: Request) -> str | None:
             return request.headers.get(header)
 
-        return key
+        return key, False
     if dependency is None or getattr(marker, "use_cache", True) is False:
         raise Unplanned("a dependency without a callable, or uncached")
     return _plan_call(dependency, path_names)
@@ -113,10 +120,10 @@ def _plan_parameter(p: inspect.Parameter, annotation: Any, path_names: set[str])
         if markers:
             marker = markers[0]
     if inspect.isclass(kind) and issubclass(kind, Request):
-        async def the_request(request: Request) -> Request:
+        def the_request(request: Request) -> Request:
             return request
 
-        return the_request
+        return the_request, False
     if isinstance(marker, params.Depends):
         return _plan_dependency(marker, path_names)
     if p.name in path_names and not isinstance(marker, params.Param):
@@ -143,7 +150,7 @@ def _value_getter(where: str, name: str, kind: Any, default: Any) -> Getter:
     """A path or query value validated as ``kind`` (FastAPI's 422 when it is not one)."""
     adapter = TypeAdapter(kind)
 
-    async def value(request: Request) -> Any:
+    def value(request: Request) -> Any:
         raw = (request.path_params if where == "path" else request.query_params).get(name)
         if raw is None:
             return default
@@ -153,4 +160,4 @@ def _value_getter(where: str, name: str, kind: Any, default: Any) -> Getter:
             raise RequestValidationError([{**err, "loc": (where, name, *err["loc"])}
                                           for err in e.errors(include_url=False)]) from None
 
-    return value
+    return value, False
