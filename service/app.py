@@ -75,14 +75,14 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     app.include_router(mlflow.mlflow_probes)
     app.include_router(v2.health)
     docs.install(app)
-    if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                           allow_methods=["GET", "POST"], allow_headers=["X-API-Key",
-                                                                         "Content-Type"])
     app.add_middleware(RequestGuard, limit_for=lambda path: settings.max_upload_bytes
                        if path.endswith("/score-file") else settings.max_body_bytes,
                        seconds=settings.request_timeout_s, metrics=app.state.metrics,
                        known_model=lambda name: name in app.state.store.slots)
+    if settings.cors_origins:  # outermost, so that the guard's 413 and 504 carry its headers
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["X-API-Key",
+                                                                         "Content-Type"])
     return app
 
 

@@ -57,9 +57,12 @@ class ScoreHistograms(Collector):
             entry = self._data[key]
             if len(scores) <= _FEW:  # a request's few records: no array passes
                 for s in scores.tolist():
-                    entry[1][bisect_left(entry[3], s)] += 1  # bucket: first bound >= s
-                    entry[2] += s
+                    if s == s:  # not NaN (no score): counted nowhere, as below
+                        entry[1][bisect_left(entry[3], s)] += 1  # bucket: first bound >= s
+                        entry[2] += s
                 return
+            if np.isnan(scores).any():
+                scores = scores[~np.isnan(scores)]
             idx = np.searchsorted(entry[0], scores, side="left")
             entry[1] += np.bincount(idx, minlength=len(entry[0]) + 1)
             entry[2] += float(np.sum(scores))

@@ -3,30 +3,37 @@
 FastAPI resolves an endpoint's parameters anew for every request, walking its dependency tree;
 on a single record that walk is about a third of the service's own time. :class:`DirectRoute`
 plans the walk once, when the route is declared, for the parameter forms the scoring routes
-use, and replays the plan per request:
+use, and replays the plan per request with FastAPI's semantics: dependencies first (the
+router's and the include's ``dependencies=[...]``, then the endpoint's, in order, each called
+once per request), then the path and query values; every invalid value is reported in one 422
+(``loc`` ``("path" | "query", name)``), and a dependency whose own values are invalid is not
+called. The forms:
 
 - the :class:`~starlette.requests.Request`;
-- path parameters, validated by their annotation;
-- query parameters (``Query(...)`` or a plain default), validated by their annotation; a bad
-  value is the same 422 as FastAPI's (``loc`` ``("query", name)``);
+- path parameters and query parameters (``Query(...)`` without constraints, or a plain
+  default) of a scalar type (``str``, ``int``, ``float``, ``bool``, optionally ``| None``),
+  validated by it;
 - ``Depends(fn)`` / ``Security(fn)`` on an ``async def`` whose own parameters are of these
-  forms, and ``Security(APIKeyHeader(..., auto_error=False))``: the header or None;
-- the router's and the route's ``dependencies=[...]``, run first, in order.
+  forms, and ``Security(APIKeyHeader(..., auto_error=False))``: the header, or None.
 
-The endpoint must return a :class:`~starlette.responses.Response` (its return annotation says
-so). A route with any other parameter form (a body model, a file, a ``yield`` dependency,
-background tasks) keeps FastAPI's own handler: the plan is an optimisation, never a second
-meaning. The OpenAPI description comes from the endpoint's signature as for any route.
+The endpoint must be annotated to return a :class:`~starlette.responses.Response` (and must
+return one: anything else is a 500). A route with any other form (a body, a form, a file, a
+list, a constrained or aliased value, a sync or ``yield`` dependency) keeps FastAPI's own
+handler, and so does every request made while ``app.dependency_overrides`` is not empty: the
+plan is an optimisation, never a second meaning. The OpenAPI description comes from the
+endpoint's signature as for any route.
 """
 
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import params
+from fastapi import routing as fastapi_routing
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
@@ -35,8 +42,14 @@ from pydantic_core import PydanticUndefined
 from starlette.requests import Request
 from starlette.responses import Response
 
-# What one argument gets per request, and whether it is awaited (dependencies) or not.
-Getter = tuple[Callable[[Request], Any], bool]
+_SCALARS = (str, int, float, bool)
+# Per request: the errors found so far, and the dependencies' results by callable.
+Errors = list[dict[str, Any]]
+Cache = dict[Any, Any]
+# A dependency: (request, errors, cache) -> its result (awaited).
+DependencyGetter = Callable[[Request, Errors, Cache], Awaitable[Any]]
+# A value: request -> the validated value (raises RequestValidationError).
+ValueGetter = Callable[[Request], Any]
 
 
 class Unplanned(Exception):
@@ -51,102 +64,165 @@ class DirectRoute(APIRoute):
     planned: bool = False
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        fallback = super().get_route_handler()
+        # Included into an app, a route is answered with the inclusion's state (FastAPI >=
+        # 0.160: its dependencies, path and overrides), passed in while the handler is built.
+        route = self
+        context_var = getattr(fastapi_routing, "_effective_route_context_var", None)
+        context = context_var.get() if context_var is not None else None
+        if context is not None and getattr(context, "original_route", None) is self:
+            route = context
         try:
-            call, _ = _plan_call(self.endpoint, set(self.param_convertors),
-                                 returns_response=True)
-            before = [_plan_dependency(d, set(self.param_convertors)) for d in self.dependencies]
+            path_names = set(route.param_convertors)
+            before = [_plan_dependency(d, path_names) for d in route.dependencies]
+            arguments = _plan_arguments(self.endpoint, path_names)
+            hints = _hints(self.endpoint)
+            if not _is_response(hints.get("return")):
+                raise Unplanned("the endpoint is not annotated to return a Response")
         except Unplanned:
-            return super().get_route_handler()
+            return fallback
         self.planned = True
+        overrides = getattr(route, "dependency_overrides_provider", None)
+        endpoint = self.endpoint
 
         async def handler(request: Request) -> Response:
-            for get, awaited in before:
-                if awaited:
-                    await get(request)
-                else:
-                    get(request)
-            return await call(request)
+            if overrides is not None and getattr(overrides, "dependency_overrides", None):
+                return await fallback(request)
+            errors: Errors = []
+            cache: Cache = {}
+            for dependency in before:
+                await dependency(request, errors, cache)
+            values = await arguments(request, errors, cache)
+            if errors:
+                raise RequestValidationError(errors)
+            response = await endpoint(**values)
+            if not isinstance(response, Response):
+                raise TypeError(f"{endpoint.__qualname__} returned {type(response).__name__}, "
+                                "not the Response its annotation promises")
+            return response
 
         return handler
 
 
-def _plan_call(fn: Callable[..., Awaitable[Any]], path_names: set[str],
-               returns_response: bool = False) -> Getter:
-    """A coroutine function ``request -> fn(**arguments)`` with every argument planned."""
-    if not inspect.iscoroutinefunction(fn):
-        raise Unplanned(f"{fn!r} is not an async def")
-    hints = typing.get_type_hints(fn, include_extras=True)
-    if returns_response and not _is_response(hints.get("return")):
-        raise Unplanned(f"{fn!r} does not return a Response")
-    getters = [(p.name, *_plan_parameter(p, hints.get(p.name, Any), path_names))
-               for p in inspect.signature(fn).parameters.values()]
-
-    async def call(request: Request) -> Any:
-        arguments = {}
-        for name, get, awaited in getters:
-            arguments[name] = (await get(request)) if awaited else get(request)
-        return await fn(**arguments)
-
-    return call, True
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception as e:  # an annotation that does not resolve: FastAPI's handler decides
+        raise Unplanned(f"{fn!r}: {e}") from None
 
 
 def _is_response(annotation: Any) -> bool:
     return inspect.isclass(annotation) and issubclass(annotation, Response)
 
 
-def _plan_dependency(marker: params.Depends, path_names: set[str]) -> Getter:
-    """What a ``Depends``/``Security`` marker gives, per request."""
+def _plan_arguments(fn: Callable[..., Any], path_names: set[str]) -> DependencyGetter:
+    """``(request, errors, cache) -> fn's keyword arguments``: its dependencies' results, then
+    its values; invalid values are appended to ``errors``."""
+    if not inspect.iscoroutinefunction(fn):
+        raise Unplanned(f"{fn!r} is not an async def")
+    hints = _hints(fn)
+    dependencies: list[tuple[str, DependencyGetter]] = []
+    values: list[tuple[str, ValueGetter]] = []
+    for p in inspect.signature(fn).parameters.values():
+        kind, get = _plan_parameter(p, hints.get(p.name, Any), path_names)
+        (dependencies if kind == "dependency" else values).append((p.name, get))
+
+    async def arguments(request: Request, errors: Errors, cache: Cache) -> dict[str, Any]:
+        out = {}
+        for name, dependency in dependencies:
+            out[name] = await dependency(request, errors, cache)
+        for name, value in values:
+            try:
+                out[name] = value(request)
+            except RequestValidationError as e:
+                errors.extend(e.errors())
+        return out
+
+    return arguments
+
+
+def _plan_dependency(marker: params.Depends, path_names: set[str]) -> DependencyGetter:
+    """What a ``Depends``/``Security`` marker gives, per request (cached per request, as
+    FastAPI caches it, unless ``use_cache=False``)."""
     dependency = marker.dependency
-    if isinstance(dependency, APIKeyHeader) and not dependency.auto_error:
+    if type(dependency) is APIKeyHeader and not dependency.auto_error:
         header = dependency.model.name.lower()
 
-        def key(request: Request) -> str | None:
-            return request.headers.get(header)
+        async def key(request: Request, errors: Errors, cache: Cache) -> str | None:
+            return request.headers.get(header) or None
 
-        return key, False
-    if dependency is None or getattr(marker, "use_cache", True) is False:
-        raise Unplanned("a dependency without a callable, or uncached")
-    return _plan_call(dependency, path_names)
+        return key
+    if dependency is None or isinstance(marker, params.Security) and marker.scopes:
+        raise Unplanned("a dependency without a callable, or with security scopes")
+    arguments = _plan_arguments(dependency, path_names)
+    use_cache = getattr(marker, "use_cache", True)
+
+    async def call(request: Request, errors: Errors, cache: Cache) -> Any:
+        if use_cache and dependency in cache:
+            return cache[dependency]
+        mine: Errors = []
+        values = await arguments(request, mine, cache)
+        if mine:  # FastAPI does not call a dependency whose own values are invalid
+            errors.extend(mine)
+            return None
+        result = await dependency(**values)
+        if use_cache:
+            cache[dependency] = result
+        return result
+
+    return call
 
 
-def _plan_parameter(p: inspect.Parameter, annotation: Any, path_names: set[str]) -> Getter:
-    """What one endpoint parameter gets, per request."""
+def _plan_parameter(p: inspect.Parameter, annotation: Any, path_names: set[str]
+                    ) -> tuple[str, Any]:
+    """``("dependency", getter)`` or ``("value", getter)`` for one parameter."""
+    if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        raise Unplanned(f"{p.name}: *args or **kwargs")
     kind, marker = annotation, p.default
     if typing.get_origin(annotation) is typing.Annotated:
         kind, *extras = typing.get_args(annotation)
-        markers = [e for e in extras if isinstance(e, (params.Depends, params.Param))]
-        if len(markers) > 1:
-            raise Unplanned(f"{p.name}: more than one marker")
+        markers = [e for e in extras if isinstance(e, params.Depends | params.FieldInfo)]
+        if len(markers) != len(extras) or len(markers) > 1:
+            raise Unplanned(f"{p.name}: metadata beyond one FastAPI marker")
         if markers:
             marker = markers[0]
-    if inspect.isclass(kind) and issubclass(kind, Request):
-        def the_request(request: Request) -> Request:
-            return request
-
-        return the_request, False
+    if inspect.isclass(kind) and issubclass(kind, Request) and marker is p.default:
+        return "value", _the_request
     if isinstance(marker, params.Depends):
-        return _plan_dependency(marker, path_names)
-    if p.name in path_names and not isinstance(marker, params.Param):
-        return _value_getter("path", p.name, kind, inspect.Parameter.empty)
-    if isinstance(marker, params.Query):
+        return "dependency", _plan_dependency(marker, path_names)
+    if not _scalar(kind):
+        raise Unplanned(f"{p.name}: not a scalar value")
+    if isinstance(marker, params.FieldInfo):
+        if not isinstance(marker, params.Query):  # Body, Form, File, Header, Cookie, Path
+            raise Unplanned(f"{p.name}: a {type(marker).__name__} parameter")
         default = marker.default if marker is p.default else p.default
-        if (any(default is x for x in (..., inspect.Parameter.empty, PydanticUndefined))
-                or marker.alias
-                or marker.default_factory is not None):
-            raise Unplanned(f"{p.name}: a required, aliased or factory query parameter")
-        return _value_getter("query", p.name, kind, default)
-    if isinstance(marker, params.Param) or p.default is inspect.Parameter.empty:
-        raise Unplanned(f"{p.name}: not a form the plan covers")
-    if typing.get_origin(kind) in (list, tuple, set, dict) or _is_model(kind):
-        raise Unplanned(f"{p.name}: a body or sequence parameter")
-    return _value_getter("query", p.name, kind, p.default)
+        if (marker.alias or marker.validation_alias or marker.default_factory is not None
+                or marker.metadata):
+            raise Unplanned(f"{p.name}: an aliased, constrained or factory query parameter")
+        if any(default is x for x in (..., inspect.Parameter.empty, PydanticUndefined)):
+            raise Unplanned(f"{p.name}: a required query parameter")
+        if p.name in path_names:
+            raise Unplanned(f"{p.name}: a query parameter named like a path parameter")
+        return "value", _value_getter("query", p.name, kind, default)
+    if p.name in path_names:
+        return "value", _value_getter("path", p.name, kind, inspect.Parameter.empty)
+    if p.default is inspect.Parameter.empty:
+        raise Unplanned(f"{p.name}: a required query parameter")
+    return "value", _value_getter("query", p.name, kind, p.default)
 
 
-def _is_model(kind: Any) -> bool:
-    return inspect.isclass(kind) and hasattr(kind, "model_fields")
+def _the_request(request: Request) -> Request:
+    return request
 
 
-def _value_getter(where: str, name: str, kind: Any, default: Any) -> Getter:
+def _scalar(kind: Any) -> bool:
+    """``str``, ``int``, ``float`` or ``bool``, optionally ``| None``."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return all(a is type(None) or a in _SCALARS for a in typing.get_args(kind))
+    return kind in _SCALARS
+
+
+def _value_getter(where: str, name: str, kind: Any, default: Any) -> ValueGetter:
     """A path or query value validated as ``kind`` (FastAPI's 422 when it is not one)."""
     adapter = TypeAdapter(kind)
 
@@ -160,4 +236,4 @@ def _value_getter(where: str, name: str, kind: Any, default: Any) -> Getter:
             raise RequestValidationError([{**err, "loc": (where, name, *err["loc"])}
                                           for err in e.errors(include_url=False)]) from None
 
-    return value, False
+    return value

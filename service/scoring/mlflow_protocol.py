@@ -33,6 +33,7 @@ import pydantic_core
 from service.model import ServedModel
 from service.scoring.records import score_columns
 from service.scoring.render import render_results
+from training.detector.scores import scored_primary
 from training.errors import DataError, TooLargeError, UnsupportedMediaError
 from training.preprocessing.tabular import Records
 
@@ -184,5 +185,5 @@ def predict(model: ServedModel, records: Records | pd.DataFrame) -> Predictions:
     """Score ``records`` (from :func:`parse`) and render MLflow's ``{"predictions": [...]}``."""
     cols = score_columns(model, records)
     rows = render_results(cols, grouped=False)
-    return Predictions(body=b'{"predictions":' + rows + b"}", primary=cols["score"],
+    return Predictions(body=b'{"predictions":' + rows + b"}", primary=scored_primary(cols),
                        flagged=int(cols["is_anomaly"].sum()))

@@ -30,6 +30,7 @@ from pydantic import ValidationError as PydanticValidationError
 from service.errors import data_error
 from service.model import ServedModel
 from service.scoring.records import score_columns
+from training.detector.scores import scored_primary
 from training.errors import DataError, UnknownModelError
 from training.preprocessing.tabular import NUMERIC, ColumnSpec, Records
 
@@ -305,7 +306,7 @@ def infer(model: ServedModel, req: InferRequest) -> InferAnswer:
         answer["id"] = req.id
     answer["outputs"] = outputs
     head = pydantic_core.to_json(answer, inf_nan_mode="null")
-    primary, flagged = cols["score"], int(cols["is_anomaly"].sum())
+    primary, flagged = scored_primary(cols), int(cols["is_anomaly"].sum())
     if not blobs:
         return InferAnswer(head, {}, "application/json", primary, flagged)
     return InferAnswer(head + b"".join(blobs), {HEADER_LENGTH: str(len(head))},

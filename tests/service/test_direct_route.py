@@ -6,6 +6,7 @@ from typing import Annotated
 
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
+from fastapi import Body as BodyParam
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
@@ -35,7 +36,25 @@ class Body(BaseModel):
     x: int
 
 
-def _app(route_class: type[APIRoute]) -> FastAPI:
+CALLS: list[str] = []
+
+
+async def counted(request: Request) -> int:
+    CALLS.append(request.url.path)
+    return len(CALLS)
+
+
+async def deny(request: Request) -> None:
+    from training.errors import AuthError
+
+    raise AuthError("denied at the include")
+
+
+async def allow(request: Request) -> None:
+    return None
+
+
+def _app(route_class: type[APIRoute], include_dependencies: list | None = None) -> FastAPI:
     router = APIRouter(prefix="/m", route_class=route_class, dependencies=[Depends(need_key)])
 
     @router.post("/{name}/score")
@@ -55,9 +74,26 @@ def _app(route_class: type[APIRoute]) -> FastAPI:
     async def with_model(body: Body) -> JSONResponse:  # a body model: FastAPI's own handler
         return JSONResponse({"x": body.x})
 
+    @router.get("/cached")
+    async def cached(a: Annotated[int, Depends(counted)],
+                     b: Annotated[int, Depends(counted)]) -> JSONResponse:
+        return JSONResponse({"same": a == b})
+
+    @router.get("/constrained")
+    async def constrained(lim: Annotated[int, Query(ge=1)] = 5) -> JSONResponse:
+        return JSONResponse({"lim": lim})
+
+    @router.get("/listed")
+    async def listed(q: Annotated[list[str] | None, Query()] = None) -> JSONResponse:
+        return JSONResponse({"q": q})
+
+    @router.post("/embedded")
+    async def embedded(x: Annotated[int, BodyParam(embed=True)] = 0) -> JSONResponse:
+        return JSONResponse({"x": x})
+
     app = FastAPI(title="t")
     errors.install(app)
-    app.include_router(router)
+    app.include_router(router, dependencies=include_dependencies or [])
     return app
 
 
@@ -71,6 +107,12 @@ REQUESTS = [
     ("get", "/m/b/count/21", {"X-API-Key": "secret"}, {}),
     ("get", "/m/b/count/abc", {"X-API-Key": "secret"}, {}),
     ("get", "/m/b/count/21", {"X-API-Key": "wrong"}, {}),
+    ("get", "/m/b/count/21", {"X-API-Key": ""}, {}),
+    ("post", "/m/a/score", {"X-API-Key": "secret"}, {"explain": "maybe", "limit": "x"}),
+    ("post", "/m/a/score", {"X-API-Key": "secret"}, {"explain": ["1", "0"]}),
+    ("get", "/m/constrained", {"X-API-Key": "secret"}, {"lim": "0"}),
+    ("get", "/m/listed", {"X-API-Key": "secret"}, {"q": ["p", "q"]}),
+    ("post", "/m/embedded", {"X-API-Key": "secret"}, {}),
 ]
 
 
@@ -80,10 +122,30 @@ def test_a_direct_route_answers_as_fastapi_does(method, path, headers, query):
     for cls in (APIRoute, DirectRoute):
         with TestClient(_app(cls)) as c:
             kwargs = {"content": b"[1, 2]"} if method == "post" else {}
+            if path.endswith("/embedded"):
+                kwargs = {"json": {"x": 7}}
             r = c.request(method, path, headers=headers, params=query, **kwargs)
             answers.append((r.status_code, r.headers.get("content-type"), r.content))
     assert answers[0] == answers[1]
     assert answers[0][0] in (200, 401, 422)
+
+
+def test_dependencies_of_the_include_and_overrides_are_honoured():
+    for cls in (APIRoute, DirectRoute):
+        with TestClient(_app(cls, include_dependencies=[Depends(deny)])) as c:
+            r = c.post("/m/a/score", headers={"X-API-Key": "secret"})
+            assert r.status_code == 401 and "denied at the include" in r.text, cls
+        app = _app(cls)
+        app.dependency_overrides[need_key] = allow
+        with TestClient(app) as c:
+            assert c.post("/m/a/score").status_code == 200, cls  # no key needed now
+
+
+def test_a_dependency_used_twice_runs_once_per_request():
+    with TestClient(_app(DirectRoute)) as c:
+        CALLS.clear()
+        assert c.get("/m/cached", headers={"X-API-Key": "secret"}).json() == {"same": True}
+        assert len(CALLS) == 1
 
 
 def test_the_plan_covers_the_parameter_forms_and_leaves_the_rest_to_fastapi():
@@ -91,7 +153,9 @@ def test_the_plan_covers_the_parameter_forms_and_leaves_the_rest_to_fastapi():
     routes = {r.path: r for r in _api_routes(app)}
     assert routes["/m/{name}/score"].planned
     assert routes["/m/{name}/count/{n}"].planned
-    assert not routes["/m/model"].planned  # a body model
+    assert routes["/m/cached"].planned
+    for path in ("/m/model", "/m/constrained", "/m/listed", "/m/embedded"):
+        assert not routes[path].planned, path  # a body, a constraint, a list: FastAPI's
     with TestClient(app) as c:
         r = c.post("/m/model", json={"x": 4}, headers={"X-API-Key": "secret"})
         assert r.json() == {"x": 4}
@@ -122,3 +186,13 @@ def _api_routes(app: FastAPI) -> list[APIRoute]:
         out.extend(x for x in getattr(getattr(r, "original_router", None), "routes", [])
                    if isinstance(x, APIRoute))
     return out
+
+
+def test_the_guards_own_answers_carry_the_cors_headers():
+    """A browser must see the 413 (or 504), not a CORS failure: CORS sits outside the guard."""
+    app = create_app(Settings(models=["models:/x@a"], cors_origins=["http://a.example"],
+                              max_body_bytes=1024))
+    r = TestClient(app).post("/v1/models/x/score", content=b"x" * 5000, headers={
+        "Origin": "http://a.example", "Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert r.headers["access-control-allow-origin"] == "http://a.example"

@@ -108,7 +108,7 @@ def test_score_histogram_counts_by_bucket(served):
 def test_score_histogram_counts_a_request_and_a_large_batch_alike(served):
     """Up to a few records are counted one by one, larger batches with array passes."""
     bounds = score_buckets(served)
-    scores = np.r_[bounds, bounds - 1e-9, bounds + 1e-9, bounds[-1] * 10]
+    scores = np.r_[bounds, bounds - 1e-9, bounds + 1e-9, bounds[-1] * 10, np.nan]  # NaN: no score
     one_by_one, batched = ScoreHistograms(), ScoreHistograms()
     for s in scores:
         one_by_one.observe(served, np.array([s]))
