@@ -44,21 +44,20 @@ class ScoreHistograms(Collector):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._data: dict[tuple[str, str], list] = {}  # -> [bounds, counts, sum, bounds list]
+        self._data: dict[tuple[str, str], list] = {}  # -> [bounds (a list), counts, sum]
 
     def observe(self, model: ServedModel, scores: np.ndarray) -> None:
         """Count a batch of (n,) primary scores."""
         key = (model.name, model.source.version)
         with self._lock:
             if key not in self._data:
-                bounds = score_buckets(model)
-                self._data[key] = [bounds, np.zeros(len(bounds) + 1, dtype=np.int64), 0.0,
-                                   bounds.tolist()]
+                bounds = score_buckets(model).tolist()
+                self._data[key] = [bounds, np.zeros(len(bounds) + 1, dtype=np.int64), 0.0]
             entry = self._data[key]
             if len(scores) <= _FEW:  # a request's few records: no array passes
                 for s in scores.tolist():
                     if s == s:  # not NaN (no score): counted nowhere, as below
-                        entry[1][bisect_left(entry[3], s)] += 1  # bucket: first bound >= s
+                        entry[1][bisect_left(entry[0], s)] += 1  # bucket: first bound >= s
                         entry[2] += s
                 return
             if np.isnan(scores).any():
@@ -72,7 +71,7 @@ class ScoreHistograms(Collector):
                                     "Primary anomaly scores served (higher = more abnormal)",
                                     labels=["model", "version"])
         with self._lock:
-            for (name, version), (bounds, counts, total, _) in self._data.items():
+            for (name, version), (bounds, counts, total) in self._data.items():
                 cum = np.cumsum(counts)
                 buckets = [(f"{b:.6g}", int(c))
                            for b, c in zip(bounds, cum[:-1], strict=True)]

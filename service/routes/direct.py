@@ -75,10 +75,10 @@ class DirectRoute(APIRoute):
         try:
             path_names = set(route.param_convertors)
             before = [_plan_dependency(d, path_names) for d in route.dependencies]
-            arguments = _plan_arguments(self.endpoint, path_names)
             hints = _hints(self.endpoint)
             if not _is_response(hints.get("return")):
                 raise Unplanned("the endpoint is not annotated to return a Response")
+            arguments = _plan_arguments(self.endpoint, path_names, hints)
         except Unplanned:
             return fallback
         self.planned = True
@@ -115,12 +115,13 @@ def _is_response(annotation: Any) -> bool:
     return inspect.isclass(annotation) and issubclass(annotation, Response)
 
 
-def _plan_arguments(fn: Callable[..., Any], path_names: set[str]) -> DependencyGetter:
+def _plan_arguments(fn: Callable[..., Any], path_names: set[str],
+                    hints: dict[str, Any] | None = None) -> DependencyGetter:
     """``(request, errors, cache) -> fn's keyword arguments``: its dependencies' results, then
     its values; invalid values are appended to ``errors``."""
     if not inspect.iscoroutinefunction(fn):
         raise Unplanned(f"{fn!r} is not an async def")
-    hints = _hints(fn)
+    hints = _hints(fn) if hints is None else hints
     dependencies: list[tuple[str, DependencyGetter]] = []
     values: list[tuple[str, ValueGetter]] = []
     for p in inspect.signature(fn).parameters.values():

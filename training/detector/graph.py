@@ -93,15 +93,14 @@ class GraphScorer(CalibratedScores):
     def _raw_from_matrix(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Every score kind of the matrix's rows, ``score_chunk`` records per pass."""
         X = np.ascontiguousarray(X, dtype=np.float32)
-        if 0 < len(X) <= self._chunk:  # one pass (a request's records, mostly)
-            return {k: np.asarray(v, dtype=np.float64) for k, v in
-                    zip(self._outputs, self._session.run(self._outputs, {INPUT: X}))}
         parts: dict[str, list[np.ndarray]] = {k: [] for k in self._outputs}
         for i in range(0, len(X), self._chunk):
             for k, v in zip(self._outputs,
                             self._session.run(self._outputs, {INPUT: X[i : i + self._chunk]})):
                 parts[k].append(np.asarray(v, dtype=np.float64))
-        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+        # one pass (a request's records, mostly) is returned as it is, not copied
+        return {k: (v[0] if len(v) == 1 else np.concatenate(v) if v else np.zeros(0))
+                for k, v in parts.items()}
 
     def _explanation_of(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError("explanations need the detector's networks: load it with "

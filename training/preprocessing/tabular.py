@@ -260,7 +260,7 @@ class TabularPreprocessor:
     @property
     def n_features_(self) -> int:
         """Width of the matrix :meth:`transform` returns."""
-        return sum(s.width for s in self.columns_)
+        return self._plan().width
 
     @property
     def feature_names_(self) -> list[str]:
