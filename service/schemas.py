@@ -32,7 +32,8 @@ class ModelMeta(BaseModel):
     name: str
     version: str
     alias: str | None
-    kind: str = Field(description="ae or vae (tables), conv_ae or conv_vae (images)")
+    kind: str = Field(description="ae or vae (tables), conv_ae or conv_vae (images), seq_ae or "
+                      "seq_vae (sequences)")
     primary_score: str = Field(description="the score kind that decides is_anomaly")
     threshold: float = Field(description="threshold of the primary score")
 
