@@ -78,11 +78,10 @@ def score_images(model: ServedModel, files: list[tuple[str, bytes]], maps: bool 
     if len(files) > max_images:
         raise TooLargeError(f"{len(files)} images in one request; at most {max_images}")
     check_pixels(files, max_image_pixels, max_request_pixels)
-    from training.detector.image import score_image_files
+    from training.detector.image import image_file_columns
 
-    frame, anomaly_maps = score_image_files(model.detector, files, maps)
-    cols: dict[str, Any] = {"file": [name for name, _ in files]}
-    cols.update({c: frame[c].to_numpy() for c in frame.columns if c != "name"})
+    scored, anomaly_maps = image_file_columns(model.detector, files, maps)
+    cols: dict[str, Any] = {"file": [name for name, _ in files], **scored}
     if anomaly_maps is not None:
         pngs = [map_png(m) for m in anomaly_maps]
         cols["anomaly_map_png"] = [png for png, _ in pngs]

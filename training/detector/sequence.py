@@ -114,9 +114,9 @@ class SequenceDetector(BaseDetector):
             p-values and explanations, and ``is_anomaly`` false.
         """
         self._check_calibrated()
-        data = self.preprocessor_.frame(data, source)
-        cols = self.score_columns(data, source, explain=explain)
-        n = len(data)
+        table = self.preprocessor_.table(data, source)
+        cols = self.score_columns(table, source, explain=explain)
+        n = table.n
         rows = cols.pop("row")
         out: dict[str, np.ndarray] = {"warm_up": np.ones(n, dtype=bool)}
         out["warm_up"][rows] = False

@@ -33,7 +33,7 @@ import pandas as pd
 
 from training.errors import DataError, shown
 from training.params import SLOW_RULES
-from training.preprocessing.tabular import CATEGORICAL, NUMERIC, ColumnSpec
+from training.preprocessing.tabular import CATEGORICAL, NUMERIC, ColumnSpec, Records
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,66 @@ class SeriesIndex:
     warm_up: np.ndarray  # (n_rows,) bool: no full window ends at this row
 
 
+class _Table:
+    """A table of series as the checks and windows read it: a DataFrame, or validated request
+    :class:`Records` read as they are (building a frame costs more than all the arithmetic on a
+    request's few rows).
+
+    Args:
+        numeric: the columns the records' schema holds as numbers (ignored for a frame, whose
+            dtypes say it).
+
+    Attributes:
+        n: rows.
+    """
+
+    def __init__(self, data: pd.DataFrame | Records, numeric: frozenset[str] = frozenset()):
+        self.data = data
+        self.numeric = numeric
+        self.n = data.n if isinstance(data, Records) else len(data)
+
+    def __contains__(self, name: str) -> bool:
+        if isinstance(self.data, Records):
+            return True  # validated against the model's schema: every input column is there
+        return name in self.data.columns
+
+    @property
+    def names(self) -> list[str]:
+        """The columns, for messages."""
+        return [] if isinstance(self.data, Records) else list(self.data.columns)
+
+    def column(self, name: str) -> pd.Series:
+        """One column's values as a Series (the slower path: dates, text, conversions)."""
+        if isinstance(self.data, Records):
+            return pd.Series(self.data.values(name))
+        return self.data[name]
+
+    def item(self, name: str, row: int) -> Any:
+        """One value as given, for messages."""
+        if isinstance(self.data, Records):
+            return self.data.values(name)[row]
+        return self.data[name].iloc[row]
+
+    def keys(self, name: str) -> np.ndarray:
+        """(n,) one column's values as an array (series keys)."""
+        if isinstance(self.data, Records):
+            return np.asarray(self.data.values(name), dtype=object)
+        return self.data[name].to_numpy()
+
+    def numbers(self, names: list[str]) -> np.ndarray | None:
+        """(n, len(names)) float64 (missing = NaN) when every column holds numbers, else None.
+        Validated records hold numbers in the columns their schema says are numeric."""
+        if isinstance(self.data, Records):
+            return self.data.numeric(names) if self.numeric.issuperset(names) else None
+        columns = [self.data[c] for c in names]
+        if not all(map(_is_number, columns)):
+            return None
+        out = np.empty((self.n, len(names)), dtype=np.float64)
+        for j, c in enumerate(columns):
+            out[:, j] = c.to_numpy(dtype=np.float64, na_value=np.nan)
+        return out
+
+
 class SequencePreprocessor:
     """Check, standardise and window multivariate series (see the module docstring).
 
@@ -143,13 +203,14 @@ class SequencePreprocessor:
         self.channels_ = channels
         self.key_kinds_ = {c: NUMERIC if _is_number(df[c]) else CATEGORICAL
                            for c in (self.time_column, self.series_column) if c}
-        self.gaps_ = self.check_order(df, source)
-        values = self._values(df, source, standardise=False)
+        table = _Table(df)
+        self.gaps_ = self.check_order(table, source, gaps=True)
+        values = self._values(table, source, standardise=False)
         self.mean_ = values.mean(axis=0)
         std = values.std(axis=0)
         self.std_ = np.where(std > _STD_FLOOR, std, 1.0)
         z = (values - self.mean_) / self.std_
-        series = [pos for _, pos in self.groups(df)] if self.series_column else None
+        series = [pos for _, pos in self.groups(table)] if self.series_column else None
         # One autocorrelation pass for the window and the slowness, and none if neither is asked.
         lags = (decorrelation_lags(z, len(z), series)
                 if self.window is None or self.slow == "centre" else [])
@@ -196,17 +257,20 @@ class SequencePreprocessor:
                        for c, m, sd in zip(self.channels_, self.mean_, self.std_)]
 
     # -- checks ------------------------------------------------------------------------------
-    def check_order(self, df: pd.DataFrame, source: str = "data",
-                    after: dict[Any, Any] | None = None) -> dict[str, Any]:
+    def check_order(self, df: Any, source: str = "data",
+                    after: dict[Any, Any] | None = None, gaps: bool = False
+                    ) -> dict[str, Any]:
         """Check that time increases strictly within every series.
 
         Args:
             after: per series key, the last timestamp already seen (a stream's or a previous
                 chunk's): the first new row of that series must come later.
+            gaps: also count the gaps (training reports them; scoring only checks the order).
 
         Returns:
             ``{"n_gaps": int, "longest": float}``: steps longer than ``GAP_FACTOR`` times the
-            median step, and the longest step in units of the median.
+            median step, and the longest step in units of the median (0 and 1 unless
+            ``gaps``).
 
         Raises:
             DataError: naming the first record whose timestamp is a duplicate or earlier than
@@ -214,9 +278,10 @@ class SequencePreprocessor:
         """
         if self.time_column is None:
             return {"n_gaps": 0, "longest": 1.0}
-        times = self.times(df, source)
+        table = self.table(df)
+        times = self.times(table, source)
         n_gaps, longest = 0, 1.0
-        for key, pos in self.groups(df):
+        for key, pos in self.groups(table):
             t = times[pos]
             prev = (after or {}).get(key)
             if prev is not None and len(t):
@@ -230,14 +295,14 @@ class SequencePreprocessor:
                 i = bad[0]
                 row = int(pos[i + 1 + offset])
                 before = _shown_time(t[i]) if i + offset < 0 else \
-                    df[self.time_column].iloc[int(pos[i + offset])]
+                    table.item(self.time_column, int(pos[i + offset]))
                 what = "duplicates" if step[i] == 0 else "is earlier than"
-                raise DataError(f"timestamp {shown(df[self.time_column].iloc[row])} {what} the "
-                                f"previous one {shown(before)}"
+                raise DataError(f"timestamp {shown(table.item(self.time_column, row))} {what} "
+                                f"the previous one {shown(before)}"
                                 + (f" of series {shown(key)}" if self.series_column else "")
                                 + ": sort the rows by time and drop repeated timestamps",
                                 source=source, record=row, column=self.time_column)
-            if step.size:
+            if gaps and step.size:
                 median = float(np.median(step))
                 if median > 0:
                     ratio = step / median
@@ -245,57 +310,72 @@ class SequencePreprocessor:
                     longest = max(longest, float(ratio.max()))
         return {"n_gaps": n_gaps, "longest": longest}
 
-    def times(self, df: pd.DataFrame, source: str = "data") -> np.ndarray:
+    def table(self, data: Any, source: str = "data") -> _Table:
+        """``data`` (a DataFrame, validated :class:`Records`, a 2-D array of channels or a
+        table already) as the checks and windows read it."""
+        if isinstance(data, _Table):
+            return data
+        if isinstance(data, Records):
+            keys = {c for c, k in self.key_kinds_.items() if k == NUMERIC}
+            return _Table(data, frozenset([*self.channels_, *keys]))
+        return _Table(_frame(data, source, self.channels_))
+
+    def times(self, df: Any, source: str = "data") -> np.ndarray:
         """(n,) the time column as float64 (numbers as they are, dates in seconds)."""
+        table = self.table(df, source)
         col = self.time_column
-        if col not in df.columns:
-            raise DataError(f"time column '{col}' not found; columns are {list(df.columns)}",
+        if col not in table:
+            raise DataError(f"time column '{col}' not found; columns are {table.names}",
                             source=source)
-        s = df[col]
-        if _is_number(s):
-            t = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        numbers = table.numbers([col])
+        if numbers is not None:
+            t = numbers[:, 0]
         else:
-            parsed = pd.to_datetime(s, errors="coerce", utc=True)
+            parsed = pd.to_datetime(table.column(col), errors="coerce", utc=True)
             if parsed.dt.tz is not None:
                 parsed = parsed.dt.tz_convert(None)
             t = parsed.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64) / 1e9
             t[parsed.isna().to_numpy()] = np.nan
         bad = np.flatnonzero(~np.isfinite(t))
         if bad.size:
-            raise DataError(f"not a timestamp: {shown(s.iloc[bad[0]])}; use numbers or ISO 8601 "
-                            "dates", source=source, record=int(bad[0]), column=col)
+            raise DataError(f"not a timestamp: {shown(table.item(col, int(bad[0])))}; use "
+                            "numbers or ISO 8601 dates", source=source, record=int(bad[0]),
+                            column=col)
         return t
 
-    def groups(self, df: pd.DataFrame) -> list[tuple[Any, np.ndarray]]:
+    def groups(self, df: Any) -> list[tuple[Any, np.ndarray]]:
         """``(series key, row positions in input order)`` per series; one group without a
         series column (key None)."""
+        table = self.table(df)
         if self.series_column is None:
-            return [(None, np.arange(len(df)))]
-        keys = df[self.series_column].to_numpy()
-        codes, uniques = pd.factorize(keys, sort=False)
+            return [(None, np.arange(table.n))]
+        codes, uniques = pd.factorize(table.keys(self.series_column), sort=False)
         order = np.argsort(codes, kind="stable")
         bounds = np.flatnonzero(np.diff(codes[order])) + 1
         return [(_plain_key(uniques[codes[p[0]]]), p) for p in np.split(order, bounds) if p.size]
 
-    def _values(self, df: pd.DataFrame, source: str, standardise: bool = True) -> np.ndarray:
+    def _values(self, table: _Table, source: str, standardise: bool = True) -> np.ndarray:
         """(n, C) channel values, float64; missing columns and non-finite values are errors."""
-        missing = [c for c in self.channels_ if c not in df.columns]
+        missing = [c for c in self.channels_ if c not in table]
         if missing:
             raise DataError(f"missing channel column(s) {missing}; the model reads "
                             f"{self.input_columns_}", source=source)
-        if self.series_column and self.series_column not in df.columns:
+        if self.series_column and self.series_column not in table:
             raise DataError(f"series column '{self.series_column}' not found; columns are "
-                            f"{list(df.columns)}", source=source)
-        out = np.empty((len(df), len(self.channels_)), dtype=np.float64)
-        for j, c in enumerate(self.channels_):
-            try:
-                out[:, j] = pd.to_numeric(df[c], errors="raise").to_numpy(dtype=np.float64,
-                                                                          na_value=np.nan)
-            except (ValueError, TypeError):
-                v = pd.to_numeric(df[c], errors="coerce")
-                row = int(np.flatnonzero(v.isna() & df[c].notna())[0])
-                raise DataError(f"not a number: {shown(df[c].iloc[row])}", source=source,
-                                record=row, column=c) from None
+                            f"{table.names}", source=source)
+        out = table.numbers(self.channels_)
+        if out is None:  # a frame with text in a channel: convert, naming what does not
+            out = np.empty((table.n, len(self.channels_)), dtype=np.float64)
+            for j, c in enumerate(self.channels_):
+                column = table.column(c)
+                try:
+                    out[:, j] = pd.to_numeric(column, errors="raise").to_numpy(
+                        dtype=np.float64, na_value=np.nan)
+                except (ValueError, TypeError):
+                    v = pd.to_numeric(column, errors="coerce")
+                    row = int(np.flatnonzero(v.isna() & column.notna())[0])
+                    raise DataError(f"not a number: {shown(column.iloc[row])}", source=source,
+                                    record=row, column=c) from None
         bad = np.argwhere(~np.isfinite(out))
         if bad.size:
             row, j = bad[0]
@@ -305,12 +385,13 @@ class SequencePreprocessor:
         return (out - self.mean_) / self.std_ if standardise else out
 
     # -- windows -----------------------------------------------------------------------------
-    def index(self, df: pd.DataFrame) -> SeriesIndex:
+    def index(self, df: Any, groups: list[tuple[Any, np.ndarray]] | None = None
+              ) -> SeriesIndex:
         """Which rows end a window (in window order: series by series, in time) and which are
-        warm-up."""
+        warm-up (``groups``: :meth:`groups` of ``df``, when the caller has them)."""
         w = self.window_
-        ends, warm = [], np.ones(len(df), dtype=bool)
-        for _, pos in self.groups(df):
+        ends, warm = [], np.ones(self.table(df).n, dtype=bool)
+        for _, pos in self.groups(df) if groups is None else groups:
             if len(pos) >= w:
                 ends.append(pos[w - 1 :])
                 warm[pos[w - 1 :]] = False
@@ -324,14 +405,15 @@ class SequencePreprocessor:
             one (series by series, in time); extras ``row``, (n_windows,) the position in the
             input of each window's last row.
         """
-        df = self.frame(df, source)
-        self.check_order(df, source)
-        z = self._values(df, source).astype(np.float32)
-        idx = self.index(df)
+        table = self.table(df, source)
+        self.check_order(table, source)
+        z = self._values(table, source).astype(np.float32)
+        groups = self.groups(table)
+        idx = self.index(table, groups)
         w, c = self.window_, self.n_channels_
         X = np.empty((len(idx.ends), w * c), dtype=np.float32)
         i = 0
-        for _, pos in self.groups(df):
+        for _, pos in groups:
             if len(pos) < w:
                 continue
             win = np.lib.stride_tricks.sliding_window_view(z[pos], w, axis=0)  # (k, C, w)
@@ -341,13 +423,6 @@ class SequencePreprocessor:
                 out[:, :, self.centred_] -= out[:, :, self.centred_].mean(axis=1, keepdims=True)
             i += len(win)
         return X, {"row": idx.ends.astype(np.int64)}
-
-    def frame(self, data: Any, source: str = "data") -> pd.DataFrame:
-        """A DataFrame as given; validated request records (anything with ``frame``) as a
-        frame of the input columns; a 2-D array as a frame of the channels."""
-        if not isinstance(data, pd.DataFrame) and hasattr(data, "frame"):
-            return data.frame(self.input_columns_)
-        return _frame(data, source, self.channels_)
 
     def inverse_transform(self, X: np.ndarray) -> np.ndarray:
         """Window rows (n, window * C) back to (n, window, C) in the channels' units (a centred
