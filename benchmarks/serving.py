@@ -32,6 +32,7 @@ import base64
 import http.client
 import io
 import json
+import math
 import os
 import shutil
 import socket
@@ -247,9 +248,9 @@ def run_wrk(server: Server, body: Payload, clients: int, seconds: int, workdir: 
     script.write_text(_WRK_SCRIPT)
     body_file.write_bytes(body.body)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "-s", str(script),
-         f"http://127.0.0.1:{server.port}{server.path}"],
-        capture_output=True, text=True, check=True, timeout=seconds + 60,
+        ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "300s", "--latency", "-s",
+         str(script), f"http://127.0.0.1:{server.port}{server.path}"],
+        capture_output=True, text=True, check=True, timeout=seconds + 360,
         env={**os.environ, "WRK_BODY": str(body_file),
              "WRK_CONTENT_TYPE": body.content_type}).stdout
     if "Non-2xx" in out:
@@ -261,6 +262,8 @@ def run_wrk(server: Server, body: Payload, clients: int, seconds: int, workdir: 
             got["p50" if parts[0] == "50%" else "p99"] = _ms(parts[1])
         elif line.startswith("Requests/sec:"):
             got["rps"] = float(parts[1])
+    if not got.get("rps") or "p50" not in got:
+        raise RuntimeError(f"{server.label}: no request completed in {seconds}s:\n{out}")
     return got
 
 
@@ -275,14 +278,26 @@ def _ms(text: str) -> float:
 def compare_wrk(servers: list[Server], bodies_: dict[str, Payload], clients: int,
                 seconds: int, rounds: int, workdir: Path) -> dict[str, dict[str, float]]:
     """:func:`compare` with ``wrk`` as the client: per server, the median over the rounds of
-    p50, p99 and requests/s."""
+    p50, p99 and requests/s. Each run lasts ``seconds``, or longer for slow requests: about 5
+    requests per connection at the slowest server's pace (timed once beforehand)."""
     got: dict[str, list[dict[str, float]]] = {s.label: [] for s in servers}
+    slowest = max(_one_request_s(s, bodies_[s.label]) for s in servers)
+    seconds = max(seconds, math.ceil(5 * clients * slowest))
     for _ in range(rounds):
         for server in servers:
             got[server.label].append(run_wrk(server, bodies_[server.label], clients, seconds,
                                              workdir))
     return {k: {m: float(np.median([r[m] for r in v])) for m in ("p50", "p99", "rps")}
             for k, v in got.items()}
+
+
+def _one_request_s(server: Server, body: Payload) -> float:
+    """Seconds of one request (after one to warm up)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+    server.post(conn, body)
+    t = time.perf_counter()
+    server.post(conn, body)
+    return time.perf_counter() - t
 
 
 def compare(servers: list[Server], bodies_: dict[str, Payload], clients: int,

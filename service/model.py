@@ -1,12 +1,12 @@
 """A model as the service serves it: the scorer, where it came from, and its input parsers.
 
-A table model whose cached folder holds a complete ONNX graph (``graph/``, see
+A table or sequence model whose cached folder holds a complete ONNX graph (``graph/``, see
 :mod:`training.detector.graph`) scores through onnxruntime: serving it imports no torch, so a
-restart on a warm cache is ready in about a second. Every other model, and a table model the
-first time it is served, scores with its torch detector; the service then writes the graph
+restart on a warm cache is ready in about a second. An image model, and any model the first
+time it is served, scores with its torch detector; the service then writes the graph
 beside the cached model in a background process (:func:`export_graph_later`), for the next
-start. Explanations, latent codes and reconstructions always use the torch detector, loaded on
-the first request that needs it.
+start. Explanations, latent codes, reconstructions and a sequence model's streams always use the
+torch detector, loaded on the first request that needs it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from pipelines.registry.download import ModelSource
 from service.scoring.inputs import ModelInputs
-from training.detector.graph import GraphScorer
+from training.detector.graph import GRAPH_KINDS, graph_scorer
 from training.detector.graph_files import (
     graph_export_command,
     graph_ready,
@@ -33,7 +33,6 @@ from training.detector.graph_files import (
 from training.detector.image_params import IMAGE_KINDS
 from training.detector.persistence import read_saved
 from training.detector.sequence_params import SEQUENCE_KINDS
-from training.params import KINDS
 from training.preprocessing.tabular import Records
 
 log = logging.getLogger(__name__)
@@ -60,8 +59,8 @@ def _load_torch_detector(detector_dir: Path, threads: int | None) -> Any:
 
 
 def _warmed_up(scorer: Any) -> Any:
-    """``scorer`` after one pass on one row of a table model's matrix, so the first request
-    pays no one-off kernel set-up."""
+    """``scorer`` after one pass on one row of its matrix (one record, or one window), so the
+    first request pays no one-off kernel set-up."""
     scorer._raw_from_matrix(np.zeros((1, scorer.preprocessor_.n_features_), np.float32))
     return scorer
 
@@ -133,24 +132,24 @@ class ServedModel:
             path: the saved detector (a model folder's ``artifacts/detector``).
             max_records: records per request.
             threads: intra-op threads (torch's, or onnxruntime's for a graph).
-            graph_dir: where a table model's graph is kept (the service's cache): scored
-                through it when it is there, else written there for the next start. None:
-                score with torch.
+            graph_dir: where a table or sequence model's graph is kept (the service's cache):
+                scored through it when it is there, else written there for the next start.
+                None: score with torch.
         """
         saved = read_saved(path)
         kind = saved[0].get("params", {}).get("kind")
         scorer = None
-        use_graph = graph_dir is not None and kind in KINDS and graph_runtime_available()
+        use_graph = graph_dir is not None and kind in GRAPH_KINDS and graph_runtime_available()
         if use_graph and graph_ready(graph_dir):
             try:
-                scorer = _warmed_up(GraphScorer(path, graph_dir, threads or 1, saved=saved))
+                scorer = _warmed_up(graph_scorer(path, graph_dir, threads or 1, saved=saved))
             except Exception as e:  # noqa: BLE001 - onnxruntime's errors are plain Exceptions
                 scorer = None
                 log.warning("%s: its graph does not load (%s); scoring with torch",
                             graph_dir, str(e).splitlines()[0][:300] if str(e) else type(e))
         if scorer is None:
             scorer = _load_torch_detector(path, threads)
-            if kind in KINDS:
+            if kind in GRAPH_KINDS:
                 _warmed_up(scorer)
             if use_graph:
                 export_graph_later(path, graph_dir)
@@ -201,9 +200,9 @@ class ServedModel:
     def score(self, records: Records, explain: bool = False) -> dict[str, np.ndarray]:
         """The columns of ``Detector.score_columns`` for validated request records; for a
         sequence model those of ``SequenceDetector.series_columns``, one per record."""
-        if self.data_kind == "sequences":
-            return self.detector.series_columns(records, source="request", explain=explain)
         scorer = self.detector if explain else self.scorer
+        if self.data_kind == "sequences":
+            return scorer.series_columns(records, source="request", explain=explain)
         return scorer.score_columns(records, source="request", explain=explain)
 
     @property

@@ -260,7 +260,7 @@ class _InProcessRun:
 def cached_graph_model(uri: str, tracking_uri: str, cache_dir: Path | str | None = None
                        ) -> BatchModel | None:
     """The version of ``uri`` last cached, scored through its ONNX graph, when it is a
-    registered table model whose cached folder holds a complete graph; else None.
+    registered table or sequence model whose cached folder holds a complete graph; else None.
 
     Its version is the one the cache recorded: the caller confirms it with the registry
     before it commits any output (:class:`~pipelines.batch.runlog.RunLog`).
@@ -269,10 +269,10 @@ def cached_graph_model(uri: str, tracking_uri: str, cache_dir: Path | str | None
     if found is None:
         return None
     fetched, graph_dir = found
-    from training.detector.graph import GraphScorer
+    from training.detector.graph import graph_scorer
 
     try:
-        scorer = GraphScorer(fetched.detector_dir, graph_dir, _threads())
+        scorer = graph_scorer(fetched.detector_dir, graph_dir, _threads())
     except Exception as e:  # noqa: BLE001 - a stale or broken graph: score with torch
         log.warning("%s: its graph does not load (%s); scoring with torch", graph_dir,
                     first_line(e))
@@ -305,14 +305,15 @@ def _export_running(graph_dir: Path, fresh_s: float = 600.0) -> bool:
 
 
 def export_graph_after(uri: str, model: BatchModel) -> bool:
-    """After a job that scored a cached registered table model with torch, write its graph
-    beside it in a detached, niced process, so that the next job scores without torch.
+    """After a job that scored a cached registered table or sequence model with torch, write
+    its graph beside it in a detached, niced process, so that the next job scores without
+    torch.
 
     Returns:
         whether an export was started.
     """
     graph_dir = model.path / GRAPH_DIR
-    if (model.is_image or model.is_sequence or not graph_enabled() or graph_ready(graph_dir)
+    if (model.is_image or not graph_enabled() or graph_ready(graph_dir)
             or parse_model_uri(uri).kind != REGISTERED or _export_running(graph_dir)):
         return False
     try:

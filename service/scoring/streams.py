@@ -1,4 +1,4 @@
-"""Stateful scoring of sequence models: per model, a :class:`~training.detector.sequence.
+"""Stateful scoring of sequence models: per model, a :class:`~training.detector.series.
 SeriesStream` holding each series' last ``window - 1`` records.
 
 State belongs to the loaded version: a reload that brings another version (or the same
@@ -25,7 +25,7 @@ from training.errors import DataError
 from training.preprocessing.tabular import Records
 
 if TYPE_CHECKING:
-    from training.detector.sequence import SeriesStream
+    from training.detector.series import SeriesStream
 
 
 class StreamStates:

@@ -1,4 +1,5 @@
-"""Table models scored through their ONNX graph: torch's answers, from onnxruntime."""
+"""Table and sequence models scored through their ONNX graph: torch's answers, from
+onnxruntime."""
 
 from __future__ import annotations
 
@@ -144,3 +145,47 @@ def test_the_graph_folder_is_readable_as_the_umask_allows(saved):
     mask = os.umask(0o022)
     os.umask(mask)
     assert graph.stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+@pytest.fixture(scope="module", params=["seq_ae", "seq_vae"])
+def saved_sequence(request, tmp_path_factory):
+    from tests.training.sequence_data import rotating
+    from training.detector import SequenceDetector
+
+    normal, _ = rotating(500, seed=0)
+    det = SequenceDetector(kind=request.param, time_column="t", window=12, max_epochs=3,
+                           seed=0).fit(normal.iloc[:400])
+    det.calibrate(normal.iloc[400:])
+    folder = tmp_path_factory.mktemp(f"graph-{request.param}")
+    return det.save(folder / "detector"), folder / "graph"
+
+
+def test_a_sequence_model_is_scored_per_timestamp_through_its_graph(saved_sequence):
+    from service.scoring.inputs import ModelInputs
+    from tests.training.sequence_data import rotating
+
+    path, graph = saved_sequence
+    torch_model, graph_model = _load_after_export(path, graph)
+    assert graph_model.runtime == "onnxruntime" and type(graph_model.scorer).__name__ == \
+        "SequenceGraphScorer"
+    series, _ = rotating(200, seed=3, anomalies=[(100, 130)], t0=5000)
+    body = json.dumps({"records": series.to_dict(orient="records")}).encode()
+    records = ModelInputs("g", graph_model.scorer.preprocessor_.columns_, 1000).parse(body,
+                                                                                     True)
+    want, got = torch_model.score(records), graph_model.score(records)
+    assert list(got) == list(want)
+    np.testing.assert_array_equal(got["warm_up"], want["warm_up"])
+    assert got["warm_up"].sum() == 11
+    keep = ~want["warm_up"]
+    for name in want:
+        if name.startswith("score"):
+            np.testing.assert_allclose(got[name][keep], want[name][keep], rtol=RTOL,
+                                       err_msg=name)
+    # A stream, and an explanation, take the networks: the same answers as torch's.
+    assert "detector" not in graph_model._held
+    explained = graph_model.score(records, explain=True)
+    np.testing.assert_array_equal(explained["explanation"][keep],
+                                  torch_model.score(records, explain=True)["explanation"][keep])
+    pushed = graph_model.detector.stream().push(series, "request")
+    np.testing.assert_allclose(pushed["score"].to_numpy()[keep], want["score"][keep],
+                               rtol=RTOL)

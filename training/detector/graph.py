@@ -1,4 +1,5 @@
-"""A saved table detector scored through its ONNX graph: onnxruntime and numpy, no torch.
+"""A saved table or sequence detector scored through its ONNX graph: onnxruntime and numpy,
+no torch.
 
 The graph (:mod:`pipelines.export.onnx`) computes every score kind of a preprocessed matrix
 with the detector's own operations and its fixed Monte-Carlo draws held as a constant, so a
@@ -9,6 +10,8 @@ onnxruntime takes a fraction of a second where torch takes one to two, and a sin
 pass is several times faster (``docs/export.md``).
 
 It scores only: explanations, latent codes and reconstructions need the detector's networks.
+A sequence model's graph scores its windows; :func:`graph_scorer` gives it the per-timestamp
+scoring and streams of :class:`~training.detector.series.SeriesScoring`, as the detector has.
 
 The graph folder's layout and completeness check: :mod:`training.detector.graph_files`.
 """
@@ -24,14 +27,33 @@ import numpy as np
 from training.detector.graph_files import GRAPH_FILE, INPUT, MARKER, graph_ready
 from training.detector.persistence import read_calibrations, read_saved
 from training.detector.scores import CalibratedScores
+from training.detector.sequence_params import SEQUENCE_KINDS, SequenceDetectorParams
+from training.detector.series import SeriesScoring
 from training.errors import ModelFormatError
 from training.params import KINDS, DetectorParams
+from training.preprocessing.sequences import SequencePreprocessor
 from training.preprocessing.tabular import TabularPreprocessor
+
+# What a graph scores, per data kind: the kinds, their parameters, their preprocessing.
+_READS = [(KINDS, DetectorParams, TabularPreprocessor),
+          (SEQUENCE_KINDS, SequenceDetectorParams, SequencePreprocessor)]
+GRAPH_KINDS = tuple(k for kinds, _, _ in _READS for k in kinds)
+
+
+def graph_scorer(detector_dir: Path | str, graph_dir: Path | str, threads: int = 1,
+                 saved: tuple[dict[str, Any], dict[str, Any]] | None = None) -> GraphScorer:
+    """The scorer of the detector saved in ``detector_dir`` through the graph in
+    ``graph_dir``: a :class:`GraphScorer`, for a sequence model a
+    :class:`SequenceGraphScorer`. Arguments and errors: :class:`GraphScorer`."""
+    saved = saved or read_saved(detector_dir)
+    cls = SequenceGraphScorer if saved[0].get("params", {}).get("kind") in SEQUENCE_KINDS \
+        else GraphScorer
+    return cls(detector_dir, graph_dir, threads, saved=saved)
 
 
 class GraphScorer(CalibratedScores):
-    """The scores of the table detector saved in ``detector_dir``, from the graph in
-    ``graph_dir``.
+    """The scores of the table or sequence detector saved in ``detector_dir``, from the graph
+    in ``graph_dir`` (for a sequence model, of its windows: use :func:`graph_scorer`).
 
     Args:
         detector_dir: the saved detector (its ``detector.json`` and ``preprocessing.json``).
@@ -41,8 +63,8 @@ class GraphScorer(CalibratedScores):
             the caller has read it already.
 
     Raises:
-        ModelFormatError: not a table model, an incomplete or stale graph folder, or a graph
-            whose outputs are not the model's score kinds.
+        ModelFormatError: not a table or sequence model, an incomplete or stale graph
+            folder, or a graph whose outputs are not the model's score kinds.
         ImportError: onnxruntime is not installed.
     """
 
@@ -54,17 +76,18 @@ class GraphScorer(CalibratedScores):
 
         meta, preprocessing = saved or read_saved(detector_dir)
         kind = meta.get("params", {}).get("kind")
-        if kind not in KINDS:
+        reads = [(p, pre) for kinds, p, pre in _READS if kind in kinds]
+        if not reads:
             raise ModelFormatError(f"{detector_dir}: a {kind} model; graph scoring reads "
-                                   f"table models ({', '.join(KINDS)})")
+                                   f"table and sequence models ({', '.join(GRAPH_KINDS)})")
+        params_class, preprocessor_class = reads[0]
         graph_dir = Path(graph_dir)
         if not graph_ready(graph_dir):
             raise ModelFormatError(f"{graph_dir}: no complete graph of the current format")
         self.id_column = meta["id_column"]
         self.label_column = meta["label_column"]
-        self.params = DetectorParams.from_dict({**DetectorParams.saved_defaults,
-                                                **meta["params"]})
-        self.preprocessor_ = TabularPreprocessor.from_dict(preprocessing)
+        self.params = params_class.from_dict({**params_class.saved_defaults, **meta["params"]})
+        self.preprocessor_ = preprocessor_class.from_dict(preprocessing)
         self.resolved_ = meta["resolved"]
         self.calibrations_ = read_calibrations(detector_dir, meta, self.score_kinds)
         self._chunk = int(json.loads((graph_dir / MARKER).read_text())["score_chunk"])
@@ -83,6 +106,9 @@ class GraphScorer(CalibratedScores):
     def score_kinds(self) -> tuple[str, ...]:
         """Every score kind the model computes, the primary one among them."""
         return tuple(self.params.score_kinds)
+
+    def _check_fitted(self) -> None:
+        """Loaded from a fitted detector: always fitted."""
 
     def _check_calibrated(self) -> None:
         """Loaded with its calibration: always calibrated."""
@@ -105,3 +131,7 @@ class GraphScorer(CalibratedScores):
     def _explanation_of(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError("explanations need the detector's networks: load it with "
                                   "training.detector.load_detector")
+
+
+class SequenceGraphScorer(SeriesScoring, GraphScorer):
+    """A sequence model's graph with the detector's per-timestamp scoring and streams."""

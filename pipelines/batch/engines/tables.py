@@ -23,7 +23,7 @@ from training.detector.scores import scored_primary
 from training.errors import DataError
 
 if TYPE_CHECKING:
-    from training.detector.sequence import SeriesStream
+    from training.detector.series import SeriesStream
 
 log = logging.getLogger(__name__)
 
