@@ -15,8 +15,10 @@ from training.errors import ConfigError, shown
 from training.nn.names import ACTIVATION_NAMES
 
 KINDS = ("ae", "vae")
-# How a sequence model treats channels slower than its window (training.preprocessing.sequences).
+# How a sequence model treats channels slower than its window (training.preprocessing.sequences),
+# and how a window's channel errors make its recon score (training.detector.sequence).
 SLOW_RULES = ("centre", "keep")
+CHANNEL_NORMS = ("std", "mean")
 SCORE_KINDS = {"ae": ("recon",), "vae": ("agg_elbo", "elbo", "recon")}
 # The VAE's primary score is the plain ELBO: ``agg_elbo`` led only on the tables it was chosen
 # on and trailed ``elbo`` on the data it was not (docs/benchmarks/quality.md).

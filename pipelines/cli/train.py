@@ -14,6 +14,7 @@ from training.detector.image_params import DENSE_TWIN, IMAGE_KINDS, ImageDetecto
 from training.detector.sequence_params import SEQUENCE_KINDS
 from training.nn.names import ACTIVATION_NAMES, ARCHITECTURES
 from training.params import (
+    CHANNEL_NORMS,
     DEFAULT_PRIMARY,
     KINDS,
     MAX_EPOCHS,
@@ -28,7 +29,7 @@ TOP_FLAGS = ("data", "kind", "name", "label_column", "id_column", "eval_data", "
 MODEL_FLAGS = ("hidden_sizes", "latent_dim", "activation", "dropout", "batch_size",
                "learning_rate", "max_epochs", "patience", "noise_std", "beta", "primary_score",
                "image_size", "channels", "time_column", "series_column", "window",
-               "architecture", "slow_channels")
+               "architecture", "slow_channels", "channel_norm")
 
 _FIELDS = TrainConfig.__dataclass_fields__
 _PRIMARY_DEFAULTS = ", ".join(
@@ -118,6 +119,9 @@ def _default(name: str) -> Any:
 @click.option("--slow-channels", type=click.Choice(SLOW_RULES), show_default="centre",
               help="Sequences: centre, in every window, each channel that does not "
               "decorrelate within a window (its level is not scored), or keep every level.")
+@click.option("--channel-norm", type=click.Choice(CHANNEL_NORMS), show_default="std",
+              help="Sequences: a window's score counts each channel's error above its normal "
+              "level in units of its normal spread (std), or the mean of the errors (mean).")
 @click.pass_context
 def train(ctx: click.Context, config: str | None, no_register: bool, channels: str | None,
           **flags: Any) -> int:

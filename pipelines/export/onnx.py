@@ -84,7 +84,7 @@ class ScoreGraph(torch.nn.Module):
             err, elbos = det._variational_terms(x, self.network.encode(x), self.eps)
         else:
             err = det._squared_errors(x)
-        raw = {"recon": (err / self.scale).mean(dim=1).double(), **elbos}
+        raw = {"recon": det._recon(err / self.scale).double(), **elbos}
         raw.update(det._derived_scores(x, raw))
         if self.reference:
             raw["knn"] = self._neighbour_distance(x)

@@ -1,4 +1,5 @@
-"""``anomaly score`` on a cached table model through its ONNX graph, as real processes.
+"""``anomaly score`` on a cached table (or sequence) model through its ONNX graph, as real
+processes.
 
 The first job scores with torch and writes the graph beside the cached model in the
 background; the next one scores through the graph, imports neither torch nor MLflow (its
@@ -48,10 +49,10 @@ def store(tmp_path_factory):
 
 
 def _score(store, out: Path, *, model: str = f"models:/{NAME}@champion",
-           tracking_uri: str | None = None, env: dict[str, str] | None = None
-           ) -> subprocess.CompletedProcess:
+           tracking_uri: str | None = None, env: dict[str, str] | None = None,
+           keep: tuple[str, ...] = ("--keep", "id")) -> subprocess.CompletedProcess:
     args = ["score", "--model", model, "--tracking-uri", tracking_uri or store["uri"],
-            "--input", str(store["csv"]), "--output", str(out), "--keep", "id"]
+            "--input", str(store["csv"]), "--output", str(out), *keep]
     return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
                           text=True, timeout=300, env={**store["env"], **(env or {})})
 
@@ -235,3 +236,38 @@ def test_an_alias_removed_from_the_server_is_a_clear_error(server_store, tmp_pat
         assert "Traceback" not in done.stderr and not out.exists()
     finally:
         client.set_registered_model_alias(NAME, "champion", "1")
+
+
+def test_a_sequence_model_scores_through_its_graph_after_the_first_job(tmp_path):
+    """The first job on a sequence model writes its graph; the next one scores every row
+    through it, without torch or MLflow, with the same scores and warm-up rows."""
+    from tests.training.sequence_data import rotating
+
+    normal, _ = rotating(600, seed=0)
+    data = tmp_path / "normal.csv"
+    normal.to_csv(data, index=False)
+    new, _ = rotating(300, seed=4, anomalies=[(150, 180)], t0=9000)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["train", "--data", str(data), "--kind", "seq_ae", "--name", "graph-seq",
+                 "--time-column", "t", "--window", "12", "--epochs", "3", "--alias",
+                 "champion", "--tracking-uri", uri]) == 0
+    store = {"uri": uri, "csv": tmp_path / "new.csv",
+             "env": {**os.environ, "ANOMALY_CACHE_DIR": str(tmp_path / "cache"),
+                     "ANOMALY_GRAPH_RUNTIME": "true",
+                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}}
+    model = "models:/graph-seq@champion"
+    first = _score(store, tmp_path / "torch.parquet", model=model, keep=())
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "IMPORTED ['torch', 'mlflow']" in first.stderr
+    _wait_for_graph(tmp_path / "cache" / "graph-seq" / "v1" / "graph")
+    second = _score(store, tmp_path / "graph.parquet", model=model, keep=())
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "IMPORTED []" in second.stderr
+    want = pd.read_parquet(tmp_path / "torch.parquet")
+    got = pd.read_parquet(tmp_path / "graph.parquet")
+    assert list(got.columns) == list(want.columns) and len(got) == 300
+    np.testing.assert_array_equal(got["warm_up"], want["warm_up"])
+    assert got["warm_up"].sum() == 11
+    np.testing.assert_allclose(got["score"].fillna(0), want["score"].fillna(0), rtol=1e-5,
+                               atol=1e-6)

@@ -78,7 +78,8 @@ def test_stream_in_pieces_scores_as_one_request(svc):
             pieces += r.json()["results"]
     assert [x["warm_up"] for x in pieces] == [x["warm_up"] for x in whole]
     got = np.array([x["score"] or 0.0 for x in pieces])
-    np.testing.assert_allclose(got, [x["score"] or 0.0 for x in whole], rtol=1e-5)
+    np.testing.assert_allclose(got, [x["score"] or 0.0 for x in whole], rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_score_file_in_chunks_scores_as_one_request(svc):
@@ -92,7 +93,8 @@ def test_score_file_in_chunks_scores_as_one_request(svc):
     got = pd.read_csv(io.StringIO(r.text))  # 120 rows read 25 at a time
     assert got["warm_up"].tolist() == [x["warm_up"] for x in whole]
     np.testing.assert_allclose(got["score"].fillna(0).to_numpy(),
-                               [x["score"] or 0.0 for x in whole], rtol=1e-5)
+                               [x["score"] or 0.0 for x in whole], rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_stream_state_is_bounded_expires_and_a_reload_resets_it(svc):

@@ -411,7 +411,7 @@ class BaseDetector(CalibratedScores):
                     err, chunk = self._variational_terms(x, self.network_.encode(x), eps)
                 else:
                     err, chunk = self._squared_errors(x), {}
-                chunk["recon"] = (err / scale).mean(dim=1).double()
+                chunk["recon"] = self._recon(err / scale).double()
                 chunk.update(self._derived_scores(x, chunk))
                 for k, v in chunk.items():
                     out[k].append(v.double().numpy())
@@ -422,6 +422,11 @@ class BaseDetector(CalibratedScores):
             raw["combined"] = np.mean([(raw[k] - loc) / scale
                                        for k, (loc, scale) in self.combination_.items()], axis=0)
         return raw
+
+    def _recon(self, scaled: torch.Tensor) -> torch.Tensor:
+        """(n,) ``recon`` scores from the (n, d) squared errors divided by ``feature_scale_``:
+        their mean (a data kind may weigh them otherwise)."""
+        return scaled.mean(dim=1)
 
     def _derived_scores(self, x: torch.Tensor, raw: dict[str, torch.Tensor]
                         ) -> dict[str, torch.Tensor]:

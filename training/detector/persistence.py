@@ -55,6 +55,8 @@ def save_detector(det: Any, path: str | Path) -> Path:
         "calibration": {k: c.to_dict() for k, c in det.calibrations_.items()},
         "combination": det.combination_,
         "complexity_slope": getattr(det, "complexity_slope_", None),
+        "channel_spread": None if getattr(det, "channel_spread_", None) is None else {
+            k: v.tolist() for k, v in det.channel_spread_.items()},
         "local_complexity": None if getattr(det, "local_", None) is None else {
             "predictor": det.local_.to_dict(),
             "corrections": {k: c.to_dict() for k, c in det.local_corrections_.items()}},
@@ -140,6 +142,13 @@ def load_detector(path: str | Path) -> Any:
         det.combination_ = meta.get("combination")
     if meta.get("complexity_slope") is not None:
         det.complexity_slope_ = float(meta["complexity_slope"])
+    if getattr(det.params, "channel_norm", "mean") != "mean":
+        spread = meta.get("channel_spread")
+        if not spread:
+            raise ModelFormatError(f"{path}: not a saved detector (detector.json lacks the "
+                                   "channel_spread its recon score needs)")
+        det.channel_spread_ = {k: torch.tensor(v, dtype=torch.float64)
+                               for k, v in spread.items()}
     if any(k.endswith("_vs_local") for k in det.score_kinds):
         local = meta.get("local_complexity")
         if not local:

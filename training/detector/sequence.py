@@ -55,6 +55,9 @@ class SequenceDetector(SeriesScoring, BaseDetector):
     kinds = SEQUENCE_KINDS
     params_class = SequenceDetectorParams
     preprocessor_class = SequencePreprocessor
+    # ``channel_norm="std"``: per channel, the validation windows' mean and standard deviation
+    # of a window's scaled error (float64 tensors, (C,) each); None for ``mean``
+    channel_spread_: dict[str, torch.Tensor] | None = None
 
     def _new_preprocessor(self) -> SequencePreprocessor:
         p = self.params
@@ -79,7 +82,27 @@ class SequenceDetector(SeriesScoring, BaseDetector):
         w, c = self.preprocessor_.window_, self.preprocessor_.n_channels_
         err = val_errors.double().reshape(-1, w, c).mean(dim=(0, 1))
         floor = max(float(err.mean()) * 1e-3, 1e-8)
-        return np.tile(err.clamp(min=floor).numpy(), w)
+        scale = err.clamp(min=floor)
+        self.channel_spread_ = None
+        if self.params.channel_norm == "std":
+            # each validation window's per-channel error, as _recon sees a window's
+            per_window = (val_errors.double().reshape(-1, w, c) / scale).mean(dim=1)
+            sd = per_window.std(dim=0, unbiased=False)
+            self.channel_spread_ = {
+                "mean": per_window.mean(dim=0),
+                "std": sd.clamp(min=max(float(sd.mean()) * 1e-3, 1e-12))}
+        return np.tile(scale.numpy(), w)
+
+    def _recon(self, scaled: torch.Tensor) -> torch.Tensor:
+        """``channel_norm``: ``mean``, the mean of the scaled errors; ``std``, per channel the
+        window's mean scaled error above its mean on the validation windows, in their
+        standard deviations, squared and averaged over the channels."""
+        if self.channel_spread_ is None:
+            return scaled.mean(dim=1)
+        pre = self.preprocessor_
+        per_channel = scaled.double().reshape(-1, pre.window_, pre.n_channels_).mean(dim=1)
+        excess = (per_channel - self.channel_spread_["mean"]).clamp(min=0)
+        return (excess / self.channel_spread_["std"]).pow(2).mean(dim=1)
 
     def _explain(self, errors: np.ndarray) -> np.ndarray:
         """(n, W*C) -> (n, C): each channel's mean scaled squared error over the window."""

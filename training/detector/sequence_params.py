@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from training.errors import ConfigError, shown
 from training.nn.names import ARCHITECTURES
-from training.params import SCORE_KINDS, SLOW_RULES, DetectorParams
+from training.params import CHANNEL_NORMS, SCORE_KINDS, SLOW_RULES, DetectorParams
 
 SEQUENCE_KINDS = ("seq_ae", "seq_vae")
 DENSE_TWIN = {"seq_ae": "ae", "seq_vae": "vae"}
@@ -35,6 +35,13 @@ class SequenceDetectorParams(DetectorParams):
             window on the training rows is centred in every window, so its shape counts and
             its level does not (:func:`training.preprocessing.sequences.slow_channels`);
             ``keep``: every channel's level counts.
+        channel_norm: how a window's per-channel errors make its ``recon`` score; each
+            channel's squared error is first divided by its mean on the validation windows.
+            ``std`` (default): per channel, the window's error above its mean on the
+            validation windows in units of its standard deviation there, squared and averaged
+            over the channels, so that a channel whose error varies a lot on normal windows
+            anyway (a noisy sensor) counts less than one the model reconstructs steadily;
+            ``mean``: the mean of the scaled errors (every channel's excess counts alike).
     """
 
     kind: str = "seq_ae"
@@ -45,10 +52,12 @@ class SequenceDetectorParams(DetectorParams):
     window: int | None = None
     architecture: str = "conv"
     slow_channels: str = "centre"
+    channel_norm: str = "std"
     default_primary: ClassVar[dict[str, str]] = {"ae": "recon", "vae": "recon"}
     default_models: ClassVar[dict[str, int]] = {"ae": 1, "vae": 1}
     default_neighbours: ClassVar[dict[str, int]] = {"ae": 0, "vae": 0}
-    saved_defaults: ClassVar[dict[str, Any]] = {"slow_channels": "keep"}  # before the rule
+    # models saved before these rules
+    saved_defaults: ClassVar[dict[str, Any]] = {"slow_channels": "keep", "channel_norm": "mean"}
 
     def __post_init__(self) -> None:
         if self.kind not in SEQUENCE_KINDS:
@@ -76,6 +85,9 @@ class SequenceDetectorParams(DetectorParams):
         if self.slow_channels not in SLOW_RULES:
             raise ConfigError(f"slow_channels: expected one of {list(SLOW_RULES)}, got "
                               f"{shown(self.slow_channels)}")
+        if self.channel_norm not in CHANNEL_NORMS:
+            raise ConfigError(f"channel_norm: expected one of {list(CHANNEL_NORMS)}, got "
+                              f"{shown(self.channel_norm)}")
         for name in ("time_column", "series_column"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
