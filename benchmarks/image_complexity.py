@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import quality_lib as q
     from benchmarks.mnist import load_mnist
     from training.detector import ImageDetector
-    from training.detector.image import png_bytes
+    from training.preprocessing.images import png_bytes
 
     torch.set_num_threads(1)
     rows = []

@@ -35,6 +35,8 @@ from pipelines.registry.download import FetchedModel, ModelCache
 from pipelines.registry.uri import REGISTERED, parse_model_uri
 from training import errors
 from training.detector.graph_files import GRAPH_DIR, graph_ready, graph_runtime_available
+from training.detector.image_params import IMAGE_KINDS
+from training.detector.persistence import read_saved
 from training.errors import AnomalyError, ConfigError, RegistryUnavailable, first_line
 
 GRAPH_ENV = "ANOMALY_GRAPH_RUNTIME"
@@ -50,7 +52,8 @@ def graph_enabled() -> bool:
 def cached_with_graph(uri: str, tracking_uri: str, cache_dir: Path | str | None
                       ) -> tuple[FetchedModel, Path] | None:
     """The cached version of a registered model URI and its complete graph folder, or None
-    (files only: nothing is loaded)."""
+    (files only: nothing is loaded). An image model's job scores with its networks (its
+    anomaly maps need them), whatever the cache holds."""
     try:
         parsed = parse_model_uri(uri)
     except ConfigError:
@@ -59,6 +62,12 @@ def cached_with_graph(uri: str, tracking_uri: str, cache_dir: Path | str | None
         return None
     fetched = ModelCache(cache_dir, tracking_uri).cached(uri)
     if fetched is None or not graph_ready(fetched.path / GRAPH_DIR):
+        return None
+    try:
+        kind = read_saved(fetched.detector_dir)[0].get("params", {}).get("kind")
+    except errors.ModelFormatError:
+        return None  # the torch path says what is wrong with it
+    if kind in IMAGE_KINDS:
         return None
     return fetched, fetched.path / GRAPH_DIR
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-from training.detector.image import ImageDetector, score_image_files
+from training.detector.image import ImageDetector
+from training.detector.image_files import score_image_files
 from training.detector.persistence import load_detector
 from training.detector.sequence import SequenceDetector
 from training.preprocessing.images import images_from_frame

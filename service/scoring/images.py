@@ -78,9 +78,11 @@ def score_images(model: ServedModel, files: list[tuple[str, bytes]], maps: bool 
     if len(files) > max_images:
         raise TooLargeError(f"{len(files)} images in one request; at most {max_images}")
     check_pixels(files, max_image_pixels, max_request_pixels)
-    from training.detector.image import image_file_columns
+    from training.detector.image_files import image_file_columns
 
-    scored, anomaly_maps = image_file_columns(model.detector, files, maps)
+    # the maps need the networks; the scores alone come from the graph when there is one
+    scored, anomaly_maps = image_file_columns(model.detector if maps else model.scorer, files,
+                                              maps)
     cols: dict[str, Any] = {"file": [name for name, _ in files], **scored}
     if anomaly_maps is not None:
         pngs = [map_png(m) for m in anomaly_maps]
@@ -88,6 +90,6 @@ def score_images(model: ServedModel, files: list[tuple[str, bytes]], maps: bool 
         cols["anomaly_map_max"] = np.asarray([top for _, top in pngs])
     flagged = int(cols["is_anomaly"].sum())
     body = {"model": model.metadata(), "n_images": len(files), "n_anomalies": flagged,
-            "image_shape": list(model.detector.preprocessor_.shape)}
+            "image_shape": list(model.scorer.preprocessor_.shape)}
     return Scored(body=body, primary=cols["score"], flagged=flagged,
                   rendered_results=render_results(cols))

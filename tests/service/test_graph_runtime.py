@@ -195,3 +195,44 @@ def test_a_sequence_model_is_scored_per_timestamp_through_its_graph(saved_sequen
     pushed = graph_model.detector.stream().push(series, "request")
     np.testing.assert_allclose(pushed["score"].to_numpy()[keep], want["score"][keep],
                                rtol=RTOL, atol=SEQ_ATOL)
+
+
+@pytest.fixture(scope="module", params=["conv_ae", "conv_vae"])
+def saved_images(request, tmp_path_factory):
+    from tests.training.image_data import normal_images
+    from training.detector import ImageDetector
+
+    images = normal_images(60, seed=0)
+    det = ImageDetector(kind=request.param, max_epochs=3, seed=0).fit(images[:48])
+    det.calibrate(images[48:])
+    folder = tmp_path_factory.mktemp(f"graph-{request.param}")
+    return det.save(folder / "detector"), folder / "graph"
+
+
+def test_an_image_model_is_scored_through_its_graph_and_maps_take_the_networks(saved_images):
+    from service.scoring.images import score_images
+    from tests.training.image_data import normal_images, paint_defect, write_png
+
+    path, graph = saved_images
+    torch_model, graph_model = _load_after_export(path, graph)
+    assert type(graph_model.scorer).__name__ == "ImageGraphScorer"
+    images = [*normal_images(6, seed=5), paint_defect(normal_images(1, seed=6)[0])]
+    folder = path.parent / "png"
+    files = [(f"{i}.png", write_png(folder / f"{i}.png", x).read_bytes())
+             for i, x in enumerate(images)]
+    want = score_images(torch_model, files).answer()
+    got = score_images(graph_model, files).answer()
+    assert "detector" not in graph_model._held  # scores alone: the graph
+    assert got["image_shape"] == want["image_shape"] and got["model"] == want["model"]
+    kinds = torch_model.scorer.score_kinds
+    if torch_model.kind == "conv_vae":
+        assert "elbo_vs_png" in kinds  # computed beside the graph
+    for g, w in zip(got["results"], want["results"], strict=True):
+        assert g["file"] == w["file"]
+        for k in kinds:
+            # ``*_vs_local`` subtracts a complexity term: float32 rounding shows in absolute
+            # terms, about 1e-6 of the scores' scale
+            np.testing.assert_allclose(g["scores"][k], w["scores"][k], rtol=1e-4, atol=1e-5,
+                                       err_msg=k)
+    mapped = score_images(graph_model, files[:2], maps=True).answer()
+    assert graph_model.networks_loaded and all(r["anomaly_map_png"] for r in mapped["results"])

@@ -8,7 +8,8 @@ import pytest
 
 from tests.training.image_data import DEFECT, normal_images, paint_defect, write_mvtec, write_png
 from training.data.images import load_images
-from training.detector.image import ImageDetector, gaussian_blur, score_image_files
+from training.detector.image import ImageDetector, gaussian_blur
+from training.detector.image_files import score_image_files
 from training.detector.image_params import ImageDetectorParams, resolve_image
 from training.detector.persistence import load_detector
 from training.errors import ConfigError, DataError, NotFittedError

@@ -1,5 +1,4 @@
-"""A saved table or sequence detector scored through its ONNX graph: onnxruntime and numpy,
-no torch.
+"""A saved detector scored through its ONNX graph: onnxruntime and numpy, no torch.
 
 The graph (:mod:`pipelines.export.onnx`) computes every score kind of a preprocessed matrix
 with the detector's own operations and its fixed Monte-Carlo draws held as a constant, so a
@@ -12,6 +11,8 @@ pass is several times faster (``docs/export.md``).
 It scores only: explanations, latent codes and reconstructions need the detector's networks.
 A sequence model's graph scores its windows; :func:`graph_scorer` gives it the per-timestamp
 scoring and streams of :class:`~training.detector.series.SeriesScoring`, as the detector has.
+An image model's graph scores the images its preprocessing decodes; ``elbo_vs_png`` is
+computed beside it (:class:`ImageGraphScorer`).
 
 The graph folder's layout and completeness check: :mod:`training.detector.graph_files`.
 """
@@ -25,29 +26,34 @@ from typing import Any
 import numpy as np
 
 from training.detector.graph_files import GRAPH_FILE, INPUT, MARKER, graph_ready
+from training.detector.image_params import IMAGE_KINDS, ImageDetectorParams
 from training.detector.persistence import read_calibrations, read_saved
 from training.detector.scores import CalibratedScores
 from training.detector.sequence_params import SEQUENCE_KINDS, SequenceDetectorParams
 from training.detector.series import SeriesScoring
 from training.errors import ModelFormatError
 from training.params import KINDS, DetectorParams
+from training.preprocessing.images import ImagePreprocessor, png_bytes
 from training.preprocessing.sequences import SequencePreprocessor
 from training.preprocessing.tabular import TabularPreprocessor
 
 # What a graph scores, per data kind: the kinds, their parameters, their preprocessing.
 _READS = [(KINDS, DetectorParams, TabularPreprocessor),
-          (SEQUENCE_KINDS, SequenceDetectorParams, SequencePreprocessor)]
+          (SEQUENCE_KINDS, SequenceDetectorParams, SequencePreprocessor),
+          (IMAGE_KINDS, ImageDetectorParams, ImagePreprocessor)]
 GRAPH_KINDS = tuple(k for kinds, _, _ in _READS for k in kinds)
 
 
 def graph_scorer(detector_dir: Path | str, graph_dir: Path | str, threads: int = 1,
                  saved: tuple[dict[str, Any], dict[str, Any]] | None = None) -> GraphScorer:
     """The scorer of the detector saved in ``detector_dir`` through the graph in
-    ``graph_dir``: a :class:`GraphScorer`, for a sequence model a
-    :class:`SequenceGraphScorer`. Arguments and errors: :class:`GraphScorer`."""
+    ``graph_dir``: a :class:`GraphScorer`; for a sequence model a
+    :class:`SequenceGraphScorer`, for an image model an :class:`ImageGraphScorer`. Arguments
+    and errors: :class:`GraphScorer`."""
     saved = saved or read_saved(detector_dir)
-    cls = SequenceGraphScorer if saved[0].get("params", {}).get("kind") in SEQUENCE_KINDS \
-        else GraphScorer
+    kind = saved[0].get("params", {}).get("kind")
+    cls = SequenceGraphScorer if kind in SEQUENCE_KINDS else \
+        ImageGraphScorer if kind in IMAGE_KINDS else GraphScorer
     return cls(detector_dir, graph_dir, threads, saved=saved)
 
 
@@ -63,12 +69,13 @@ class GraphScorer(CalibratedScores):
             the caller has read it already.
 
     Raises:
-        ModelFormatError: not a table or sequence model, an incomplete or stale graph
-            folder, or a graph whose outputs are not the model's score kinds.
+        ModelFormatError: an unknown kind, an incomplete or stale graph folder, or a graph
+            whose outputs are not the model's score kinds (less those computed beside it).
         ImportError: onnxruntime is not installed.
     """
 
     runtime = "onnxruntime"
+    beside: tuple[str, ...] = ()  # score kinds computed beside the graph, not in it
 
     def __init__(self, detector_dir: Path | str, graph_dir: Path | str, threads: int = 1,
                  saved: tuple[dict[str, Any], dict[str, Any]] | None = None):
@@ -79,7 +86,7 @@ class GraphScorer(CalibratedScores):
         reads = [(p, pre) for kinds, p, pre in _READS if kind in kinds]
         if not reads:
             raise ModelFormatError(f"{detector_dir}: a {kind} model; graph scoring reads "
-                                   f"table and sequence models ({', '.join(GRAPH_KINDS)})")
+                                   f"{', '.join(GRAPH_KINDS)} models")
         params_class, preprocessor_class = reads[0]
         graph_dir = Path(graph_dir)
         if not graph_ready(graph_dir):
@@ -97,10 +104,10 @@ class GraphScorer(CalibratedScores):
         self._session = ort.InferenceSession(str(graph_dir / GRAPH_FILE), options,
                                              providers=["CPUExecutionProvider"])
         outputs = [o.name for o in self._session.get_outputs()]
-        if sorted(outputs) != sorted(self.score_kinds):
+        self._outputs = [k for k in self.score_kinds if k not in self.beside]  # its order
+        if sorted(outputs) != sorted(self._outputs):
             raise ModelFormatError(f"{graph_dir}: the graph computes {sorted(outputs)}, the "
-                                   f"model scores {sorted(self.score_kinds)}")
-        self._outputs = list(self.score_kinds)  # the detector's order
+                                   f"model scores {sorted(self._outputs)} through it")
 
     @property
     def score_kinds(self) -> tuple[str, ...]:
@@ -135,3 +142,25 @@ class GraphScorer(CalibratedScores):
 
 class SequenceGraphScorer(SeriesScoring, GraphScorer):
     """A sequence model's graph with the detector's per-timestamp scoring and streams."""
+
+
+class ImageGraphScorer(GraphScorer):
+    """An image model's graph, and ``elbo_vs_png`` beside it: the ``elbo`` less the slope
+    the detector fitted times each image's PNG-compressed length (a compressor's output, which
+    no graph computes)."""
+
+    beside = ("elbo_vs_png",)
+
+    def __init__(self, detector_dir: Path | str, graph_dir: Path | str, threads: int = 1,
+                 saved: tuple[dict[str, Any], dict[str, Any]] | None = None):
+        saved = saved or read_saved(detector_dir)
+        super().__init__(detector_dir, graph_dir, threads, saved=saved)
+        slope = saved[0].get("complexity_slope")
+        self.complexity_slope_ = None if slope is None else float(slope)
+
+    def _raw_from_matrix(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        raw = super()._raw_from_matrix(X)
+        if "elbo_vs_png" in self.score_kinds and self.complexity_slope_ is not None:
+            raw["elbo_vs_png"] = raw["elbo"] - self.complexity_slope_ * png_bytes(
+                X, self.preprocessor_.shape)
+        return {k: raw[k] for k in self.score_kinds if k in raw}

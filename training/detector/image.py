@@ -33,11 +33,9 @@ Gaussian; they have the image's (H, W) and show where an image departs from norm
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.nn import functional as F
 
@@ -45,7 +43,7 @@ from training.detector.base import BaseDetector
 from training.detector.complexity import ComplexityCorrection, LocalPredictor
 from training.detector.image_params import IMAGE_KINDS, ImageDetectorParams, resolve_image
 from training.nn.conv import ConvAE, ConvEnsemble, ConvVAE
-from training.preprocessing.images import ImagePreprocessor, to_png
+from training.preprocessing.images import ImagePreprocessor, png_bytes
 
 # What the image methods accept: an ImageSet, an array batch (n, H, W) / (n, C, H, W) /
 # (n, H, W, C), or a sequence of file paths or encoded bytes (PNG, JPEG...).
@@ -149,12 +147,6 @@ class ImageDetector(BaseDetector):
     # (n, C, H, W) in [0, 1], since the preprocessor's inverse restores the image shape.
 
 
-def png_bytes(X: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """(n,) PNG-compressed size in bytes of each flat image row (8-bit pixels): a generic
-    lossless compressor's code length, the background model of the ``elbo_vs_png`` score."""
-    return np.array([len(to_png(row.reshape(shape))) for row in X], dtype=np.float64)
-
-
 def smooth_maps(maps: np.ndarray, sigma: float | None = None) -> np.ndarray:
     """Explanations (n, H, W) as anomaly maps: blurred, by default with
     ``sigma = max(0.5, min(H, W) / 32)`` pixels."""
@@ -179,36 +171,3 @@ def gaussian_blur(maps: np.ndarray, sigma: float) -> np.ndarray:
     x = F.conv2d(x, (kh / kh.sum()).view(1, 1, -1, 1))
     x = F.conv2d(x, (kw / kw.sum()).view(1, 1, 1, -1))
     return x.squeeze(1).numpy()
-
-
-def image_file_columns(detector: ImageDetector, files: Sequence[tuple[str, Any]],
-                       maps: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Score named images (what a service or a batch job holds), as columns.
-
-    Args:
-        files: ``(name, content)`` pairs; content is a path, encoded bytes or an array.
-        maps: also return the anomaly maps.
-
-    Returns:
-        ``(columns, maps)``: the :meth:`ImageDetector.score_columns` columns, each (n,) in
-        the order of ``files``, and (n, H, W) maps or None. A file that cannot be read raises
-        a :class:`~training.errors.DataError` naming it.
-    """
-    pre = detector.preprocessor_
-    batch = np.stack([pre.image(content, name) for name, content in files]) if files else \
-        np.zeros((0, *pre.shape), dtype=np.float32)
-    cols = detector.score_columns(batch, explain=maps)
-    anomaly_maps = cols.pop("explanation", None)
-    if anomaly_maps is not None:
-        anomaly_maps = smooth_maps(anomaly_maps)
-    return cols, anomaly_maps
-
-
-def score_image_files(detector: ImageDetector, files: Sequence[tuple[str, Any]],
-                      maps: bool = False) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """:func:`image_file_columns` as a frame with a leading ``name`` column (one row per file),
-    and the maps."""
-    cols, anomaly_maps = image_file_columns(detector, files, maps)
-    frame = pd.DataFrame(cols)
-    frame.insert(0, "name", [name for name, _ in files])
-    return frame, anomaly_maps

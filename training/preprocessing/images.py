@@ -394,3 +394,8 @@ def to_png(image: np.ndarray) -> bytes:
     img.save(buf, format="PNG")
     return buf.getvalue()
 
+
+def png_bytes(X: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """(n,) PNG-compressed size in bytes of each flat image row (8-bit pixels): a generic
+    lossless compressor's code length, the background model of the ``elbo_vs_png`` score."""
+    return np.array([len(to_png(row.reshape(shape))) for row in X], dtype=np.float64)
