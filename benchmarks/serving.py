@@ -146,27 +146,27 @@ def model_name(model: str) -> str:
     return model.split("/", 1)[1].split("@")[0].split("/")[0]
 
 
-def model_kind(server: Server, model: str) -> str:
-    """The kind of ``model`` as the running service reports it."""
+def model_info(server: Server, model: str) -> dict:
+    """``GET /v1/models/{name}`` of the running service: the model's kind, runtime..."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     conn.request("GET", f"/v1/models/{model_name(model)}")
-    return json.loads(conn.getresponse().read())["kind"]
+    return json.loads(conn.getresponse().read())
 
 
 def start_servers(model: str, tracking_uri: str, workdir: Path
                   ) -> tuple[str, list[Server]]:
-    """The model's kind, and its servers: ``anomaly serve`` as it restarts on a warm cache (a
-    table model through its ONNX graph, which a first start writes), for a table model also
-    with ``ANOMALY_GRAPH_RUNTIME=false`` (torch; other kinds always use torch), and ``mlflow
-    models serve --env-manager local``, last."""
+    """The model's kind, and its servers: ``anomaly serve`` as it restarts on a warm cache
+    (through the model's ONNX graph, which a first start writes), for a table model also with
+    ``ANOMALY_GRAPH_RUNTIME=false`` (torch), and ``mlflow models serve --env-manager local``,
+    last."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     first = _serve(model, tracking_uri, workdir, env, "first start")
-    kind = model_kind(first, model)
+    kind = model_info(first, model)["kind"]
     deadline = time.monotonic() + 300
-    while kind in TABLE_KINDS and not list((workdir / "cache").glob("*/v*/graph/graph.json")):
+    while not list((workdir / "cache").glob("*/v*/graph/graph.json")):
         if time.monotonic() > deadline or first.proc.poll() is not None:
-            break  # no graph runtime here: both servers use torch
+            break  # no graph runtime here: the service uses torch
         time.sleep(0.5)
     first.proc.terminate()
     first.proc.wait(timeout=30)
@@ -413,6 +413,8 @@ def bench_model(model: str, uri: str, label: str, workdir: Path, args: argparse.
     kind, servers = start_servers(model, uri, workdir)
     servers.append(start_floor(workdir))
     by_label = {s.label: s for s in servers}
+    print(f"{label}: the service scores with "
+          f"{model_info(by_label['service'], model)['runtime']}", flush=True)
     (single_label, single), (batch_label, batch) = workload(kind, args.batch_size)
     rows = []
     loads = ["python", "wrk"] if args.load == "both" else [args.load]

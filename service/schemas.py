@@ -105,6 +105,8 @@ class ModelInfo(ModelMeta):
     uri: str
     run_id: str | None
     origin: str = Field(description="registry, or cache when the registry was unreachable")
+    runtime: str = Field(description="onnxruntime (the model's ONNX graph) or torch (its "
+                         "networks): what scores its records")
     thresholds: dict[str, float]
     target_fpr: float
     achievable_fpr: float = Field(description="the false-positive rate the threshold promises: "
