@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from service.auth import ScoreAccess
@@ -84,10 +85,16 @@ async def model_invocations(name: str, request: Request, store: StoreDep,
 
 async def _invoke(model: ServedModel, request: Request, settings: Settings,
                   metrics: Metrics) -> Response:
-    images.require_records(model)
     body = await request.body()
-    records = protocol.parse(model, body, request.headers.get("content-type"), settings.strict)
-    answer = await run_sized(model, protocol.count(records), protocol.predict, records)
+    if images.is_image_model(model):
+        files = protocol.parse_images(body, request.headers.get("content-type"))
+        answer = await run_in_threadpool(protocol.predict_images, model, files,
+                                         settings.max_records, settings.max_image_pixels,
+                                         settings.max_request_pixels)
+    else:
+        records = protocol.parse(model, body, request.headers.get("content-type"),
+                                 settings.strict)
+        answer = await run_sized(model, protocol.count(records), protocol.predict, records)
     metrics.observe_scores(model, answer.primary, answer.flagged)
     return Response(answer.body, media_type="application/json")
 

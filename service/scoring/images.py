@@ -24,10 +24,11 @@ def is_image_model(model: ServedModel) -> bool:
 
 
 def require_records(model: ServedModel) -> None:
-    """Refuse a record route for an image model, naming the route to use."""
+    """Refuse a record route for an image model, naming the routes to use."""
     if is_image_model(model):
         raise DataError(f"model '{model.name}' scores images: send them as multipart files to "
-                         f"POST /v1/models/{model.name}/score-images")
+                         f"POST /v1/models/{model.name}/score-images, or base64 in the column "
+                         f"'image' to POST /v1/models/{model.name}/invocations")
 
 
 def map_png(anomaly_map: np.ndarray) -> tuple[str, float]:
@@ -54,6 +55,26 @@ def check_pixels(files: list[tuple[str, bytes]], max_image_pixels: int,
                                 "(ANOMALY_MAX_REQUEST_PIXELS); send fewer images per request")
 
 
+def image_columns(model: ServedModel, files: list[tuple[str, bytes]], maps: bool = False,
+                  max_images: int = 10_000, max_image_pixels: int = MAX_IMAGE_PIXELS,
+                  max_request_pixels: int = MAX_REQUEST_PIXELS
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The score columns of named image files (and their anomaly maps), after the request's
+    limits: at most ``max_images`` images and ``max_image_pixels`` / ``max_request_pixels``
+    pixels, read from the files' headers before anything is decoded (413 beyond). An
+    undecodable file, a wrong format or a wrong channel count raises a 422 naming the file."""
+    if not is_image_model(model):
+        raise DataError(f"model '{model.name}' scores records, not images: POST "
+                         f"/v1/models/{model.name}/score")
+    if len(files) > max_images:
+        raise TooLargeError(f"{len(files)} images in one request; at most {max_images}")
+    check_pixels(files, max_image_pixels, max_request_pixels)
+    from training.detector.image_files import image_file_columns
+
+    # the maps need the networks; the scores alone come from the graph when there is one
+    return image_file_columns(model.detector if maps else model.scorer, files, maps)
+
+
 def score_images(model: ServedModel, files: list[tuple[str, bytes]], maps: bool = False,
                  max_images: int = 10_000, max_image_pixels: int = MAX_IMAGE_PIXELS,
                  max_request_pixels: int = MAX_REQUEST_PIXELS) -> Scored:
@@ -63,26 +84,16 @@ def score_images(model: ServedModel, files: list[tuple[str, bytes]], maps: bool 
         files: ``(file name, bytes)`` per upload, in order.
         maps: add each image's anomaly map (``anomaly_map_png``, base64 PNG, white = the map's
             maximum ``anomaly_map_max``; 1 is the average error of a normal pixel).
-        max_images, max_image_pixels, max_request_pixels: the request's limits (413 beyond),
-            pixels read from the files' headers before anything is decoded.
+        max_images, max_image_pixels, max_request_pixels: the request's limits
+            (:func:`image_columns`).
 
     Returns:
-        the answer (see ``schemas.ImageScoreResponse``). An undecodable file, a wrong format or
-        a wrong channel count raises a 422 naming the file.
+        the answer (see ``schemas.ImageScoreResponse``).
     """
-    if not is_image_model(model):
-        raise DataError(f"model '{model.name}' scores records, not images: POST "
-                         f"/v1/models/{model.name}/score")
-    if not files:
+    if not files and is_image_model(model):
         raise DataError("no images: send one or more files in the multipart field 'files'")
-    if len(files) > max_images:
-        raise TooLargeError(f"{len(files)} images in one request; at most {max_images}")
-    check_pixels(files, max_image_pixels, max_request_pixels)
-    from training.detector.image_files import image_file_columns
-
-    # the maps need the networks; the scores alone come from the graph when there is one
-    scored, anomaly_maps = image_file_columns(model.detector if maps else model.scorer, files,
-                                              maps)
+    scored, anomaly_maps = image_columns(model, files, maps, max_images, max_image_pixels,
+                                         max_request_pixels)
     cols: dict[str, Any] = {"file": [name for name, _ in files], **scored}
     if anomaly_maps is not None:
         pngs = [map_png(m) for m in anomaly_maps]

@@ -14,9 +14,13 @@ gets the same 4xx, naming the same record and column, as on ``/v1``:
   ``application/vnd.apache.parquet``: read into a DataFrame, checked by the model's
   preprocessing.
 
+An image model reads JSON in the same formats with one image per record, base64 in the column
+``image`` (PNG or JPEG bytes; a ``data:...;base64,`` prefix is dropped), as its pyfunc reads
+it; other columns are ignored, and ``path`` (a file on the client's side) is refused.
+
 The answer is ``{"predictions": [...]}``, one object per record with the pyfunc's columns:
 ``score``, ``p_value``, ``is_anomaly``, ``score_<kind>`` and ``p_value_<kind>`` per score kind,
-``unknown_categories``.
+``unknown_categories`` (tables).
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ import pandas as pd
 import pydantic_core
 
 from service.model import ServedModel
+from service.scoring.images import image_columns
 from service.scoring.records import score_columns
 from service.scoring.render import render_results
 from training.detector.scores import scored_primary
 from training.errors import DataError, TooLargeError, UnsupportedMediaError
+from training.preprocessing.images import decode_base64
 from training.preprocessing.tabular import Records
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -82,6 +88,15 @@ def parse(model: ServedModel, raw: bytes, content_type: str | None,
     mime = media_type(content_type)
     if mime != JSON:
         return _frame(model, raw, mime, strict)
+    key, value = _payload(raw)
+    layout = _layout(model.inputs.columns, key, value)
+    if b"NaN" in raw:  # pandas' missing value, as MLflow's clients write it
+        layout = _nan_as_missing(layout)
+    return model.inputs.validate(layout, strict)
+
+
+def _payload(raw: bytes) -> tuple[str, Any]:
+    """The one format key of a JSON body and its value."""
     try:
         body = pydantic_core.from_json(raw, allow_inf_nan=True)
     except ValueError as e:
@@ -95,14 +110,55 @@ def parse(model: ServedModel, raw: bytes, content_type: str | None,
         raise DataError(f"{_HINT}; {got}")
     if "params" in body and not isinstance(body["params"], dict | None):
         raise DataError("'params' must be an object")
-    layout = _layout(model, found[0], body[found[0]])
-    if b"NaN" in raw:  # pandas' missing value, as MLflow's clients write it
-        layout = _nan_as_missing(layout)
-    return model.inputs.validate(layout, strict)
+    return found[0], body[found[0]]
 
 
-def _layout(model: ServedModel, key: str, value: Any) -> dict[str, Any]:
-    """MLflow's payload as ``{"records": [...]}`` or ``{"columns": {...}}``."""
+def parse_images(raw: bytes, content_type: str | None) -> list[tuple[str, bytes]]:
+    """An image model's ``/invocations`` body: per record, ``("record i", image bytes)``.
+
+    Raises:
+        DataError: not JSON in one of MLflow's formats, a record without an ``image`` or with
+            one that is not a base64 string (record and column named).
+        UnsupportedMediaError: a content type other than JSON.
+    """
+    if media_type(content_type) != JSON:
+        raise UnsupportedMediaError(f"an image model reads {JSON}: one record per image, "
+                                    "base64 in the column 'image'")
+    layout = _layout(["image"], *_payload(raw))
+    if "columns" in layout:
+        columns = layout["columns"]
+        values = columns.get("image") if isinstance(columns, dict) else None
+        if not isinstance(values, list):
+            _no_image(columns)
+    else:
+        records = layout["records"]
+        if not all(isinstance(r, dict) for r in records):
+            raise DataError("expected one object per record, with the column 'image'")
+        for r in records:
+            if "image" not in r:
+                _no_image(r)
+        values = [r["image"] for r in records]
+    if not values:
+        raise DataError("no records to score")
+    files = []
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise DataError("expected the image as a base64 string", record=i, column="image")
+        files.append((f"record {i}", decode_base64(v, f"record {i}")))
+    return files
+
+
+def _no_image(given: Any) -> None:
+    """Refuse a body without the column ``image``."""
+    hint = " (a path names a file on your side: send its bytes)" \
+        if isinstance(given, dict) and "path" in given else ""
+    raise DataError(f"no column 'image'{hint}: send each image as a base64 string in the "
+                    "column 'image'")
+
+
+def _layout(columns: list[str], key: str, value: Any) -> dict[str, Any]:
+    """MLflow's payload as ``{"records": [...]}`` or ``{"columns": {...}}`` (rows given without
+    names are in the order of ``columns``)."""
     if key == "dataframe_split":
         if not isinstance(value, dict) or not isinstance(value.get("columns"), list):
             raise DataError("'dataframe_split' needs 'columns' (a list of names) and 'data' "
@@ -114,7 +170,7 @@ def _layout(model: ServedModel, key: str, value: Any) -> dict[str, Any]:
         raise DataError(f"'{key}' must be a list of records"
                         + (" or an object of columns" if key == "inputs" else ""))
     if value and all(isinstance(v, list) for v in value):
-        return _rows(model.inputs.columns, value, key)
+        return _rows(columns, value, key)
     return {"records": value}
 
 
@@ -184,6 +240,16 @@ def count(records: Records | pd.DataFrame) -> int:
 def predict(model: ServedModel, records: Records | pd.DataFrame) -> Predictions:
     """Score ``records`` (from :func:`parse`) and render MLflow's ``{"predictions": [...]}``."""
     cols = score_columns(model, records)
+    rows = render_results(cols, grouped=False)
+    return Predictions(body=b'{"predictions":' + rows + b"}", primary=scored_primary(cols),
+                       flagged=int(cols["is_anomaly"].sum()))
+
+
+def predict_images(model: ServedModel, files: list[tuple[str, bytes]], max_images: int,
+                   max_image_pixels: int, max_request_pixels: int) -> Predictions:
+    """Score an image model's records (from :func:`parse_images`) into MLflow's answer."""
+    cols, _ = image_columns(model, files, False, max_images, max_image_pixels,
+                            max_request_pixels)
     rows = render_results(cols, grouped=False)
     return Predictions(body=b'{"predictions":' + rows + b"}", primary=scored_primary(cols),
                        flagged=int(cols["is_anomaly"].sum()))

@@ -72,3 +72,48 @@ def test_bad_files_are_4xx_naming_the_file(svc):
         assert r.status_code == 422
         r = c.get("/v1/models/blob")
         assert r.status_code == 200 and r.json()["kind"] == "conv_ae"
+
+
+def test_mlflow_invocations_score_base64_images_as_the_pyfunc_does(svc):
+    """A client of ``mlflow models serve`` for an image model (one record per image, base64 in
+    the column ``image``) changes its base URL only: the pyfunc's columns and numbers."""
+    import mlflow
+    import pandas as pd
+
+    images = [*normal_images(2, seed=21), paint_defect(normal_images(1, seed=22)[0], (2, 2))]
+    encoded = [base64.b64encode(_png(x)).decode() for x in images]
+    expected = mlflow.pyfunc.load_model("models:/blob@champion").predict(
+        pd.DataFrame({"image": encoded}))
+    with svc.client() as c:
+        split = c.post("/invocations", json={"dataframe_split": {
+            "columns": ["image"], "data": [[e] for e in encoded]}})
+        records = c.post("/v1/models/blob/invocations",
+                         json={"dataframe_records": [{"image": e} for e in encoded]})
+        uploads = c.post("/v1/models/blob/score-images", files=[
+            ("files", (f"{i}.png", _png(x), "image/png")) for i, x in enumerate(images)])
+    assert split.status_code == 200 and records.status_code == 200, (split.text, records.text)
+    got = split.json()["predictions"]
+    assert records.json()["predictions"] == got
+    assert list(got[0]) == list(expected.columns)
+    np.testing.assert_allclose([p["score"] for p in got], expected["score"], rtol=1e-4,
+                               atol=1e-5)
+    assert [p["is_anomaly"] for p in got] == [False, False, True]
+    np.testing.assert_allclose([p["score"] for p in got],
+                               [r["score"] for r in uploads.json()["results"]], rtol=1e-12)
+
+
+@pytest.mark.parametrize(("body", "status", "expected"), [
+    ({"dataframe_split": {"columns": ["image"], "data": [["bm90IGFuIGltYWdl"], ["%%%"]]}},
+     422, "record 1"),
+    ({"dataframe_records": [{"path": "/etc/passwd"}]}, 422, "a path names a file"),
+    ({"dataframe_records": [{"image": 7}]}, 422, "base64 string"),
+    ({"instances": []}, 422, "no records"),
+])
+def test_mlflow_invocations_refuse_bad_images_naming_the_record(svc, body, status, expected):
+    with svc.client() as c:
+        r = c.post("/invocations", json=body)
+        csv = c.post("/invocations", content=b"image\nabc\n",
+                     headers={"Content-Type": "text/csv"})
+    assert r.status_code == status, r.text
+    assert expected in r.json()["error"]["message"], r.text
+    assert csv.status_code == 415 and "base64 in the column 'image'" in csv.text
