@@ -6,7 +6,8 @@ restart on a warm cache is ready in about a second. An image model, and any mode
 time it is served, scores with its torch detector; the service then writes the graph
 beside the cached model in a background process (:func:`export_graph_later`), for the next
 start. Explanations, latent codes, reconstructions and a sequence model's streams always use the
-torch detector, loaded on the first request that needs it.
+torch detector, loaded on the first request that needs it, and so do large requests of the
+kinds whose networks are faster in bulk than their graph (``NETWORKS_IN_BULK``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ from training.detector.sequence_params import SEQUENCE_KINDS
 from training.preprocessing.tabular import Records
 
 log = logging.getLogger(__name__)
+
+# Kinds whose networks score a large request faster than their graph does: onnxruntime's 1-D
+# and transposed convolutions over many windows or images (in process, one thread, 1,000
+# records: seq_ae 5 ms against 9, seq_vae 18 against 28, conv_ae 315 against 403; a
+# conv_vae's graph and a table model's are the faster). A request of more than BULK_RECORDS
+# records of such a kind scores with the networks, loaded on the first one (in a worker
+# thread: it is past service.routes.deps.INLINE_RECORDS too).
+NETWORKS_IN_BULK = ("seq_ae", "seq_vae", "conv_ae")
+BULK_RECORDS = 256
 
 _exports: dict[Path, threading.Thread] = {}
 _exports_lock = threading.Lock()
@@ -197,10 +207,23 @@ class ServedModel:
                          "them)", self.name, self.source.version, time.perf_counter() - t0)
             return self._held["detector"]
 
-    def score(self, records: Records, explain: bool = False) -> dict[str, np.ndarray]:
-        """The columns of ``Detector.score_columns`` for validated request records; for a
-        sequence model those of ``SequenceDetector.series_columns``, one per record."""
-        scorer = self.detector if explain else self.scorer
+    def needs_networks(self, n: int, explain: bool = False) -> bool:
+        """Whether a request of ``n`` records scores with the networks: for explanations (or
+        anomaly maps), and for a large one of a kind whose networks are faster in bulk
+        (``NETWORKS_IN_BULK``)."""
+        return explain or (n > BULK_RECORDS and self.kind in NETWORKS_IN_BULK)
+
+    def scorer_for(self, n: int, explain: bool = False) -> Any:
+        """What scores a request of ``n`` records: :attr:`detector` when
+        :meth:`needs_networks`, else :attr:`scorer`."""
+        return self.detector if self.needs_networks(n, explain) else self.scorer
+
+    def score(self, records: Records | Any, explain: bool = False) -> dict[str, np.ndarray]:
+        """The columns of ``Detector.score_columns`` for validated request records (or a
+        DataFrame); for a sequence model those of ``SequenceDetector.series_columns``, one per
+        record."""
+        n = records.n if isinstance(records, Records) else len(records)
+        scorer = self.scorer_for(n, explain)
         if self.data_kind == "sequences":
             return scorer.series_columns(records, source="request", explain=explain)
         return scorer.score_columns(records, source="request", explain=explain)

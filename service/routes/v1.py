@@ -100,7 +100,8 @@ async def score(name: str, request: Request, store: StoreDep, settings: Settings
                                                "contributing columns")] = False) -> JSONBytes:
     model, batch = await _parsed(name, request, store, settings, strict)
     scored = await run_sized(model, batch.n, scoring.score_batch, batch, explain,
-                             settings.explain_top_k, networks=explain)
+                             settings.explain_top_k,
+                             networks=model.needs_networks(batch.n, explain))
     metrics.observe_scores(model, scored.primary, scored.flagged)
     return Response(scored.to_json(), media_type="application/json")
 

@@ -72,7 +72,7 @@ def image_columns(model: ServedModel, files: list[tuple[str, bytes]], maps: bool
     from training.detector.image_files import image_file_columns
 
     # the maps need the networks; the scores alone come from the graph when there is one
-    return image_file_columns(model.detector if maps else model.scorer, files, maps)
+    return image_file_columns(model.scorer_for(len(files), maps), files, maps)
 
 
 def score_images(model: ServedModel, files: list[tuple[str, bytes]], maps: bool = False,

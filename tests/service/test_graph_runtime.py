@@ -236,3 +236,22 @@ def test_an_image_model_is_scored_through_its_graph_and_maps_take_the_networks(s
                                        err_msg=k)
     mapped = score_images(graph_model, files[:2], maps=True).answer()
     assert graph_model.networks_loaded and all(r["anomaly_map_png"] for r in mapped["results"])
+
+
+def test_a_large_sequence_request_scores_with_the_networks_loaded_on_first_need(
+        saved_sequence):
+    """Over BULK_RECORDS records a sequence model's networks are faster than its graph: such
+    a request loads them; a small one keeps the graph. The same scores either way."""
+    from service.model import BULK_RECORDS
+    from tests.training.sequence_data import rotating
+
+    path, graph = saved_sequence
+    _, graph_model = _load_after_export(path, graph)
+    series, _ = rotating(BULK_RECORDS + 40, seed=8, t0=3000)
+    small = graph_model.score(series.head(BULK_RECORDS))
+    assert not graph_model.networks_loaded
+    large = graph_model.score(series)
+    assert graph_model.networks_loaded and graph_model.runtime == "onnxruntime"
+    keep = ~small["warm_up"]
+    np.testing.assert_allclose(large["score"][:BULK_RECORDS][keep], small["score"][keep],
+                               rtol=RTOL, atol=SEQ_ATOL)
