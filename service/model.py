@@ -1,13 +1,13 @@
 """A model as the service serves it: the scorer, where it came from, and its input parsers.
 
-A table or sequence model whose cached folder holds a complete ONNX graph (``graph/``, see
+A model whose cached folder holds a complete ONNX graph (``graph/``, see
 :mod:`training.detector.graph`) scores through onnxruntime: serving it imports no torch, so a
-restart on a warm cache is ready in about a second. An image model, and any model the first
-time it is served, scores with its torch detector; the service then writes the graph
-beside the cached model in a background process (:func:`export_graph_later`), for the next
-start. Explanations, latent codes, reconstructions and a sequence model's streams always use the
-torch detector, loaded on the first request that needs it, and so do large requests of the
-kinds whose networks are faster in bulk than their graph (``NETWORKS_IN_BULK``).
+restart on a warm cache is ready in about a second. A model the first time it is served
+scores with its torch detector; the service then writes the graph beside the cached model in
+a background process (:func:`export_graph_later`), for the next start. Explanations, latent
+codes, reconstructions, anomaly maps and a sequence model's streams always use the torch
+detector, loaded on the first request that needs it, and so do large requests of the kinds
+whose networks are faster in bulk than their graph (``NETWORKS_IN_BULK``).
 """
 
 from __future__ import annotations
@@ -142,9 +142,9 @@ class ServedModel:
             path: the saved detector (a model folder's ``artifacts/detector``).
             max_records: records per request.
             threads: intra-op threads (torch's, or onnxruntime's for a graph).
-            graph_dir: where a table or sequence model's graph is kept (the service's cache):
-                scored through it when it is there, else written there for the next start.
-                None: score with torch.
+            graph_dir: where the model's graph is kept (the service's cache): scored through
+                it when it is there, else written there for the next start. None: score with
+                torch.
         """
         saved = read_saved(path)
         kind = saved[0].get("params", {}).get("kind")

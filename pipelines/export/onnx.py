@@ -185,7 +185,7 @@ def _sidecar(det: BaseDetector, kinds: list[str], n_features: int, source: dict[
 
 def write_graph_folder(detector_dir: str | Path, graph_dir: str | Path) -> Path:
     """Write the graph folder a :class:`~training.detector.graph.GraphScorer` reads, for the
-    table detector saved in ``detector_dir``: built in a temporary folder beside
+    detector saved in ``detector_dir``: built in a temporary folder beside
     ``graph_dir`` and renamed into place, so a reader never sees half of one.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Where a table detector's ONNX graph lies beside it, and whether it is complete: files only,
+"""Where a detector's ONNX graph lies beside it, and whether it is complete: files only,
 no onnxruntime or torch (a batch job decides from these whether to start its MLflow helper
 before it imports anything heavy). The scorer is :mod:`training.detector.graph`.
 
