@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from training.data.tables import check_columns, not_utf8, table_format
+from training.data.tables import check_columns, dictionary_columns, not_utf8, table_format
 from training.errors import DataError, OutputError, first_line, shown
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,8 @@ class AtomicTableWriter:
         remove_stale_partials(self.path)
         try:
             if self.format == "parquet":
-                self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="snappy")
+                self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="snappy",
+                                                use_dictionary=dictionary_columns(self.schema))
             else:
                 self._writer = pacsv.CSVWriter(self.tmp, self.schema)
         except PermissionError as e:

@@ -28,7 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from service.model import ServedModel
-from training.data.tables import check_columns, check_types, csv_header, not_utf8
+from training.data.tables import (
+    check_columns,
+    check_types,
+    csv_header,
+    dictionary_columns,
+    not_utf8,
+)
 from training.detector.scores import scored_primary
 from training.errors import DataError, TooLargeError, UnsupportedMediaError
 
@@ -175,7 +181,8 @@ class _Writer:
         else:
             table = pa.Table.from_pandas(df, preserve_index=False)
             if self._parquet is None:
-                self._parquet = pq.ParquetWriter(self.path, table.schema)
+                self._parquet = pq.ParquetWriter(
+                    self.path, table.schema, use_dictionary=dictionary_columns(table.schema))
             elif table.schema != self._parquet.schema:
                 try:
                     table = table.cast(self._parquet.schema)

@@ -346,7 +346,7 @@ class TabularPreprocessor:
             M -= plan.means
             M /= plan.stds
             with np.errstate(over="ignore"):  # overflow: caught as a non-finite score
-                X[:, plan.positions] = M
+                X[:, plan.numeric_block] = M
             del M
         for name, start, categories, dropped, other in plan.categorical:
             values = records.categories(name)
@@ -427,6 +427,15 @@ class _EncodingPlan:
     categorical: list[tuple[str, int, list[str], bool, bool]]
     width: int  # the matrix's columns
 
+    @property
+    def numeric_block(self) -> slice | np.ndarray:
+        """Where the numeric block goes: a slice when its columns are adjacent (the common
+        case: a copy, several times faster than scattering them one by one), else their
+        positions."""
+        p = self.positions
+        adjacent = len(p) > 0 and int(p[-1]) - int(p[0]) + 1 == len(p)
+        return slice(int(p[0]), int(p[-1]) + 1) if adjacent else p
+
     @classmethod
     def of(cls, specs: list[ColumnSpec]) -> _EncodingPlan:
         numeric, positions, medians, means, stds, categorical = [], [], [], [], [], []
@@ -498,10 +507,15 @@ class _FrameRecords:
         self.df, self.n = df, len(df)
 
     def numeric(self, names: list[str]) -> np.ndarray:
-        cols = [pd.to_numeric(self.df[c], errors="coerce").to_numpy(dtype="float64",
-                                                                   na_value=np.nan)
-                for c in names]
-        return np.column_stack(cols) if cols else np.zeros((self.n, 0))
+        # filled a column at a time into column-major memory (each column one contiguous
+        # copy), returned as the (n, k) view
+        out = np.empty((len(names), self.n), dtype=np.float64)
+        for j, c in enumerate(names):
+            col = self.df[c]
+            if not pd.api.types.is_numeric_dtype(col):  # validated: numbers as text
+                col = pd.to_numeric(col, errors="coerce")
+            out[j] = col.to_numpy(dtype="float64", na_value=np.nan)
+        return out.T
 
     def categories(self, name: str) -> list[str | None]:
         values = _as_category_strings(self.df[name])
