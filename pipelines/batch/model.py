@@ -130,10 +130,10 @@ def result_arrays(model: BatchModel, fields: list[pa.Field], scores: pd.DataFram
     n = len(scores)
     arrays = []
     for f in fields:
-        if f.name == MODEL_NAME_COLUMN:
-            arrays.append(pa.array([model.name] * n, type=pa.string()))
+        if f.name == MODEL_NAME_COLUMN:  # one value repeated: no list of n strings
+            arrays.append(pa.repeat(pa.scalar(model.name, pa.string()), n))
         elif f.name == MODEL_VERSION_COLUMN:
-            arrays.append(pa.array([model.version] * n, type=pa.string()))
+            arrays.append(pa.repeat(pa.scalar(str(model.version), pa.string()), n))
         else:
             arrays.append(pa.array(scores[f.name].to_numpy(), type=f.type))
     return arrays
