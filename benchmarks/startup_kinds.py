@@ -52,7 +52,7 @@ def first_score_s(model: str, uri: str, workdir: Path, route: str, body, env: di
                 if conn.getresponse().status == 200:
                     return time.perf_counter() - t0
             except OSError:
-                pass
+                pass  # not listening yet: poll again (a 20 ms step, the timing's resolution)
             time.sleep(0.02)
         raise RuntimeError(f"no scored request from the service on port {port}")
     finally:

@@ -34,9 +34,13 @@ from urllib.parse import urlparse
 from pipelines.registry.download import FetchedModel, ModelCache
 from pipelines.registry.uri import REGISTERED, parse_model_uri
 from training import errors
-from training.detector.graph_files import GRAPH_DIR, graph_ready, graph_runtime_available
+from training.detector.graph_files import (
+    GRAPH_DIR,
+    graph_model_kind,
+    graph_ready,
+    graph_runtime_available,
+)
 from training.detector.image_params import IMAGE_KINDS
-from training.detector.persistence import read_saved
 from training.errors import AnomalyError, ConfigError, RegistryUnavailable, first_line
 
 GRAPH_ENV = "ANOMALY_GRAPH_RUNTIME"
@@ -63,11 +67,7 @@ def cached_with_graph(uri: str, tracking_uri: str, cache_dir: Path | str | None
     fetched = ModelCache(cache_dir, tracking_uri).cached(uri)
     if fetched is None or not graph_ready(fetched.path / GRAPH_DIR):
         return None
-    try:
-        kind = read_saved(fetched.detector_dir)[0].get("params", {}).get("kind")
-    except errors.ModelFormatError:
-        return None  # the torch path says what is wrong with it
-    if kind in IMAGE_KINDS:
+    if graph_model_kind(fetched.path / GRAPH_DIR) in IMAGE_KINDS:
         return None
     return fetched, fetched.path / GRAPH_DIR
 

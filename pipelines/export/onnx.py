@@ -202,7 +202,7 @@ def write_graph_folder(detector_dir: str | Path, graph_dir: str | Path) -> Path:
     try:
         export_onnx(det, tmp / GRAPH_FILE, source={"detector": str(detector_dir)})
         chunk = det._score_chunk(int(det.preprocessor_.n_features_))
-        (tmp / MARKER).write_text(json.dumps(graph_marker(chunk)))
+        (tmp / MARKER).write_text(json.dumps(graph_marker(chunk, det.params.kind)))
         replace_folder(tmp, graph_dir, marker=MARKER)  # a stale one (another format) goes
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

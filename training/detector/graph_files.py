@@ -43,10 +43,20 @@ def graph_runtime_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in _EXPORT_NEEDS)
 
 
-def graph_marker(score_chunk: int) -> dict[str, Any]:
-    """What ``graph.json`` records: the formats, and the records per pass."""
+def graph_marker(score_chunk: int, model_kind: str) -> dict[str, Any]:
+    """What ``graph.json`` records: the formats, the records per pass and the model's kind."""
     return {"graph_version": GRAPH_VERSION, "detector_format": FORMAT_VERSION,
-            "score_chunk": int(score_chunk)}
+            "score_chunk": int(score_chunk), "model_kind": model_kind}
+
+
+def graph_model_kind(graph_dir: Path) -> str | None:
+    """The model kind ``graph.json`` records (None when it records none or cannot be read),
+    without reading the detector's own, larger files."""
+    try:
+        marker = json.loads((Path(graph_dir) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker.get("model_kind") if isinstance(marker, dict) else None
 
 
 def graph_ready(graph_dir: Path) -> bool:
