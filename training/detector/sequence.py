@@ -79,30 +79,32 @@ class SequenceDetector(SeriesScoring, BaseDetector):
     def _feature_scale(self, val_errors: torch.Tensor) -> np.ndarray:
         # One scale per channel, shared by the window's steps: the edge steps of a window are
         # reconstructed worse than the middle ones, and a per-step scale would hide that.
-        w, c = self.preprocessor_.window_, self.preprocessor_.n_channels_
-        err = val_errors.double().reshape(-1, w, c).mean(dim=(0, 1))
+        err = self._per_channel(val_errors).mean(dim=0)
         floor = max(float(err.mean()) * 1e-3, 1e-8)
-        scale = err.clamp(min=floor)
+        scale = err.clamp(min=floor).repeat(self.preprocessor_.window_)  # time-major rows
         self.channel_spread_ = None
         if self.params.channel_norm == "std":
             # each validation window's per-channel error, as _recon sees a window's
-            per_window = (val_errors.double().reshape(-1, w, c) / scale).mean(dim=1)
+            per_window = self._per_channel(val_errors.double() / scale)
             sd = per_window.std(dim=0, unbiased=False)
             self.channel_spread_ = {
                 "mean": per_window.mean(dim=0),
                 "std": sd.clamp(min=max(float(sd.mean()) * 1e-3, 1e-12))}
-        return np.tile(scale.numpy(), w)
+        return scale.numpy()
 
     def _recon(self, scaled: torch.Tensor) -> torch.Tensor:
         """``channel_norm``: ``mean``, the mean of the scaled errors; ``std``, per channel the
         window's mean scaled error above its mean on the validation windows, in their
         standard deviations, squared and averaged over the channels."""
         if self.channel_spread_ is None:
-            return scaled.mean(dim=1)
-        pre = self.preprocessor_
-        per_channel = scaled.double().reshape(-1, pre.window_, pre.n_channels_).mean(dim=1)
-        excess = (per_channel - self.channel_spread_["mean"]).clamp(min=0)
+            return super()._recon(scaled)
+        excess = (self._per_channel(scaled) - self.channel_spread_["mean"]).clamp(min=0)
         return (excess / self.channel_spread_["std"]).pow(2).mean(dim=1)
+
+    def _per_channel(self, errors: torch.Tensor) -> torch.Tensor:
+        """(n, W*C) window errors -> (n, C) float64: each channel's mean over the steps."""
+        pre = self.preprocessor_
+        return errors.double().reshape(-1, pre.window_, pre.n_channels_).mean(dim=1)
 
     def _explain(self, errors: np.ndarray) -> np.ndarray:
         """(n, W*C) -> (n, C): each channel's mean scaled squared error over the window."""
