@@ -47,6 +47,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from training.detector.image_params import IMAGE_KINDS
+from training.detector.sequence_params import SEQUENCE_KINDS
+from training.params import KINDS as TABLE_KINDS
+
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now."""
@@ -55,8 +59,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-TABLE_KINDS, IMAGE_KINDS, SEQUENCE_KINDS = ("ae", "vae"), ("conv_ae", "conv_vae"), \
-    ("seq_ae", "seq_vae")
 SEQ_WINDOW, SEQ_CHANNELS = 16, 8  # the benchmark's sequence models: 16 steps of 8 channels
 
 
