@@ -11,6 +11,7 @@ import numpy as np
 from service.model import ServedModel
 from service.scoring.records import Scored
 from service.scoring.render import render_results
+from training.detector.image_files import image_file_columns
 from training.errors import DataError, TooLargeError
 from training.preprocessing.images import image_size, to_png
 
@@ -69,9 +70,7 @@ def image_columns(model: ServedModel, files: list[tuple[str, bytes]], maps: bool
     if len(files) > max_images:
         raise TooLargeError(f"{len(files)} images in one request; at most {max_images}")
     check_pixels(files, max_image_pixels, max_request_pixels)
-    from training.detector.image_files import image_file_columns
-
-    # the maps need the networks; the scores alone come from the graph when there is one
+    # the maps (and many images of some kinds) take the networks; else the graph, if any
     return image_file_columns(model.scorer_for(len(files), maps), files, maps)
 
 
