@@ -282,6 +282,15 @@ class BaseDetector(CalibratedScores):
                 return per.mean()
         return (per * weights).sum() / weights.sum().clamp(min=1.0)
 
+    def _gradients(self, x_in: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | None
+                   ) -> torch.Tensor:
+        """One batch's training loss (:meth:`_loss`, detached), with its gradient added to every
+        parameter's ``.grad`` (zeroed before the call): autograd's here; a kind whose networks
+        have gradients written out by hand may compute them itself."""
+        loss = self._loss(x_in, x, None, weights)
+        loss.backward()
+        return loss.detach()
+
     def _train(self, X_train: torch.Tensor, X_val: torch.Tensor,
                on_epoch: Callable[[dict[str, float]], None] | None,
                folds: np.ndarray | None = None) -> list[dict[str, float]]:
@@ -317,11 +326,10 @@ class BaseDetector(CalibratedScores):
                 rows = perm[i : i + r["batch_size"]]
                 xb = X_train[rows]
                 x_in = xb + p.noise_std * torch.randn(xb.shape, generator=g) if p.noise_std else xb
-                loss = self._loss(x_in, xb, None, None if trains is None else trains[:, rows])
                 opt.zero_grad()
-                loss.backward()
+                loss = self._gradients(x_in, xb, None if trains is None else trains[:, rows])
                 opt.step()
-                total += float(loss.detach()) * len(xb)
+                total += float(loss) * len(xb)
             self.network_.eval()
             with torch.no_grad():
                 val = float(self._loss(X_val, X_val, eps_val))

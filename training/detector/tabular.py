@@ -16,6 +16,7 @@ import torch
 
 from training.detector.base import BaseDetector
 from training.errors import DataError
+from training.nn import dense_step
 from training.nn.dense import EnsembleAE, EnsembleVAE
 from training.params import KINDS, DetectorParams, resolve
 from training.preprocessing.tabular import Records, TabularPreprocessor
@@ -58,6 +59,16 @@ class Detector(BaseDetector):
         cls = EnsembleVAE if self._variational else EnsembleAE
         return cls(n_features, self.resolved_["hidden_sizes"], self.resolved_["latent_dim"],
                    self.params.activation, self.params.dropout, self.params.n_models)
+
+    def _gradients(self, x_in: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | None
+                   ) -> torch.Tensor:
+        """The dense ensembles' gradients written out by hand (training.nn.dense_step: about
+        half the time of autograd's per step on these small networks), where they cover the
+        network; autograd's otherwise."""
+        if dense_step.supports(self.network_):
+            return dense_step.loss_and_gradients(self.network_, x_in, x, weights,
+                                                 self.params.beta)
+        return super()._gradients(x_in, x, weights)
 
     def fit(self, data: pd.DataFrame | np.ndarray, source: str = "data", on_epoch=None
             ) -> Detector:
