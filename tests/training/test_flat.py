@@ -45,3 +45,21 @@ def test_parameters_own_their_storage_after_flat_training():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     _loss(net, torch.randn(4, 5)).backward()  # autograd works on them as ordinary parameters
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_flat_adam_without_the_fused_kernel_takes_the_same_steps(monkeypatch):
+    import training.nn.flat as flat_module
+
+    torch.manual_seed(0)
+    grads = [torch.randn(50) for _ in range(4)]
+    results = []
+    for kernel in (flat_module._FUSED_ADAM, None):
+        monkeypatch.setattr(flat_module, "_FUSED_ADAM", kernel)
+        flat = torch.ones(50)
+        flat.grad = torch.zeros(50)
+        opt = FlatAdam(flat, lr=0.01, weight_decay=0.1)
+        for g in grads:
+            flat.grad.copy_(g)
+            opt.step()
+        results.append(flat)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)

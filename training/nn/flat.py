@@ -38,9 +38,10 @@ def flat_parameters(module: torch.nn.Module) -> Iterator[torch.Tensor]:
 
 class FlatAdam:
     """Adam on one flat tensor (from :func:`flat_parameters`): ``torch.optim.Adam``'s update,
-    with its L2 ``weight_decay`` added to the gradient, in six tensor operations per step. The
-    library optimiser spends ~0.1 ms per step in Python around its kernel, as much as the
-    arithmetic of a whole step of a small table network."""
+    with its L2 ``weight_decay`` added to the gradient. torch's fused Adam kernel makes one pass
+    over the tensor; the optimiser class around it spends ~0.1 ms per step in Python, as much as
+    the arithmetic of a whole step of a small table network, so the kernel is called directly.
+    Where a torch build lacks it, six tensor operations do the same update (twice the time)."""
 
     def __init__(self, flat: torch.Tensor, lr: float, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
@@ -48,7 +49,7 @@ class FlatAdam:
             flat, lr, weight_decay, betas, eps)
         self.exp_avg = torch.zeros_like(flat)
         self.exp_avg_sq = torch.zeros_like(flat)
-        self.steps = 0
+        self.steps = torch.zeros(())
 
     def zero_grad(self) -> None:
         self.flat.grad.zero_()
@@ -57,10 +58,21 @@ class FlatAdam:
     def step(self) -> None:
         b1, b2 = self.betas
         self.steps += 1
+        if _FUSED_ADAM is not None:
+            _FUSED_ADAM([self.flat], [self.flat.grad], [self.exp_avg], [self.exp_avg_sq], [],
+                        [self.steps], lr=self.lr, beta1=b1, beta2=b2,
+                        weight_decay=self.weight_decay, eps=self.eps, amsgrad=False,
+                        maximize=False)
+            return
+        t = float(self.steps)
         grad = self.flat.grad
         if self.weight_decay:
             grad = grad.add(self.flat, alpha=self.weight_decay)
         self.exp_avg.lerp_(grad, 1 - b1)
         self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = self.exp_avg_sq.sqrt().div_(math.sqrt(1 - b2**self.steps)).add_(self.eps)
-        self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / (1 - b1**self.steps))
+        denom = self.exp_avg_sq.sqrt().div_(math.sqrt(1 - b2**t)).add_(self.eps)
+        self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / (1 - b1**t))
+
+
+# torch's fused Adam kernel (what ``torch.optim.Adam(fused=True)`` runs), where the build has it.
+_FUSED_ADAM = getattr(torch, "_fused_adam_", None)
