@@ -38,7 +38,7 @@ def test_hand_written_gradients_are_autograds(kind, weighted):
         assert dense_step.supports(det.network_)
         flat.grad.fill_(float("nan"))  # every gradient must be written, none left over
         torch.manual_seed(1)  # the same reparameterisation draws
-        loss = dense_step.loss_and_gradients(det.network_, x_in, x, weights, 0.7)
+        loss = dense_step.DenseStep(det.network_, 0.7)(x_in, x, weights)
         got = {n: p.grad.clone() for n, p in det.network_.named_parameters()}
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
     assert got.keys() == expected.keys()

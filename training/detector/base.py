@@ -282,14 +282,19 @@ class BaseDetector(CalibratedScores):
                 return per.mean()
         return (per * weights).sum() / weights.sum().clamp(min=1.0)
 
-    def _gradients(self, x_in: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | None
-                   ) -> torch.Tensor:
-        """One batch's training loss (:meth:`_loss`, detached), with its gradient added to every
-        parameter's ``.grad`` (zeroed before the call): autograd's here; a kind whose networks
-        have gradients written out by hand may compute them itself."""
-        loss = self._loss(x_in, x, None, weights)
-        loss.backward()
-        return loss.detach()
+    def _gradient_step(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None],
+                                         torch.Tensor]:
+        """What one training step computes, built once per training run (after the parameters
+        have their gradients): given a batch's inputs, targets and (member, record) weights, its
+        training loss (:meth:`_loss`, detached), with the gradient added to every parameter's
+        ``.grad`` (zeroed before the call). Autograd's here; a kind whose networks have their
+        gradients written out by hand may compute them itself."""
+        def step(x_in: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | None
+                 ) -> torch.Tensor:
+            loss = self._loss(x_in, x, None, weights)
+            loss.backward()
+            return loss.detach()
+        return step
 
     def _train(self, X_train: torch.Tensor, X_val: torch.Tensor,
                on_epoch: Callable[[dict[str, float]], None] | None,
@@ -301,14 +306,15 @@ class BaseDetector(CalibratedScores):
             torch.from_numpy(folds)[None, :] != torch.arange(p.n_models)[:, None]).float()
         with _flush_denormals(), flat_parameters(self.network_) as flat:
             opt = FlatAdam(flat, lr=p.learning_rate, weight_decay=p.weight_decay)
-            history = self._epochs(X_train, X_val, on_epoch, trains, opt)
+            history = self._epochs(X_train, X_val, on_epoch, trains, opt, self._gradient_step())
         self.network_.eval()
         return history
 
     def _epochs(self, X_train: torch.Tensor, X_val: torch.Tensor,
                 on_epoch: Callable[[dict[str, float]], None] | None,
-                trains: torch.Tensor | None, opt: FlatAdam
-                ) -> list[dict[str, float]]:
+                trains: torch.Tensor | None, opt: FlatAdam,
+                gradients: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None],
+                                    torch.Tensor]) -> list[dict[str, float]]:
         """Epochs of ``opt`` steps until the epoch cap or early stopping; leaves the network
         with the weights of its best validation loss."""
         p, r = self.params, self.resolved_
@@ -327,7 +333,7 @@ class BaseDetector(CalibratedScores):
                 xb = X_train[rows]
                 x_in = xb + p.noise_std * torch.randn(xb.shape, generator=g) if p.noise_std else xb
                 opt.zero_grad()
-                loss = self._gradients(x_in, xb, None if trains is None else trains[:, rows])
+                loss = gradients(x_in, xb, None if trains is None else trains[:, rows])
                 opt.step()
                 total += float(loss) * len(xb)
             self.network_.eval()

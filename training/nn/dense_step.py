@@ -9,7 +9,7 @@ operations and with no graph, writing each gradient into the parameter's ``.grad
 (``out=``). The losses are the Detector's (``BaseDetector._loss``); a test checks every gradient
 against autograd's.
 
-Covered: :class:`~training.nn.dense.EnsembleAE` and :class:`~training.nn.dense.EnsembleVAE`
+Covered (:func:`supports`): :class:`~training.nn.dense.EnsembleAE` and :class:`~training.nn.dense.EnsembleVAE`
 with ReLU activations and no dropout (the defaults). Anything else trains through autograd.
 
 Notation for the VAE (member m, record i, feature j, code unit c; ``w`` the weight of each
@@ -36,45 +36,53 @@ LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
 
 
 def supports(net: nn.Module) -> bool:
-    """Whether :func:`loss_and_gradients` covers this network: a dense ensemble of linear layers
-    and ReLUs only."""
+    """Whether :class:`DenseStep` covers this network: a dense ensemble of linear layers and
+    ReLUs only."""
     if type(net) not in (EnsembleAE, EnsembleVAE):
         return False
     chains = [net.encoder, net.decoder]
     return all(isinstance(layer, (EnsembleLinear, nn.ReLU)) for c in chains for layer in c)
 
 
-def _linears(chain: nn.Sequential) -> tuple[list[EnsembleLinear], bool]:
-    """The chain's linear layers, and whether a ReLU follows the last one."""
+class _Layer:
+    """One linear layer's tensors, looked up once: weight (M, a, b), its transpose, bias
+    (M, 1, b), their gradients, and whether a ReLU follows."""
+
+    def __init__(self, layer: EnsembleLinear, relu: bool):
+        self.weight, self.bias, self.relu = layer.weight, layer.bias, relu
+        self.weight_t = layer.weight.transpose(1, 2)
+        self.weight_grad, self.bias_grad = layer.weight.grad, layer.bias.grad
+
+
+def _layers(chain: nn.Sequential) -> list[_Layer]:
     layers = list(chain)
-    return [la for la in layers if isinstance(la, EnsembleLinear)], isinstance(layers[-1], nn.ReLU)
+    return [_Layer(la, i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU))
+            for i, la in enumerate(layers) if isinstance(la, EnsembleLinear)]
 
 
-def _forward(chain: nn.Sequential, h: torch.Tensor) -> list[torch.Tensor]:
+def _forward(layers: list[_Layer], h: torch.Tensor) -> list[torch.Tensor]:
     """The chain's input and every linear layer's output (after its ReLU, if any)."""
-    linears, relu_last = _linears(chain)
     outs = [h]
-    for i, layer in enumerate(linears):
+    for layer in layers:
         h = torch.baddbmm(layer.bias, h, layer.weight)
-        if i < len(linears) - 1 or relu_last:
+        if layer.relu:
             h = h.relu_()
         outs.append(h)
     return outs
 
 
-def _backward(chain: nn.Sequential, outs: list[torch.Tensor], grad: torch.Tensor,
+def _backward(layers: list[_Layer], outs: list[torch.Tensor], grad: torch.Tensor,
               input_grad: bool) -> torch.Tensor | None:
     """Write the gradients of the chain's parameters, given the gradient of its output; returns
     the gradient of its input when ``input_grad``."""
-    linears, relu_last = _linears(chain)
-    for i in reversed(range(len(linears))):
-        layer = linears[i]
-        if i < len(linears) - 1 or relu_last:
+    for i in reversed(range(len(layers))):
+        layer = layers[i]
+        if layer.relu:
             grad = torch.ops.aten.threshold_backward(grad, outs[i + 1], 0.0)
-        torch.bmm(outs[i].transpose(1, 2), grad, out=layer.weight.grad)
-        torch.sum(grad, dim=1, keepdim=True, out=layer.bias.grad)
+        torch.bmm(outs[i].transpose(1, 2), grad, out=layer.weight_grad)
+        torch.sum(grad, dim=1, keepdim=True, out=layer.bias_grad)
         if i > 0 or input_grad:
-            grad = torch.bmm(grad, layer.weight.transpose(1, 2))
+            grad = torch.bmm(grad, layer.weight_t)
     return grad if input_grad else None
 
 
@@ -85,57 +93,75 @@ def _pair_weights(weights: torch.Tensor | None, shape: tuple[int, int]) -> torch
     return (weights / weights.sum().clamp(min=1.0)).unsqueeze(-1)
 
 
-@torch.no_grad()
-def loss_and_gradients(net: nn.Module, x_in: torch.Tensor, x: torch.Tensor,
-                       weights: torch.Tensor | None, beta: float) -> torch.Tensor:
-    """The training loss of one batch (the Detector's), with every parameter's gradient written
-    into its ``.grad`` (which must exist: see :func:`training.nn.flat.flat_parameters`).
+class DenseStep:
+    """The training loss of a batch and its gradients, for one network that :func:`supports`
+    covers. Built once per training run, after the parameters have their ``.grad`` tensors (see
+    :func:`training.nn.flat.flat_parameters`): it keeps views of the parameters and gradients,
+    which the optimiser updates in place.
 
     Args:
-        net: an ensemble that :func:`supports` covers.
-        x_in: (n, d) inputs (``x`` with noise, for a denoising objective).
-        x: (n, d) reconstruction targets.
-        weights: optional (M, n) 0/1 weights of the (member, record) pairs.
+        net: the ensemble.
         beta: the KL term's weight (VAEs).
     """
-    m = net.n_members
-    w = _pair_weights(weights, (m, len(x)))
-    enc = _forward(net.encoder, x_in.expand(m, *x_in.shape))
-    if isinstance(net, EnsembleAE):
-        dec = _forward(net.decoder, enc[-1])
+
+    def __init__(self, net: nn.Module, beta: float):
+        self.members, self.beta = net.n_members, beta
+        self.encoder, self.decoder = _layers(net.encoder), _layers(net.decoder)
+        self.variational = isinstance(net, EnsembleVAE)
+        if self.variational:
+            self.heads = [_Layer(net.mu, False), _Layer(net.logvar, False)]
+            self.s_raw = net.decoder_logvar_raw
+
+    @torch.no_grad()
+    def __call__(self, x_in: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | None
+                 ) -> torch.Tensor:
+        """The Detector's training loss of one batch, with every parameter's gradient written
+        into its ``.grad``.
+
+        Args:
+            x_in: (n, d) inputs (``x`` with noise, for a denoising objective).
+            x: (n, d) reconstruction targets.
+            weights: optional (M, n) 0/1 weights of the (member, record) pairs.
+        """
+        m, beta = self.members, self.beta
+        w = _pair_weights(weights, (m, len(x)))
+        enc = _forward(self.encoder, x_in.expand(m, *x_in.shape))
+        if not self.variational:
+            dec = _forward(self.decoder, enc[-1])
+            diff = dec[-1] - x
+            grad_out = diff * w * (2.0 / x.shape[1])
+            loss = (diff.square() * w).sum() / x.shape[1]
+            _backward(self.encoder, enc, _backward(self.decoder, dec, grad_out, True), False)
+            return loss
+        h = enc[-1]
+        mu_head, v_head = self.heads
+        mu = torch.baddbmm(mu_head.bias, h, mu_head.weight)
+        v_raw = torch.baddbmm(v_head.bias, h, v_head.weight)
+        v = v_raw.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        std = v.mul(0.5).exp_()
+        eps = torch.randn_like(mu)
+        dec = _forward(self.decoder, torch.addcmul(mu, eps, std))
+        s_raw = self.s_raw
+        s = s_raw.clamp(min=MIN_DECODER_LOGVAR)
         diff = dec[-1] - x
-        grad_out = diff * w * (2.0 / x.shape[1])
-        loss = (diff.square() * w).sum() / x.shape[1]
-        _backward(net.encoder, enc, _backward(net.decoder, dec, grad_out, True), False)
+        weighted = diff * torch.exp(-s).unsqueeze(1)  # (x̂ − x) exp(−s)
+        sq = diff.mul_(weighted)  # (x̂ − x)² exp(−s), in diff's memory
+        var = std.square()
+        per = 0.5 * (sq.sum(-1) + s.sum(-1, keepdim=True) + x.shape[1] * math.log(2 * math.pi)
+                     + beta * (var + mu.square() - 1.0 - v).sum(-1))
+        loss = (per * w.squeeze(-1)).sum()
+        # decoder log-variances
+        g_s = 0.5 * (w.sum(1) - (sq * w).sum(1))
+        torch.mul(g_s, s_raw >= MIN_DECODER_LOGVAR, out=s_raw.grad)
+        # decoder, then the code's two heads
+        g_z = _backward(self.decoder, dec, weighted.mul_(w), True)
+        g_mu = g_z.add(mu * w, alpha=beta)
+        g_v = (g_z * eps * std + beta * w * (var - 1.0)).mul_(0.5)
+        g_v.masked_fill_((v_raw < LOGVAR_MIN) | (v_raw > LOGVAR_MAX), 0.0)
+        h_t = h.transpose(1, 2)
+        for head, g in ((mu_head, g_mu), (v_head, g_v)):
+            torch.bmm(h_t, g, out=head.weight_grad)
+            torch.sum(g, dim=1, keepdim=True, out=head.bias_grad)
+        g_h = torch.baddbmm(torch.bmm(g_mu, mu_head.weight_t), g_v, v_head.weight_t)
+        _backward(self.encoder, enc, g_h, False)
         return loss
-    h = enc[-1]
-    mu = torch.baddbmm(net.mu.bias, h, net.mu.weight)
-    v_raw = torch.baddbmm(net.logvar.bias, h, net.logvar.weight)
-    v = v_raw.clamp(LOGVAR_MIN, LOGVAR_MAX)
-    std = v.mul(0.5).exp_()
-    eps = torch.randn_like(mu)
-    dec = _forward(net.decoder, torch.addcmul(mu, eps, std))
-    s_raw = net.decoder_logvar_raw
-    s = s_raw.clamp(min=MIN_DECODER_LOGVAR)
-    diff = dec[-1] - x
-    weighted = diff * torch.exp(-s).unsqueeze(1)  # (x̂ − x) exp(−s)
-    sq = diff.mul_(weighted)  # (x̂ − x)² exp(−s), in diff's memory
-    var = std.square()
-    per = 0.5 * (sq.sum(-1) + s.sum(-1, keepdim=True) + x.shape[1] * math.log(2 * math.pi)
-                 + beta * (var + mu.square() - 1.0 - v).sum(-1))
-    loss = (per * w.squeeze(-1)).sum()
-    # decoder log-variances
-    g_s = 0.5 * (w.sum(1) - (sq * w).sum(1))
-    torch.mul(g_s, s_raw >= MIN_DECODER_LOGVAR, out=s_raw.grad)
-    # decoder, then the code's two heads
-    g_z = _backward(net.decoder, dec, weighted.mul_(w), True)
-    g_mu = g_z.add(mu * w, alpha=beta)
-    g_v = (g_z * eps * std + beta * w * (var - 1.0)).mul_(0.5)
-    g_v.masked_fill_((v_raw < LOGVAR_MIN) | (v_raw > LOGVAR_MAX), 0.0)
-    for head, g in ((net.mu, g_mu), (net.logvar, g_v)):
-        torch.bmm(h.transpose(1, 2), g, out=head.weight.grad)
-        torch.sum(g, dim=1, keepdim=True, out=head.bias.grad)
-    g_h = torch.baddbmm(torch.bmm(g_mu, net.mu.weight.transpose(1, 2)), g_v,
-                        net.logvar.weight.transpose(1, 2))
-    _backward(net.encoder, enc, g_h, False)
-    return loss
