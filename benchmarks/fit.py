@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.quality_lib import load_adbench, protocol_split, standardize  # noqa: E402
-from training.detector.base import BaseDetector  # noqa: E402
+from training.detector.base import BaseDetector, _folds  # noqa: E402
 from training.detector.tabular import Detector  # noqa: E402
 
 
@@ -59,10 +59,13 @@ def _fit_pyod(train_std: np.ndarray, seed: int) -> float:
 
 
 def _steps(det: Detector, n_records: int) -> int:
-    """Gradient steps a fit on ``n_records`` took: epochs × batches of its training rows (the
-    records less the validation rows)."""
-    n_train = n_records - max(2, int(round(det.params.validation_fraction * n_records)))
-    return len(det.history_) * math.ceil(n_train / det.resolved_["batch_size"])
+    """Gradient steps a fit on ``n_records`` took: epochs × the batches of an epoch of its
+    training rows (the records less the validation rows)."""
+    p = det.params
+    n_train = n_records - max(2, int(round(p.validation_fraction * n_records)))
+    folds = _folds(n_train, p.n_models, p.seed) if p.cross_fit else None
+    per_epoch = sum(1 for _ in det._batches(n_train, folds, torch.Generator()))
+    return len(det.history_) * per_epoch
 
 
 def main(argv: list[str] | None = None) -> None:

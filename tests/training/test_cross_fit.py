@@ -95,3 +95,16 @@ def test_explicit_calibration_replaces_the_cross_fitted_thresholds():
     det = Detector(kind="vae", max_epochs=5).fit(_normals(300, 5))
     det.calibrate(_normals(100, 6))
     assert det.calibrations_["elbo"].scores.size == 100
+
+
+def test_each_member_trains_on_batches_of_its_own_rows():
+    det = Detector(kind="vae", n_models=3, seed=0)
+    det.resolved_ = {"batch_size": 16}
+    folds = _folds(100, 3, 0)
+    batches = list(det._batches(100, folds, torch.Generator().manual_seed(0)))
+    pools = [np.flatnonzero(folds != m) for m in range(3)]
+    assert len(batches) == -(-max(len(p) for p in pools) // 16)
+    assert all(w is None and tuple(rows.shape) == (3, 16) for rows, w in batches)
+    rows = torch.cat([r for r, _ in batches], dim=1).numpy()
+    for m in range(3):  # every row it trains on, none of its own fold
+        assert set(rows[m].tolist()) == set(pools[m].tolist())

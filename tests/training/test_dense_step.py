@@ -18,8 +18,8 @@ def _autograd(det: Detector, x_in, x, weights):
 
 
 @pytest.mark.parametrize("kind", ["ae", "vae"])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_hand_written_gradients_are_autograds(kind, weighted):
+@pytest.mark.parametrize("batches", ["shared", "weighted", "per member"])
+def test_hand_written_gradients_are_autograds(kind, batches):
     torch.manual_seed(0)
     det = Detector(kind=kind, n_models=3, beta=0.7, cross_fit=False)
     det.resolved_ = {"latent_dim": 3}
@@ -29,9 +29,9 @@ def test_hand_written_gradients_are_autograds(kind, weighted):
         with torch.no_grad():
             det.network_.decoder_logvar_raw[0, 0] = -20.0
             det.network_.logvar.bias[1, 0, 0] = 40.0
-    x = torch.randn(20, 6) * 3
-    x_in = x + 0.1 * torch.randn(20, 6)
-    weights = (torch.rand(3, 20) > 0.3).float() if weighted else None
+    x = torch.randn(*((3, 20, 6) if batches == "per member" else (20, 6))) * 3
+    x_in = x + 0.1 * torch.randn(x.shape)
+    weights = (torch.rand(3, 20) > 0.3).float() if batches == "weighted" else None
     torch.manual_seed(1)
     expected_loss, expected = _autograd(det, x_in, x, weights)
     with flat_parameters(det.network_) as flat:

@@ -94,6 +94,9 @@ class BaseDetector(CalibratedScores):
     params_class: ClassVar[type[DetectorParams]] = DetectorParams
     preprocessor_class: ClassVar[type]  # restores preprocessing.json when a model is loaded
     kinds: ClassVar[tuple[str, ...]] = ()  # model kinds this class trains ("ae", "vae", ...)
+    # Whether the networks take a batch per member, (M, B, n_features): cross-fitting then gives
+    # each member batches of its own training rows (see ``_batches``).
+    member_batches: ClassVar[bool] = False
     # The ``agg_elbo`` score's prior (see _aggregate_posterior); None for an autoencoder.
     prior_: dict[str, torch.Tensor] | None = None
     # With ``neighbours``: training rows (R, n_features) of the ``knn`` score, and the
@@ -282,6 +285,33 @@ class BaseDetector(CalibratedScores):
                 return per.mean()
         return (per * weights).sum() / weights.sum().clamp(min=1.0)
 
+    def _batches(self, n: int, folds: np.ndarray | None, g: torch.Generator
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """One epoch's batches of the n training rows, each as ``(rows, weights)``.
+
+        Without folds, or for a kind without :attr:`member_batches`: a seeded shuffle of the
+        rows in batches of ``batch_size``, (B,) row indices shared by every member; with folds,
+        (M, B) weights of 0 where member m skips fold m. With folds and
+        :attr:`member_batches`: every member's own shuffle of the rows it trains on (all but
+        its fold), (M, B) row indices (the shorter shuffles wrap around) and no weights, so no
+        arithmetic goes to (member, row) pairs that weigh nothing."""
+        batch = self.resolved_["batch_size"]
+        if folds is None or not self.member_batches:
+            perm = torch.randperm(n, generator=g)
+            trains = None if folds is None else (
+                torch.from_numpy(folds)[None, :] != torch.arange(self.params.n_models)[:, None]
+            ).float()
+            for i in range(0, n, batch):
+                rows = perm[i : i + batch]
+                yield rows, None if trains is None else trains[:, rows]
+            return
+        pools = [torch.from_numpy(np.flatnonzero(folds != m)) for m in range(self.params.n_models)]
+        steps = math.ceil(max(len(pool) for pool in pools) / batch)
+        order = torch.stack([pool[torch.randperm(len(pool), generator=g)].repeat(
+            math.ceil(steps * batch / len(pool)))[: steps * batch] for pool in pools])
+        for i in range(steps):
+            yield order[:, i * batch : (i + 1) * batch], None
+
     def _gradient_step(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None],
                                          torch.Tensor]:
         """What one training step computes, built once per training run (after the parameters
@@ -302,17 +332,15 @@ class BaseDetector(CalibratedScores):
         """The training loop: seeded shuffles, Adam, early stopping on the validation loss.
         With ``folds``, member m skips the training records of fold m."""
         p = self.params
-        trains = None if folds is None else (
-            torch.from_numpy(folds)[None, :] != torch.arange(p.n_models)[:, None]).float()
         with _flush_denormals(), flat_parameters(self.network_) as flat:
             opt = FlatAdam(flat, lr=p.learning_rate, weight_decay=p.weight_decay)
-            history = self._epochs(X_train, X_val, on_epoch, trains, opt, self._gradient_step())
+            history = self._epochs(X_train, X_val, on_epoch, folds, opt, self._gradient_step())
         self.network_.eval()
         return history
 
     def _epochs(self, X_train: torch.Tensor, X_val: torch.Tensor,
                 on_epoch: Callable[[dict[str, float]], None] | None,
-                trains: torch.Tensor | None, opt: FlatAdam,
+                folds: np.ndarray | None, opt: FlatAdam,
                 gradients: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None],
                                     torch.Tensor]) -> list[dict[str, float]]:
         """Epochs of ``opt`` steps until the epoch cap or early stopping; leaves the network
@@ -326,21 +354,20 @@ class BaseDetector(CalibratedScores):
         start = time.perf_counter()
         for epoch in range(1, r["max_epochs"] + 1):
             self.network_.train()
-            perm = torch.randperm(len(X_train), generator=g)
-            total = 0.0
-            for i in range(0, len(X_train), r["batch_size"]):
-                rows = perm[i : i + r["batch_size"]]
+            total, seen = 0.0, 0
+            for rows, weights in self._batches(len(X_train), folds, g):
                 xb = X_train[rows]
                 x_in = xb + p.noise_std * torch.randn(xb.shape, generator=g) if p.noise_std else xb
                 opt.zero_grad()
-                loss = gradients(x_in, xb, None if trains is None else trains[:, rows])
+                loss = gradients(x_in, xb, weights)
                 opt.step()
-                total += float(loss) * len(xb)
+                total += float(loss) * rows.shape[-1]
+                seen += rows.shape[-1]
             self.network_.eval()
             with torch.no_grad():
                 val = float(self._loss(X_val, X_val, eps_val))
                 val_recon = float(self._squared_errors(X_val).mean())
-            train_loss = total / len(X_train)
+            train_loss = total / seen
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val,
                             "val_recon_mse": val_recon})
             if on_epoch:

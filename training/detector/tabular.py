@@ -48,6 +48,7 @@ class Detector(BaseDetector):
     kinds = KINDS
     params_class = DetectorParams
     preprocessor_class = TabularPreprocessor
+    member_batches = True
 
     def _new_preprocessor(self) -> TabularPreprocessor:
         return TabularPreprocessor(self.id_column, self.label_column)

@@ -9,8 +9,9 @@ operations and with no graph, writing each gradient into the parameter's ``.grad
 (``out=``). The losses are the Detector's (``BaseDetector._loss``); a test checks every gradient
 against autograd's.
 
-Covered (:func:`supports`): :class:`~training.nn.dense.EnsembleAE` and :class:`~training.nn.dense.EnsembleVAE`
-with ReLU activations and no dropout (the defaults). Anything else trains through autograd.
+Covered (:func:`supports`): :class:`~training.nn.dense.EnsembleAE` and
+:class:`~training.nn.dense.EnsembleVAE` with ReLU activations and no dropout (the defaults).
+Anything else trains through autograd.
 
 Notation for the VAE (member m, record i, feature j, code unit c; ``w`` the weight of each
 (member, record) pair divided by the weights' sum, or 1/(M n) without weights):
@@ -119,18 +120,19 @@ class DenseStep:
         into its ``.grad``.
 
         Args:
-            x_in: (n, d) inputs (``x`` with noise, for a denoising objective).
-            x: (n, d) reconstruction targets.
+            x_in: (n, d) inputs shared by the members, or (M, n, d) one batch per member
+                (``x`` with noise, for a denoising objective).
+            x: the reconstruction targets, shaped as ``x_in``.
             weights: optional (M, n) 0/1 weights of the (member, record) pairs.
         """
-        m, beta = self.members, self.beta
-        w = _pair_weights(weights, (m, len(x)))
-        enc = _forward(self.encoder, x_in.expand(m, *x_in.shape))
+        m, beta, d = self.members, self.beta, x.shape[-1]
+        w = _pair_weights(weights, (m, x.shape[-2]))
+        enc = _forward(self.encoder, x_in if x_in.dim() == 3 else x_in.expand(m, *x_in.shape))
         if not self.variational:
             dec = _forward(self.decoder, enc[-1])
             diff = dec[-1] - x
-            grad_out = diff * w * (2.0 / x.shape[1])
-            loss = (diff.square() * w).sum() / x.shape[1]
+            grad_out = diff * w * (2.0 / d)
+            loss = (diff.square() * w).sum() / d
             _backward(self.encoder, enc, _backward(self.decoder, dec, grad_out, True), False)
             return loss
         h = enc[-1]
@@ -147,7 +149,7 @@ class DenseStep:
         weighted = diff * torch.exp(-s).unsqueeze(1)  # (x̂ − x) exp(−s)
         sq = diff.mul_(weighted)  # (x̂ − x)² exp(−s), in diff's memory
         var = std.square()
-        per = 0.5 * (sq.sum(-1) + s.sum(-1, keepdim=True) + x.shape[1] * math.log(2 * math.pi)
+        per = 0.5 * (sq.sum(-1) + s.sum(-1, keepdim=True) + d * math.log(2 * math.pi)
                      + beta * (var + mu.square() - 1.0 - v).sum(-1))
         loss = (per * w.squeeze(-1)).sum()
         # decoder log-variances
