@@ -267,9 +267,11 @@ class BaseDetector(CalibratedScores):
         return torch.randn(n_draws, self.resolved_["latent_dim"], generator=g)
 
     def _loss(self, x_in: torch.Tensor, x: torch.Tensor, eps: torch.Tensor | None,
-              weights: torch.Tensor | None = None) -> torch.Tensor:
+              weights: torch.Tensor | None = None,
+              posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Training objective, averaged over the batch and the ensemble's members; with
-        ``weights`` (M, n) of 0/1, over the (member, record) pairs it marks."""
+        ``weights`` (M, n) of 0/1, over the (member, record) pairs it marks. A VAE's
+        ``posterior`` of ``x_in`` (with ``eps``), when the caller has it, saves encoding."""
         net = self.network_
         if not self._variational:
             if weights is None:
@@ -278,7 +280,11 @@ class BaseDetector(CalibratedScores):
         else:
             if eps is not None:  # deterministic validation loss: one fixed draw for every record
                 eps = eps[:1]
-            x_hat, mu, logvar = net(x_in, eps)  # (M, n, d), (M, n, k), (M, n, k)
+            if posterior is None:
+                x_hat, mu, logvar = net(x_in, eps)  # (M, n, d), (M, n, k), (M, n, k)
+            else:
+                mu, logvar = posterior
+                x_hat = net.decode(mu + eps * torch.exp(0.5 * logvar))
             per = (gaussian_nll_rows(x, x_hat, net.decoder_logvar)  # (M, n)
                    + self.params.beta * kl_to_standard_normal(mu, logvar))
             if weights is None:
@@ -311,6 +317,19 @@ class BaseDetector(CalibratedScores):
             math.ceil(steps * batch / len(pool)))[: steps * batch] for pool in pools])
         for i in range(steps):
             yield order[:, i * batch : (i + 1) * batch], None
+
+    def _validation(self, X_val: torch.Tensor, eps: torch.Tensor) -> tuple[float, float]:
+        """An epoch's validation loss (:meth:`_loss` with the fixed draw ``eps``) and mean
+        squared error of the deterministic reconstruction (``val_recon_mse``), from one pass
+        of the network where they share it: an autoencoder's are the same errors, a VAE's
+        start from the same encoding."""
+        net = self.network_
+        if not self._variational:
+            mse = float((net(X_val) - X_val).pow(2).mean())
+            return mse, mse
+        posterior = net.encode(X_val)
+        return (float(self._loss(X_val, X_val, eps, posterior=posterior)),
+                float(self._squared_errors(X_val, posterior).mean()))
 
     def _gradient_step(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None],
                                          torch.Tensor]:
@@ -365,8 +384,7 @@ class BaseDetector(CalibratedScores):
                 seen += rows.shape[-1]
             self.network_.eval()
             with torch.no_grad():
-                val = float(self._loss(X_val, X_val, eps_val))
-                val_recon = float(self._squared_errors(X_val).mean())
+                val, val_recon = self._validation(X_val, eps_val)
             train_loss = total / seen
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val,
                             "val_recon_mse": val_recon})

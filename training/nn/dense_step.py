@@ -87,11 +87,16 @@ def _backward(layers: list[_Layer], outs: list[torch.Tensor], grad: torch.Tensor
     return grad if input_grad else None
 
 
-def _pair_weights(weights: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
-    """(M, n, 1) weight of every (member, record) pair in the batch mean."""
+def _pair_weights(weights: torch.Tensor | None, shape: tuple[int, int]
+                  ) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """The weight of every (member, record) pair in the batch mean, (M, n, 1), and its sum over
+    the records, (M, 1); without weights, the one weight every pair has and n times it (a
+    number: no tensor to build or multiply by)."""
     if weights is None:
-        return torch.full((*shape, 1), 1.0 / (shape[0] * shape[1]))
-    return (weights / weights.sum().clamp(min=1.0)).unsqueeze(-1)
+        w = 1.0 / (shape[0] * shape[1])
+        return w, shape[1] * w
+    w = (weights / weights.sum().clamp(min=1.0)).unsqueeze(-1)
+    return w, w.sum(1)
 
 
 class DenseStep:
@@ -126,13 +131,13 @@ class DenseStep:
             weights: optional (M, n) 0/1 weights of the (member, record) pairs.
         """
         m, beta, d = self.members, self.beta, x.shape[-1]
-        w = _pair_weights(weights, (m, x.shape[-2]))
+        w, w_rows = _pair_weights(weights, (m, x.shape[-2]))
         enc = _forward(self.encoder, x_in if x_in.dim() == 3 else x_in.expand(m, *x_in.shape))
         if not self.variational:
             dec = _forward(self.decoder, enc[-1])
             diff = dec[-1] - x
-            grad_out = diff * w * (2.0 / d)
             loss = (diff.square() * w).sum() / d
+            grad_out = diff.mul_(w * (2.0 / d))
             _backward(self.encoder, enc, _backward(self.decoder, dec, grad_out, True), False)
             return loss
         h = enc[-1]
@@ -151,9 +156,9 @@ class DenseStep:
         var = std.square()
         per = 0.5 * (sq.sum(-1) + s.sum(-1, keepdim=True) + d * math.log(2 * math.pi)
                      + beta * (var + mu.square() - 1.0 - v).sum(-1))
-        loss = (per * w.squeeze(-1)).sum()
+        loss = (per * (w if isinstance(w, float) else w.squeeze(-1))).sum()
         # decoder log-variances
-        g_s = 0.5 * (w.sum(1) - (sq * w).sum(1))
+        g_s = 0.5 * (w_rows - (sq * w).sum(1))
         torch.mul(g_s, s_raw >= MIN_DECODER_LOGVAR, out=s_raw.grad)
         # decoder, then the code's two heads
         g_z = _backward(self.decoder, dec, weighted.mul_(w), True)
