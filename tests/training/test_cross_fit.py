@@ -108,3 +108,13 @@ def test_each_member_trains_on_batches_of_its_own_rows():
     rows = torch.cat([r for r, _ in batches], dim=1).numpy()
     for m in range(3):  # every row it trains on, none of its own fold
         assert set(rows[m].tolist()) == set(pools[m].tolist())
+
+
+def test_a_member_with_fewer_rows_than_a_batch_sees_each_row_once_per_batch():
+    det = Detector(kind="vae", n_models=3, seed=0)
+    det.resolved_ = {"batch_size": 16}
+    folds = _folds(10, 3, 0)
+    (rows, _), = list(det._batches(10, folds, torch.Generator().manual_seed(0)))
+    assert rows.shape[1] == max(int((folds != m).sum()) for m in range(3))
+    for m in range(3):
+        assert set(rows[m].tolist()) == set(np.flatnonzero(folds != m).tolist())

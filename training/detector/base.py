@@ -299,8 +299,9 @@ class BaseDetector(CalibratedScores):
         rows in batches of ``batch_size``, (B,) row indices shared by every member; with folds,
         (M, B) weights of 0 where member m skips fold m. With folds and
         :attr:`member_batches`: every member's own shuffle of the rows it trains on (all but
-        its fold), (M, B) row indices (the shorter shuffles wrap around) and no weights, so no
-        arithmetic goes to (member, row) pairs that weigh nothing."""
+        its fold), (M, B) row indices (the shorter shuffles wrap around; B at most the largest
+        member's rows) and no weights, so no arithmetic goes to (member, row) pairs that weigh
+        nothing."""
         batch = self.resolved_["batch_size"]
         if folds is None or not self.member_batches:
             perm = torch.randperm(n, generator=g)
@@ -312,6 +313,7 @@ class BaseDetector(CalibratedScores):
                 yield rows, None if trains is None else trains[:, rows]
             return
         pools = [torch.from_numpy(np.flatnonzero(folds != m)) for m in range(self.params.n_models)]
+        batch = min(batch, max(len(pool) for pool in pools))  # no row twice in a batch
         steps = math.ceil(max(len(pool) for pool in pools) / batch)
         order = torch.stack([pool[torch.randperm(len(pool), generator=g)].repeat(
             math.ceil(steps * batch / len(pool)))[: steps * batch] for pool in pools])
