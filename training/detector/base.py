@@ -313,8 +313,9 @@ class BaseDetector(CalibratedScores):
                 yield rows, None if trains is None else trains[:, rows]
             return
         pools = [torch.from_numpy(np.flatnonzero(folds != m)) for m in range(self.params.n_models)]
-        batch = min(batch, max(len(pool) for pool in pools))  # no row twice in a batch
-        steps = math.ceil(max(len(pool) for pool in pools) / batch)
+        longest = max(len(pool) for pool in pools)
+        batch = min(batch, longest)  # no row twice in a batch
+        steps = math.ceil(longest / batch)
         order = torch.stack([pool[torch.randperm(len(pool), generator=g)].repeat(
             math.ceil(steps * batch / len(pool)))[: steps * batch] for pool in pools])
         for i in range(steps):
@@ -325,11 +326,10 @@ class BaseDetector(CalibratedScores):
         squared error of the deterministic reconstruction (``val_recon_mse``), from one pass
         of the network where they share it: an autoencoder's are the same errors, a VAE's
         start from the same encoding."""
-        net = self.network_
         if not self._variational:
-            mse = float((net(X_val) - X_val).pow(2).mean())
+            mse = float(self._loss(X_val, X_val, eps))
             return mse, mse
-        posterior = net.encode(X_val)
+        posterior = self.network_.encode(X_val)
         return (float(self._loss(X_val, X_val, eps, posterior=posterior)),
                 float(self._squared_errors(X_val, posterior).mean()))
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.nn.dense import ACTIVATIONS, MIN_DECODER_LOGVAR
+from training.nn.dense import ACTIVATIONS, MIN_DECODER_LOGVAR, POSTERIOR_LOGVAR_RANGE
 
 
 class _ConvCoder(nn.Module):
@@ -114,7 +114,7 @@ class ConvVAE(_ConvCoder):
         """(n, C*H*W) -> posterior mean and log-variance, each (n, latent_dim)."""
         h = self.encode_features(x)
         mu, logvar = h[:, : self.latent_dim], h[:, self.latent_dim :]
-        return mu, logvar.clamp(-20.0, 10.0)
+        return mu, logvar.clamp(*POSTERIOR_LOGVAR_RANGE)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,6 +23,8 @@ assert sorted(ACTIVATIONS) == sorted(ACTIVATION_NAMES), "training.nn.names lists
 # Lower bound on a decoder log-variance: keeps the Gaussian likelihood from collapsing onto a
 # feature that is (almost) constant in training, which would make its error dominate every score.
 MIN_DECODER_LOGVAR = math.log(1e-3)
+# Range the posterior log-variance is clamped to: keeps exp(logvar) finite in float32.
+POSTERIOR_LOGVAR_RANGE = (-20.0, 10.0)
 
 
 class EnsembleLinear(nn.Module):
@@ -134,7 +136,7 @@ class EnsembleVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, d) or (M, n, d) -> posterior mean and log-variance, each (M, n, latent_dim)."""
         h = self.encoder(_members(x, self.n_members))
-        return self.mu.forward(h), self.logvar.forward(h).clamp(-20.0, 10.0)
+        return self.mu.forward(h), self.logvar.forward(h).clamp(*POSTERIOR_LOGVAR_RANGE)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(M, ..., latent_dim) -> decoder mean (M, ..., d)."""

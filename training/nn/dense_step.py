@@ -30,10 +30,15 @@ import math
 import torch
 from torch import nn
 
-from training.nn.dense import MIN_DECODER_LOGVAR, EnsembleAE, EnsembleLinear, EnsembleVAE
+from training.nn.dense import (
+    MIN_DECODER_LOGVAR,
+    POSTERIOR_LOGVAR_RANGE,
+    EnsembleAE,
+    EnsembleLinear,
+    EnsembleVAE,
+)
 
-# clamp bounds of the posterior log-variance (EnsembleVAE.encode)
-LOGVAR_MIN, LOGVAR_MAX = -20.0, 10.0
+LOGVAR_MIN, LOGVAR_MAX = POSTERIOR_LOGVAR_RANGE
 
 
 def supports(net: nn.Module) -> bool:

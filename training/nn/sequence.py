@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.nn.conv import ConvEnsemble
-from training.nn.dense import ACTIVATIONS, MIN_DECODER_LOGVAR
+from training.nn.dense import ACTIVATIONS, MIN_DECODER_LOGVAR, POSTERIOR_LOGVAR_RANGE
 
 KERNEL = 7
 
@@ -151,7 +151,7 @@ class SequenceVAE(nn.Module):
         """(n, W*C) -> posterior mean and log-variance, each (n, latent_dim)."""
         h = self.body.encode_features(x)
         mu, logvar = h[:, : self.latent_dim], h[:, self.latent_dim :]
-        return mu, logvar.clamp(-20.0, 10.0)
+        return mu, logvar.clamp(*POSTERIOR_LOGVAR_RANGE)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(..., latent_dim) -> (..., W*C)."""
