@@ -416,12 +416,16 @@ class SequencePreprocessor:
         for _, pos in groups:
             if len(pos) < w:
                 continue
-            win = np.lib.stride_tricks.sliding_window_view(z[pos], w, axis=0)  # (k, C, w)
-            out = X[i : i + len(win)].reshape(len(win), w, c)
-            out[:] = win.transpose(0, 2, 1)
+            rows = z if len(groups) == 1 else z[pos]  # one series: every row, in order
+            k = len(pos) - w + 1
+            # window j is rows j..j+w-1, time-major: w * c consecutive values of the C-ordered
+            # (n, C) rows, so the k windows are one strided view, copied once
+            X[i : i + k] = np.ndarray((k, w * c), np.float32, rows, 0,
+                                      (rows.strides[0], rows.strides[1]))
             if self.centred_:
+                out = X[i : i + k].reshape(k, w, c)
                 out[:, :, self.centred_] -= out[:, :, self.centred_].mean(axis=1, keepdims=True)
-            i += len(win)
+            i += k
         return X, {"row": idx.ends.astype(np.int64)}
 
     def inverse_transform(self, X: np.ndarray) -> np.ndarray:
