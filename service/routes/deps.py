@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from service.metrics import Metrics
 from service.model import ServedModel
+from service.scoring import images
 from service.scoring.streams import StreamStates
 from service.settings import Settings
 from service.store import ModelStore
@@ -67,3 +68,15 @@ async def run_sized(model: ServedModel, n: int, fn, *args, networks: bool = Fals
     if n <= INLINE_RECORDS and (not networks or model.networks_loaded):
         return fn(model, *args)
     return await run_in_threadpool(fn, model, *args)
+
+
+async def run_images(model: ServedModel, files: list[tuple[str, bytes]], fn, *args,
+                     maps: bool = False):
+    """``fn(model, files, *args)`` inline for a small image request
+    (:func:`service.scoring.images.is_small`: a few small images and, with ``maps``, the
+    networks at hand), else in a worker thread. Every image route decides alike, so an image
+    gets the same score from each (torch's results can differ in the last bits between
+    threads)."""
+    if images.is_small(model, files, maps):
+        return fn(model, files, *args)
+    return await run_in_threadpool(fn, model, files, *args)

@@ -11,13 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from service.auth import ScoreAccess
 from service.metrics import Metrics
 from service.model import ServedModel
-from service.routes.deps import MetricsDep, SettingsDep, StoreDep, run_sized
+from service.routes.deps import MetricsDep, SettingsDep, StoreDep, run_images, run_sized
 from service.routes.direct import DirectRoute
 from service.schemas import ErrorResponse
 from service.scoring import images
@@ -88,9 +87,8 @@ async def _invoke(model: ServedModel, request: Request, settings: Settings,
     body = await request.body()
     if images.is_image_model(model):
         files = protocol.parse_images(body, request.headers.get("content-type"))
-        answer = await run_in_threadpool(protocol.predict_images, model, files,
-                                         settings.max_records, settings.max_image_pixels,
-                                         settings.max_request_pixels)
+        answer = await run_images(model, files, protocol.predict_images, settings.max_records,
+                                  settings.max_image_pixels, settings.max_request_pixels)
     else:
         records = protocol.parse(model, body, request.headers.get("content-type"),
                                  settings.strict)

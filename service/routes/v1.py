@@ -19,6 +19,7 @@ from service.routes.deps import (
     SettingsDep,
     StoreDep,
     StreamsDep,
+    run_images,
     run_sized,
 )
 from service.routes.direct import DirectRoute
@@ -194,9 +195,8 @@ async def score_images(name: str, store: StoreDep, settings: SettingsDep, metric
                                                    "(base64 PNG)")] = False) -> JSONBytes:
     model = store.get(name)
     named = [(f.filename or f"file {i}", await f.read()) for i, f in enumerate(files)]
-    scored = await run_in_threadpool(images.score_images, model, named, maps,
-                                     settings.max_records, settings.max_image_pixels,
-                                     settings.max_request_pixels)
+    scored = await run_images(model, named, images.score_images, maps, settings.max_records,
+                              settings.max_image_pixels, settings.max_request_pixels, maps=maps)
     metrics.observe_scores(model, scored.primary, scored.flagged)
     return Response(scored.to_json(), media_type="application/json")
 

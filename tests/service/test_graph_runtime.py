@@ -147,6 +147,27 @@ def test_the_graph_folder_is_readable_as_the_umask_allows(saved):
     assert graph.stat().st_mode & 0o777 == 0o777 & ~mask
 
 
+def test_a_small_image_request_is_scored_on_the_event_loop(saved_images):
+    """A request of a few small images is scored inline (cheaper than a worker thread's hand
+    -off); many images, a large one, anomaly maps before the networks are loaded, or a file
+    whose header does not read go to a worker thread."""
+    from service.scoring.images import INLINE_PIXELS, is_small
+    from tests.training.image_data import normal_images, write_png
+
+    path, graph = saved_images
+    _, model = _load_after_export(path, graph)
+    folder = path.parent / "inline"
+    one = [("a.png", write_png(folder / "a.png", normal_images(1)[0]).read_bytes())]
+    side = int(INLINE_PIXELS**0.5) + 1
+    large = [("b.png", write_png(folder / "b.png", np.zeros((side, side))).read_bytes())]
+    per_image = int(np.prod(model.scorer.preprocessor_.shape))
+    assert is_small(model, one) and is_small(model, one * (INLINE_PIXELS // per_image))
+    assert not is_small(model, one * (INLINE_PIXELS // per_image + 1))
+    assert not is_small(model, large)
+    assert not is_small(model, [("c.png", b"not an image")])
+    assert not model.networks_loaded and not is_small(model, one, maps=True)
+
+
 # A sequence's recon is a channel's excess over its normal error, squared: near zero, float32
 # rounding of the window errors (which differ in the last bits between runtimes and between
 # batch compositions) shows as absolute differences of about 1e-7.
