@@ -14,13 +14,18 @@ called. The forms:
   default) of a scalar type (``str``, ``int``, ``float``, ``bool``, optionally ``| None``),
   validated by it;
 - ``Depends(fn)`` / ``Security(fn)`` on an ``async def`` whose own parameters are of these
-  forms, and ``Security(APIKeyHeader(..., auto_error=False))``: the header, or None.
+  forms, and ``Security(APIKeyHeader(..., auto_error=False))``: the header, or None;
+- one required ``Annotated[list[UploadFile], File(...)]`` of the endpoint: the form is read
+  first, as FastAPI reads it (its limits; a form that does not parse is FastAPI's 400), and
+  when the field holds one or more files they are passed on and closed after the endpoint;
+  anything else in the field (nothing, text) is answered by FastAPI's handler, from the same
+  form, with its 422.
 
 The endpoint must be annotated to return a :class:`~starlette.responses.Response` (and must
-return one: anything else is a 500). A route with any other form (a body, a form, a file, a
-list, a constrained or aliased value, a sync or ``yield`` dependency) keeps FastAPI's own
-handler, and so does every request made while ``app.dependency_overrides`` is not empty: the
-plan is an optimisation, never a second meaning. The OpenAPI description comes from the
+return one: anything else is a 500). A route with any other form (a body, a form field, a
+single file, a list, a constrained or aliased value, a sync or ``yield`` dependency) keeps
+FastAPI's own handler, and so does every request made while ``app.dependency_overrides`` is not
+empty: the plan is an optimisation, never a second meaning. The OpenAPI description comes from the
 endpoint's signature as for any route.
 """
 
@@ -39,6 +44,8 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticUndefined
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -50,6 +57,17 @@ Cache = dict[Any, Any]
 DependencyGetter = Callable[[Request, Errors, Cache], Awaitable[Any]]
 # A value: request -> the validated value (raises RequestValidationError).
 ValueGetter = Callable[[Request], Any]
+
+
+# FastAPI >= 0.16x reads a form with the limits of the routers it is included in
+# (``form_limits``), kept in the request's scope, and maps a body over its own size limit to
+# its 413; earlier versions have neither, and read the form with Starlette's defaults.
+_resolve_form_limits = getattr(fastapi_routing, "_resolve_form_limits", None)
+_FASTAPI_SCOPE_KEY = getattr(fastapi_routing, "_FASTAPI_SCOPE_KEY", None)
+try:
+    from fastapi._body_limit import MAX_BODY_SIZE_SCOPE_KEY, get_body_limit_error
+except ImportError:  # FastAPI without body size limits of its own
+    MAX_BODY_SIZE_SCOPE_KEY, get_body_limit_error = None, None
 
 
 class Unplanned(Exception):
@@ -79,29 +97,90 @@ class DirectRoute(APIRoute):
             if not _is_response(hints.get("return")):
                 raise Unplanned("the endpoint is not annotated to return a Response")
             arguments = _plan_arguments(self.endpoint, path_names, hints)
+            files = _files_field(self.endpoint, hints)
         except Unplanned:
             return fallback
         self.planned = True
         overrides = getattr(route, "dependency_overrides_provider", None)
+        form_limits = getattr(self, "form_limits", None)
         endpoint = self.endpoint
 
         async def handler(request: Request) -> Response:
             if overrides is not None and getattr(overrides, "dependency_overrides", None):
                 return await fallback(request)
-            errors: Errors = []
-            cache: Cache = {}
-            for dependency in before:
-                await dependency(request, errors, cache)
-            values = await arguments(request, errors, cache)
-            if errors:
-                raise RequestValidationError(errors)
-            response = await endpoint(**values)
+            form = None
+            if files is not None:  # FastAPI reads the body before any dependency runs
+                form = await _read_form(request, form_limits)
+                uploads = form.getlist(files)
+                if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
+                    return await fallback(request)  # its 422, from the form read above
+            try:
+                errors: Errors = []
+                cache: Cache = {}
+                for dependency in before:
+                    await dependency(request, errors, cache)
+                values = await arguments(request, errors, cache)
+                if errors:
+                    raise RequestValidationError(errors)
+                if form is not None:
+                    values[files] = uploads
+                response = await endpoint(**values)
+            finally:
+                if form is not None:
+                    await form.close()
             if not isinstance(response, Response):
                 raise TypeError(f"{endpoint.__qualname__} returned {type(response).__name__}, "
                                 "not the Response its annotation promises")
             return response
 
         return handler
+
+
+async def _read_form(request: Request, route_limits: Any) -> FormData:
+    """The request's form as FastAPI reads it for a route with a file: the limits of the
+    routers it is included in and of the route, an HTTP error as it is, any other failure a
+    400 (or FastAPI's 413 for a body over its own size limit)."""
+    limits = {}
+    if _resolve_form_limits is not None and _FASTAPI_SCOPE_KEY is not None:
+        limits = _resolve_form_limits(request.scope.get(_FASTAPI_SCOPE_KEY, {}), route_limits)
+    try:
+        return await request.form(**limits)
+    except HTTPException:
+        raise
+    except Exception as e:
+        if MAX_BODY_SIZE_SCOPE_KEY in request.scope and (error := get_body_limit_error(e)):
+            raise error from e
+        raise HTTPException(status_code=400, detail="There was an error parsing the body") from e
+
+
+def _files_field(fn: Callable[..., Any], hints: dict[str, Any]) -> str | None:
+    """The name of ``fn``'s one ``Annotated[list[UploadFile], File(...)]`` parameter, if it has
+    one (``_plan_parameter`` has checked its form)."""
+    names = [p.name for p in inspect.signature(fn).parameters.values()
+             if _is_files(hints.get(p.name), p.default)]
+    if len(names) > 1:
+        raise Unplanned("more than one file field")
+    return names[0] if names else None
+
+
+def _is_files(annotation: Any, default: Any) -> bool:
+    """Whether a parameter is a required ``Annotated[list[UploadFile], File(...)]``; any other
+    file or form parameter is :class:`Unplanned`."""
+    kind, marker = annotation, default
+    if typing.get_origin(annotation) is typing.Annotated:
+        kind, *extras = typing.get_args(annotation)
+        marker = next((e for e in extras if isinstance(e, params.FieldInfo)), default)
+    if not isinstance(marker, params.Form):
+        return False
+    item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
+    if not (isinstance(marker, params.File) and inspect.isclass(item)
+            and issubclass(item, UploadFile)):
+        raise Unplanned("a form field or a single file")
+    if (marker.alias or marker.validation_alias or marker.default_factory is not None
+            or marker.metadata or marker.default not in (..., PydanticUndefined)
+            or default is not inspect.Parameter.empty):
+        raise Unplanned("an optional, aliased or constrained file field")
+    return True
 
 
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -116,9 +195,11 @@ def _is_response(annotation: Any) -> bool:
 
 
 def _plan_arguments(fn: Callable[..., Any], path_names: set[str],
-                    hints: dict[str, Any] | None = None) -> DependencyGetter:
+                    hints: dict[str, Any] | None = None, files_allowed: bool = True
+                    ) -> DependencyGetter:
     """``(request, errors, cache) -> fn's keyword arguments``: its dependencies' results, then
-    its values; invalid values are appended to ``errors``."""
+    its values (not a file field: the handler adds it); invalid values are appended to
+    ``errors``."""
     if not inspect.iscoroutinefunction(fn):
         raise Unplanned(f"{fn!r} is not an async def")
     hints = _hints(fn) if hints is None else hints
@@ -126,6 +207,10 @@ def _plan_arguments(fn: Callable[..., Any], path_names: set[str],
     values: list[tuple[str, ValueGetter]] = []
     for p in inspect.signature(fn).parameters.values():
         kind, get = _plan_parameter(p, hints.get(p.name, Any), path_names)
+        if kind == "files":
+            if not files_allowed:
+                raise Unplanned(f"{p.name}: a file field of a dependency")
+            continue  # the handler passes the form's files
         (dependencies if kind == "dependency" else values).append((p.name, get))
 
     async def arguments(request: Request, errors: Errors, cache: Cache) -> dict[str, Any]:
@@ -155,7 +240,7 @@ def _plan_dependency(marker: params.Depends, path_names: set[str]) -> Dependency
         return key
     if dependency is None or isinstance(marker, params.Security) and marker.scopes:
         raise Unplanned("a dependency without a callable, or with security scopes")
-    arguments = _plan_arguments(dependency, path_names)
+    arguments = _plan_arguments(dependency, path_names, files_allowed=False)
     use_cache = getattr(marker, "use_cache", True)
 
     async def call(request: Request, errors: Errors, cache: Cache) -> Any:
@@ -191,6 +276,8 @@ def _plan_parameter(p: inspect.Parameter, annotation: Any, path_names: set[str]
         return "value", _the_request
     if isinstance(marker, params.Depends):
         return "dependency", _plan_dependency(marker, path_names)
+    if _is_files(annotation, p.default):
+        return "files", None
     if not _scalar(kind):
         raise Unplanned(f"{p.name}: not a scalar value")
     if isinstance(marker, params.FieldInfo):

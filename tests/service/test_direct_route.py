@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi import Body as BodyParam
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -91,6 +91,22 @@ def _app(route_class: type[APIRoute], include_dependencies: list | None = None) 
     async def embedded(x: Annotated[int, BodyParam(embed=True)] = 0) -> JSONResponse:
         return JSONResponse({"x": x})
 
+    @router.post("/{name}/upload")
+    async def upload(name: str, files: Annotated[list[UploadFile], File(description="files")],
+                     title: Annotated[str, Depends(app_name)], flag: bool = False
+                     ) -> JSONResponse:
+        return JSONResponse({"name": name, "title": title, "flag": flag,
+                             "files": [(f.filename, len(await f.read())) for f in files]})
+
+    @router.post("/one-file")
+    async def one_file(file: Annotated[UploadFile, File()]) -> JSONResponse:
+        return JSONResponse({"file": file.filename})
+
+    @router.post("/form-field")
+    async def form_field(files: Annotated[list[UploadFile], File()],
+                         note: Annotated[str, Form()]) -> JSONResponse:
+        return JSONResponse({"note": note})
+
     app = FastAPI(title="t")
     errors.install(app)
     app.include_router(router, dependencies=include_dependencies or [])
@@ -130,6 +146,53 @@ def test_a_direct_route_answers_as_fastapi_does(method, path, headers, query):
     assert answers[0][0] in (200, 401, 422)
 
 
+UPLOADS = [
+    ({"X-API-Key": "secret"}, {"flag": "1"}, {"files": [("files", ("a.png", b"12345")),
+                                                        ("files", ("b.png", b"xy"))]}),
+    ({"X-API-Key": "secret"}, {}, {"files": [("files", ("a.png", b""))]}),
+    ({}, {}, {"files": [("files", ("a.png", b"12345"))]}),  # no key: 401
+    ({"X-API-Key": "secret"}, {"flag": "maybe"}, {"files": [("files", ("a.png", b"1"))]}),
+    ({"X-API-Key": "secret"}, {}, {}),  # no files at all: 422
+    ({"X-API-Key": "secret"}, {}, {"data": {"files": "text"}}),  # text, not a file: 422
+    ({"X-API-Key": "secret"}, {}, {"data": {"other": "x"},
+                                   "files": [("other", ("a.png", b"1"))]}),  # another field
+    ({"X-API-Key": "secret"}, {}, {"content": b"--x\r\nbroken",  # not a form that parses
+                                   "headers": {"content-type": "multipart/form-data"}}),
+    ({"X-API-Key": "secret"}, {}, {"json": {"files": []}}),  # JSON: no form, 422
+]
+
+
+@pytest.mark.parametrize("headers, query, body", UPLOADS)
+def test_an_upload_route_answers_as_fastapi_does(headers, query, body):
+    answers = []
+    for cls in (APIRoute, DirectRoute):
+        with TestClient(_app(cls)) as c:
+            extra = dict(body)
+            merged = {**headers, **extra.pop("headers", {})}
+            r = c.post("/m/a/upload", headers=merged, params=query, **extra)
+            answers.append((r.status_code, r.headers.get("content-type"), r.content))
+    assert answers[0] == answers[1]
+    assert answers[0][0] in (200, 400, 401, 422)
+
+
+def test_uploaded_files_are_closed_after_the_endpoint():
+    seen = []
+
+    router = APIRouter(route_class=DirectRoute)
+
+    @router.post("/up")
+    async def up(files: Annotated[list[UploadFile], File()]) -> JSONResponse:
+        seen.extend(files)
+        return JSONResponse({"n": len(files)})
+
+    app = FastAPI()
+    app.include_router(router)
+    assert router.routes[0].planned
+    with TestClient(app) as c:
+        assert c.post("/up", files=[("files", ("a", b"1"))]).json() == {"n": 1}
+    assert seen and all(f.file.closed for f in seen)
+
+
 def test_dependencies_of_the_include_and_overrides_are_honoured():
     for cls in (APIRoute, DirectRoute):
         with TestClient(_app(cls, include_dependencies=[Depends(deny)])) as c:
@@ -154,8 +217,10 @@ def test_the_plan_covers_the_parameter_forms_and_leaves_the_rest_to_fastapi():
     assert routes["/m/{name}/score"].planned
     assert routes["/m/{name}/count/{n}"].planned
     assert routes["/m/cached"].planned
-    for path in ("/m/model", "/m/constrained", "/m/listed", "/m/embedded"):
-        assert not routes[path].planned, path  # a body, a constraint, a list: FastAPI's
+    assert routes["/m/{name}/upload"].planned
+    for path in ("/m/model", "/m/constrained", "/m/listed", "/m/embedded", "/m/one-file",
+                 "/m/form-field"):
+        assert not routes[path].planned, path  # a body, a constraint, a list, a form: FastAPI's
     with TestClient(app) as c:
         r = c.post("/m/model", json={"x": 4}, headers={"X-API-Key": "secret"})
         assert r.json() == {"x": 4}
@@ -172,7 +237,8 @@ def test_every_scoring_route_of_the_service_is_planned():
     for path, method in (("/v1/models/{name}/score", "POST"), ("/v1/models/{name}/stream", "POST"),
                          ("/invocations", "POST"), ("/v1/models/{name}/invocations", "POST"),
                          ("/v2/models/{name}/infer", "POST"), ("/v1/models/{name}/encode", "POST"),
-                         ("/readyz", "GET"), ("/v1/models/{name}", "GET")):
+                         ("/readyz", "GET"), ("/v1/models/{name}", "GET"),
+                         ("/v1/models/{name}/score-images", "POST")):
         route = routes[(path, method)]
         assert isinstance(route, DirectRoute) and route.planned, path
 
