@@ -3,13 +3,15 @@ scoring ceilings of the same images.
 
 A folder of ``--images`` PNGs (MNIST test digits, cycled and, with ``--side``, resized) is
 scored by ``anomaly score`` in a child process, once per ``--decode-workers`` setting, in
-alternated rounds; a start-up row times the same job on a folder of one image (process
-start, imports, the registry, the MLflow run). Another child, with the model loaded, times
-the ceilings on the same files: decoding every file alone (``pre.image``: read, decode, check,
-resize), the network's forward pass alone and the detector's full scoring (every score,
-p-value and the result frame) on the decoded images in memory, and decoding through the
-job's own reader (:func:`pipelines.batch.engines.images.decoded_chunks`) with each thread
-count.
+alternated rounds; a start-up row times the same job on a folder of one image (process start,
+imports, the registry, the MLflow run). Jobs score through the model's cached ONNX graph
+(written after the first job) as ``anomaly score`` does by default; the same jobs with
+``ANOMALY_GRAPH_RUNTIME=false`` (torch, the first ``--workers`` setting) run beside them.
+Another child, with the model loaded, times the ceilings on the same files: decoding every file
+alone (``pre.image``: read, decode, check, resize), the network's forward pass alone and the
+detector's full scoring (every score, p-value and the result frame) on the decoded images in
+memory, and decoding through the job's own reader
+(:func:`pipelines.batch.engines.images.decoded_chunks`) with each thread count.
 
     python benchmarks/images.py [--images 10000] [--side 28] [--workers 0 1 2] [--rounds 3]
 
@@ -26,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger("benchmarks.images")
@@ -82,8 +85,6 @@ def write_pngs(folder: Path, n: int, mnist: Path, side: int, offset: int = 0) ->
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
-    import time
-
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
@@ -95,6 +96,17 @@ def _score(model: str, src: Path, out: Path, uri: str, workers: int) -> list[str
     return [sys.executable, "-m", "pipelines.cli", "score", "--model", model, "--input",
             str(src), "--output", str(out), "--tracking-uri", uri, "--decode-workers",
             str(workers)]
+
+
+def _wait_for_graph(graph: Path, timeout: float = 300) -> None:
+    """Until the background export after the first job has written ``graph``."""
+    from training.detector.graph_files import graph_ready
+
+    deadline = time.monotonic() + timeout
+    while not graph_ready(graph):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{graph}: no graph after {timeout:.0f} s")
+        time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        env = {**os.environ, "PYTHONPATH": str(root), "ANOMALY_CACHE_DIR": str(tmp / "cache"),
+               "ANOMALY_GRAPH_RUNTIME": "true"}
+        torch_env = {**env, "ANOMALY_GRAPH_RUNTIME": "false"}
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
         log.info("writing %d + 1,000 PNGs of %d pixels a side", args.images, args.side)
         write_pngs(tmp / "train", 1000, args.mnist, args.side, offset=args.images)
@@ -127,21 +141,27 @@ def main(argv: list[str] | None = None) -> int:
               "--tracking-uri", uri], env)
         model = "models:/bench-images@challenger"
         _run(_score(model, tmp / "one", tmp / "warm.parquet", uri, 0), env)  # fills the cache
+        _wait_for_graph(tmp / "cache" / "bench-images" / "v1" / "graph")
         _, out = _run([sys.executable, "-c", _CEILINGS, uri, model, str(tmp / "images"),
                        json.dumps(args.workers)], env)
         ceil = json.loads(out.strip().splitlines()[-1])
-        times: dict[str, list[float]] = {"start-up (1 image)": []}
+        w0 = args.workers[0]
+        times: dict[str, list[float]] = {"start-up (1 image)": [],
+                                         "start-up (1 image), torch": []}
         times.update({f"anomaly score, --decode-workers {w}": [] for w in args.workers})
+        times[f"anomaly score, --decode-workers {w0}, torch"] = []
         for r in range(args.rounds):
             log.info("round %d of %d", r + 1, args.rounds)
-            s, _ = _run(_score(model, tmp / "one", tmp / f"one{r}.parquet", uri, 0), env)
-            times["start-up (1 image)"].append(s)
+            for suffix, e in (("", env), (", torch", torch_env)):
+                s, _ = _run(_score(model, tmp / "one", tmp / f"one{r}{suffix}.parquet", uri, 0), e)
+                times[f"start-up (1 image){suffix}"].append(s)
             for w in args.workers:
                 s, _ = _run(_score(model, tmp / "images", tmp / f"o{r}-{w}.parquet", uri, w), env)
                 times[f"anomaly score, --decode-workers {w}"].append(s)
+            s, _ = _run(_score(model, tmp / "images", tmp / f"o{r}-t.parquet", uri, w0), torch_env)
+            times[f"anomaly score, --decode-workers {w0}, torch"].append(s)
     n = args.images
     serial = ceil["decode"] + ceil["score"]
-    startup = statistics.median(times["start-up (1 image)"])
     rows = [{"what": k, "seconds": f"{v:.2f}", "images/s": f"{n / v:,.0f}",
              "vs decode + score": f"{serial / v:.2f}"}
             for k, v in [("decode alone", ceil["decode"]), ("forward pass alone", ceil["forward"]),
@@ -156,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"what": k, "seconds": f"{med:.2f}", "images/s": "-",
                          "vs decode + score": "-"})
             continue
+        startup = statistics.median(times["start-up (1 image)" + (
+            ", torch" if k.endswith(", torch") else "")])
         rows.append({"what": f"{k}, exec to exit", "seconds": f"{med:.2f}",
                      "images/s": f"{n / med:,.0f}", "vs decode + score": f"{serial / med:.2f}"})
         rows.append({"what": f"{k}, less start-up", "seconds": f"{med - startup:.2f}",

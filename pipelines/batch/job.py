@@ -5,9 +5,10 @@ columns match the model, outputs writable) before any row is scored; then each i
 chunks, scored, and written to a temporary file renamed over the output at the end. The job
 logs one MLflow run in the ``batch-scoring`` experiment.
 
-A registered table model already in the model cache with its ONNX graph (written by the scoring
+A registered model already in the model cache with its ONNX graph (written by the scoring
 service, or in the background after a job that scored it with torch) is scored through the
-graph, and the job leaves MLflow to a helper process (:mod:`pipelines.batch.runlog`) that
+graph (an image model's job unless it writes anomaly maps, which need the networks), and the
+job leaves MLflow to a helper process (:mod:`pipelines.batch.runlog`) that
 confirms the cached version with the registry and keeps the run: the job itself imports neither
 torch nor MLflow, and starts scoring in about a second. ``ANOMALY_GRAPH_RUNTIME=false`` turns
 both off (every job resolves the model first and scores with torch).
@@ -82,10 +83,11 @@ def run_batch(opts: ScoreOptions, helper: RunLog | None = None) -> BatchResult:
         return run_spark(opts)
     tracking_uri = opts.tracking_uri or default_tracking_uri()
     if helper is None:  # first: importing MLflow is the longest part of a small job
-        helper = start_helper(opts.model, tracking_uri, opts.cache_dir)
+        helper = start_helper(opts.model, tracking_uri, opts.cache_dir, opts.maps_dir is not None)
     try:
         pairs = plan(opts)
-        cached = cached_graph_model(opts.model, tracking_uri, opts.cache_dir) \
+        cached = cached_graph_model(opts.model, tracking_uri, opts.cache_dir,
+                                    opts.maps_dir is not None) \
             if helper is not None or rest_eligible(tracking_uri) else None
         if cached is not None and torch_pays(cached.kind, lambda: _rows_about(pairs, cached)):
             cached = _with_torch(cached)
@@ -161,8 +163,11 @@ def _score_all(opts: ScoreOptions, pairs: list[tuple[Path, Path]], model: BatchM
 # A graph saves a fixed cost (torch's import, about 1.7 s); torch then scores a default table
 # VAE's rows about a fifth faster (benchmarks/batch.py, 1M rows: 140k against 110k rows/s in
 # the job), which repays that cost past about a million rows. For an AE the per-row gap is
-# small beside reading and writing; its break-even lies past 10M rows.
-TORCH_FROM_ROWS = {"vae": 1_000_000}
+# small beside reading and writing; its break-even lies past 10M rows. A conv_ae's images
+# (rows: images) score about twice as fast with torch (28x28 MNIST, 256 at a time, two threads:
+# ~14,000 against ~6,700 images/s, ~80 us an image), which repays the ~2 s past about 25,000
+# images; a conv_vae's score about as fast either way.
+TORCH_FROM_ROWS = {"vae": 1_000_000, "conv_ae": 25_000}
 _CSV_BYTES_PER_VALUE = 10  # a rough guess of a CSV's bytes per field, for a size estimate
 
 
@@ -175,9 +180,12 @@ def torch_pays(kind: str, rows: int | Callable[[], int]) -> bool:
 
 
 def _rows_about(pairs: list[tuple[Path, Path]], model: BatchModel) -> int:
-    """The inputs' rows: exact for Parquet (its footer), estimated from a CSV's size."""
+    """The inputs' rows: exact for Parquet (its footer), estimated from a CSV's size; for an
+    image model, its image files."""
     import pyarrow.parquet as pq
 
+    if model.is_image:
+        return sum(len(batch_images.list_images(src)[0]) for src, _ in pairs)
     total = 0
     width = max(1, len(model.input_columns))
     for src, _ in pairs:
@@ -257,15 +265,16 @@ class _InProcessRun:
 
 
 # -- the graph fast path -----------------------------------------------------------------------
-def cached_graph_model(uri: str, tracking_uri: str, cache_dir: Path | str | None = None
-                       ) -> BatchModel | None:
+def cached_graph_model(uri: str, tracking_uri: str, cache_dir: Path | str | None = None,
+                       maps: bool = False) -> BatchModel | None:
     """The version of ``uri`` last cached, scored through its ONNX graph, when it is a
-    registered table or sequence model whose cached folder holds a complete graph; else None.
+    registered model whose cached folder holds a complete graph (not an image model when the
+    job writes anomaly maps: ``maps``); else None.
 
     Its version is the one the cache recorded: the caller confirms it with the registry
     before it commits any output (:class:`~pipelines.batch.runlog.RunLog`).
     """
-    found = cached_with_graph(uri, tracking_uri, cache_dir)
+    found = cached_with_graph(uri, tracking_uri, cache_dir, maps)
     if found is None:
         return None
     fetched, graph_dir = found
@@ -305,15 +314,14 @@ def _export_running(graph_dir: Path, fresh_s: float = 600.0) -> bool:
 
 
 def export_graph_after(uri: str, model: BatchModel) -> bool:
-    """After a job that scored a cached registered table or sequence model with torch, write
-    its graph beside it in a detached, niced process, so that the next job scores without
-    torch.
+    """After a job that scored a cached registered model with torch, write its graph beside
+    it in a detached, niced process, so that the next job scores without torch.
 
     Returns:
         whether an export was started.
     """
     graph_dir = model.path / GRAPH_DIR
-    if (model.is_image or not graph_enabled() or graph_ready(graph_dir)
+    if (not graph_enabled() or graph_ready(graph_dir)
             or parse_model_uri(uri).kind != REGISTERED or _export_running(graph_dir)):
         return False
     try:

@@ -53,11 +53,11 @@ def graph_enabled() -> bool:
     return not off and graph_runtime_available()
 
 
-def cached_with_graph(uri: str, tracking_uri: str, cache_dir: Path | str | None
-                      ) -> tuple[FetchedModel, Path] | None:
+def cached_with_graph(uri: str, tracking_uri: str, cache_dir: Path | str | None,
+                      maps: bool = False) -> tuple[FetchedModel, Path] | None:
     """The cached version of a registered model URI and its complete graph folder, or None
-    (files only: nothing is loaded). An image model's job scores with its networks (its
-    anomaly maps need them), whatever the cache holds."""
+    (files only: nothing is loaded). An image model's job that writes anomaly maps
+    (``maps``) scores with its networks, which the maps need, whatever the cache holds."""
     try:
         parsed = parse_model_uri(uri)
     except ConfigError:
@@ -67,7 +67,7 @@ def cached_with_graph(uri: str, tracking_uri: str, cache_dir: Path | str | None
     fetched = ModelCache(cache_dir, tracking_uri).cached(uri)
     if fetched is None or not graph_ready(fetched.path / GRAPH_DIR):
         return None
-    if graph_model_kind(fetched.path / GRAPH_DIR) in IMAGE_KINDS:
+    if maps and graph_model_kind(fetched.path / GRAPH_DIR) in IMAGE_KINDS:
         return None
     return fetched, fetched.path / GRAPH_DIR
 
@@ -86,12 +86,13 @@ def rest_eligible(tracking_uri: str) -> bool:
     return scheme in ("http", "https") and not any(os.environ.get(v) for v in _NEEDS_MLFLOW)
 
 
-def start_helper(uri: str, tracking_uri: str, cache_dir: Path | str | None = None
-                 ) -> RunLog | None:
-    """The helper, started now, when a job of ``uri`` will score a cached graph and its run
-    needs MLflow's client (a tracking server's REST API needs none:
-    :mod:`pipelines.batch.restlog`); else None."""
-    if rest_eligible(tracking_uri) or cached_with_graph(uri, tracking_uri, cache_dir) is None:
+def start_helper(uri: str, tracking_uri: str, cache_dir: Path | str | None = None,
+                 maps: bool = False) -> RunLog | None:
+    """The helper, started now, when a job of ``uri`` (writing anomaly maps: ``maps``) will
+    score a cached graph and its run needs MLflow's client (a tracking server's REST API needs
+    none: :mod:`pipelines.batch.restlog`); else None."""
+    if rest_eligible(tracking_uri) or cached_with_graph(uri, tracking_uri, cache_dir,
+                                                        maps) is None:
         return None
     return RunLog()
 

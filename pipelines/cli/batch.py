@@ -52,8 +52,8 @@ def score(state: Globals, model: str, input_: str, output: str, keep: list[str] 
 
     # Before the job's imports: the MLflow helper of a cached graph model imports MLflow
     # on the other core meanwhile.
-    helper = start_helper(model, state.tracking_uri or default_tracking_uri()) \
-        if engine == "local" else None
+    helper = start_helper(model, state.tracking_uri or default_tracking_uri(),
+                          maps=maps_dir is not None) if engine == "local" else None
     from pipelines.batch.job import run_batch
     from pipelines.batch.options import ScoreOptions
 

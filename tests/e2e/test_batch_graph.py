@@ -1,5 +1,5 @@
-"""``anomaly score`` on a cached table (or sequence) model through its ONNX graph, as real
-processes.
+"""``anomaly score`` on a cached table (sequence, image) model through its ONNX graph, as
+real processes.
 
 The first job scores with torch and writes the graph beside the cached model in the
 background; the next one scores through the graph, imports neither torch nor MLflow (its
@@ -271,3 +271,42 @@ def test_a_sequence_model_scores_through_its_graph_after_the_first_job(tmp_path)
     assert got["warm_up"].sum() == 11
     np.testing.assert_allclose(got["score"].fillna(0), want["score"].fillna(0), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_an_image_model_scores_through_its_graph_unless_it_writes_maps(tmp_path):
+    """The first job on an image model writes its graph; the next one scores the folder
+    through it, without torch or MLflow, with the same scores; a job that writes anomaly maps
+    loads the networks, which the maps need."""
+    from tests.training.image_data import write_mvtec
+
+    root = write_mvtec(tmp_path / "blob", n_train=40, n_test_good=6, n_defect=6)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["train", "--data", str(root), "--kind", "conv_ae", "--name", "graph-img",
+                 "--epochs", "3", "--alias", "champion", "--tracking-uri", uri]) == 0
+    store = {"uri": uri, "csv": root / "test",
+             "env": {**os.environ, "ANOMALY_CACHE_DIR": str(tmp_path / "cache"),
+                     "ANOMALY_GRAPH_RUNTIME": "true",
+                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}}
+    model = "models:/graph-img@champion"
+    first = _score(store, tmp_path / "torch.parquet", model=model, keep=())
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "IMPORTED ['torch', 'mlflow']" in first.stderr
+    _wait_for_graph(tmp_path / "cache" / "graph-img" / "v1" / "graph")
+    second = _score(store, tmp_path / "graph.parquet", model=model, keep=())
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "IMPORTED []" in second.stderr
+    want = pd.read_parquet(tmp_path / "torch.parquet")
+    got = pd.read_parquet(tmp_path / "graph.parquet")
+    assert list(got.columns) == list(want.columns) and len(got) == 12
+    np.testing.assert_array_equal(got["path"], want["path"])
+    scores = [c for c in got.columns if c.startswith("score")]
+    for c in scores:
+        np.testing.assert_allclose(got[c], want[c], rtol=1e-4, atol=1e-6, err_msg=c)
+    assert (got["is_anomaly"] == want["is_anomaly"]).mean() > 0.9
+    maps = tmp_path / "maps"
+    third = _score(store, tmp_path / "maps.parquet", model=model, keep=("--maps-dir", str(maps)))
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "IMPORTED ['torch', 'mlflow']" in third.stderr
+    assert len(list(maps.rglob("*.map.png"))) == 12
+    np.testing.assert_allclose(pd.read_parquet(tmp_path / "maps.parquet")["score"],
+                               want["score"], rtol=1e-5)
