@@ -56,8 +56,11 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
                         "anyone who can reach http://%s:%s", settings.host, settings.port)
         yield
 
+    # One file more than a request may score: the image routes' own 413 names the limit
+    # (Starlette's form parser would answer a 400 past its default of 1,000 files).
     app = FastAPI(title="ae-anomaly scoring service", version="1", lifespan=lifespan,
                   docs_url=None, redoc_url=None,
+                  form_limits={"max_files": settings.max_records + 1},
                   description="Anomaly scores, p-values and flags from registered autoencoder "
                   "detectors. Higher scores are more abnormal. Also speaks MLflow's scoring "
                   "protocol (/invocations) and the Open Inference Protocol (/v2).")

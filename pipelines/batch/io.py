@@ -128,7 +128,13 @@ class TableReader:
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"{path}: cannot read as {self.format}: "
                             f"{first_line(e, 1000)}") from None
-        check_columns(source.names, str(path))
+        try:
+            names = source.names
+        except UnicodeDecodeError:  # a CSV header that is not UTF-8
+            self._raise_if_not_utf8()
+            raise DataError(f"{path}: the header is not UTF-8 text; save the file as UTF-8"
+                            ) from None
+        check_columns(names, str(path))
         if self.format == "csv" and any(pa.types.is_binary(f.type) for f in source):
             self._raise_if_not_utf8()  # pyarrow reads text that is not UTF-8 as binary
         fields = []

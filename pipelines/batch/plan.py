@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import string
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -45,11 +46,23 @@ def output_for(template: str, source: Path, when: datetime, many: bool) -> Path:
     """
     fields = {"stem": source.stem, "name": source.name, "date": when.strftime("%Y-%m-%d"),
               "time": when.strftime("%H%M%S"), "datetime": when.strftime("%Y-%m-%dT%H%M%S")}
-    try:
-        text = template.format(**fields)
-    except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"output {template!r}: unknown placeholder {e}; use {{stem}}, "
-                          "{name}, {date}, {time} or {datetime}") from None
+    try:  # the placeholders by name only: no attributes, indexes, conversions or specs
+        pieces = list(string.Formatter().parse(template))
+    except ValueError as e:  # an unmatched brace
+        raise ConfigError(f"output {template!r}: {e}; use {{stem}}, {{name}}, {{date}}, "
+                          "{time} or {datetime}, and {{ }} for a literal brace") from None
+    parts: list[str] = []
+    for literal, field, spec, conversion in pieces:
+        parts.append(literal)
+        if field is None:
+            continue
+        if field not in fields or spec or conversion:
+            shown_field = "{" + field + (f"!{conversion}" if conversion else "") + \
+                (f":{spec}" if spec else "") + "}"
+            raise ConfigError(f"output {template!r}: unknown placeholder {shown_field}; use "
+                              "{stem}, {name}, {date}, {time} or {datetime}")
+        parts.append(fields[field])
+    text = "".join(parts)
     per_input = "{stem}" in template or "{name}" in template
     if not per_input and (many or template.endswith(("/", "\\")) or Path(text).is_dir()):
         return Path(text) / f"{source.stem}.parquet"

@@ -35,7 +35,7 @@ def is_small(model: ServedModel, files: list[tuple[str, bytes]], maps: bool = Fa
         return False
     try:
         return sum(w * h for w, h in (image_size(d, n) for n, d in files)) <= INLINE_PIXELS
-    except DataError:
+    except (DataError, TooLargeError):
         return False
 
 

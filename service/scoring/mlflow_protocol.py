@@ -38,6 +38,7 @@ from service.model import ServedModel
 from service.scoring.images import image_columns
 from service.scoring.records import score_columns
 from service.scoring.render import render_results
+from training.data.tables import check_columns, csv_header
 from training.detector.scores import scored_primary
 from training.errors import DataError, TooLargeError, UnsupportedMediaError
 from training.preprocessing.images import decode_base64
@@ -208,13 +209,17 @@ def _nan_as_missing(layout: dict[str, Any]) -> dict[str, Any]:
 def _frame(model: ServedModel, raw: bytes, mime: str, strict: bool) -> pd.DataFrame:
     """A CSV or Parquet body as a DataFrame of at most ``max_records`` records."""
     try:
-        if mime == CSV:
+        if mime == CSV:  # pandas renames a repeated column ('a.1'): refuse it first
+            if raw.strip():
+                check_columns(csv_header(io.BytesIO(raw), "the body"), "the body")
             df = pd.read_csv(io.BytesIO(raw))
         else:
             df = pd.read_parquet(io.BytesIO(raw))
     except pd.errors.EmptyDataError:
         raise DataError("the body is empty; send a header line, then one record per line"
                         ) from None
+    except DataError:
+        raise
     except Exception as e:  # pandas' and pyarrow's parse errors have no common base
         kind = "CSV" if mime == CSV else "Parquet"
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

@@ -74,21 +74,17 @@ def _check_finite(model: ServedModel, records: Records | pd.DataFrame,
 
 def score_columns(model: ServedModel, records: Records | pd.DataFrame,
                   explain: bool = False) -> dict[str, np.ndarray]:
-    """``model.score``: the columns of ``Detector.score_columns``, each (n,), checked finite.
+    """``model.score``: the columns of ``Detector.score_columns``, each (n,).
 
     Args:
         records: validated request records; or a DataFrame (a CSV body), which the model's
             preprocessing checks on the way in, naming the record and column of a bad value.
 
     Raises:
-        DataError: a record whose score overflows (its most extreme column named).
+        DataError: a record whose score overflows (its most extreme column named, by
+            ``score_columns`` itself).
     """
-    cols = model.score(records, explain=explain)
-    scores = cols["score"]
-    if "warm_up" in cols:  # a sequence's first rows have no window, hence no score
-        scores = np.where(cols["warm_up"], 0.0, scores)
-    _check_finite(model, records, scores)
-    return cols
+    return model.score(records, explain=explain)
 
 
 def score_batch(model: ServedModel, records: Records, explain: bool = False,
@@ -117,7 +113,12 @@ def encode_batch(model: ServedModel, records: Records) -> dict[str, Any]:
 
 
 def reconstruct_batch(model: ServedModel, records: Records) -> dict[str, Any]:
-    """Reconstructions in the input's own columns, one record per input record."""
+    """Reconstructions in the input's own columns, one record per input record (table
+    models: a sequence model reconstructs windows, not records)."""
+    if model.data_kind == "sequences":
+        raise DataError(f"model '{model.name}' reconstructs windows of a series, not records: "
+                        f"each channel's error is in POST /v1/models/{model.name}/score"
+                        "?explain=true")
     rec = model.detector.reconstruct(records, source="request")
     _check_finite(model, records, rec.select_dtypes("number").to_numpy(dtype=np.float64))
     rec = rec.astype(object).where(rec.notna(), None)

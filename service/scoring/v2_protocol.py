@@ -97,13 +97,17 @@ def check_version(model: ServedModel, version: str | None) -> None:
 def output_names(model: ServedModel) -> list[str]:
     """The output tensors of ``model``, in answer order."""
     kinds = list(model.scorer.calibrations_)
-    return (["score", "p_value", "is_anomaly"]
-            + [f"{p}_{k}" for k in kinds for p in ("score", "p_value")]
-            + ["unknown_categories"])
+    # A sequence model's first answer column marks warm-up rows; a table model's last counts
+    # each record's unknown categories (the columns of score_columns, in order).
+    first, last = (["warm_up"], []) if model.data_kind == "sequences" else \
+        ([], ["unknown_categories"])
+    return (first + ["score", "p_value", "is_anomaly"]
+            + [f"{p}_{k}" for k in kinds for p in ("score", "p_value")] + last)
 
 
 def _output_type(name: str) -> str:
-    return {"is_anomaly": "BOOL", "unknown_categories": "INT64"}.get(name, "FP64")
+    return {"is_anomaly": "BOOL", "warm_up": "BOOL",
+            "unknown_categories": "INT64"}.get(name, "FP64")
 
 
 def tensor_type(spec: ColumnSpec) -> str:
@@ -172,10 +176,13 @@ def parse(model: ServedModel, raw: bytes, header_length: str | None,
 def _split(raw: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return raw, memoryview(b"")
-    if not header_length.strip().isdigit() or int(header_length) > len(raw):
+    digits = header_length.strip()
+    # ASCII digits only (str.isdigit takes "²" too), and few enough for int() to read
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18 \
+            or int(digits) > len(raw):
         raise DataError(f"{HEADER_LENGTH} {header_length!r}: expected the JSON header's "
                         f"length in bytes, at most the body's {len(raw)}")
-    n = int(header_length)
+    n = int(digits)
     return raw[:n], memoryview(raw)[n:]
 
 

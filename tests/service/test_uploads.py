@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from contextlib import contextmanager
 
 import httpx
@@ -282,3 +284,33 @@ def test_a_request_past_its_timeout_is_a_504_and_leaves_nothing(models, table, t
             while list(tmp_path.glob("scored-*")) and time.monotonic() < deadline:
                 time.sleep(0.2)
         assert not list(tmp_path.glob("scored-*"))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG's signature and header chunk claiming ``width`` x ``height`` pixels, no pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
+                                                             0, 0, 0)) + chunk(b"IEND", b""))
+
+
+def test_a_header_past_pillows_own_bomb_limit_is_a_413_naming_the_file(server):
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/models/img/score-images",
+                   files=[("files", ("bomb.png", _png_header(100_000, 100_000), "image/png"))])
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["message"].startswith("bomb.png: its header gives more than")
+
+
+def test_more_files_than_a_request_may_score_is_the_services_413(server):
+    url, _ = server
+    png = io.BytesIO()
+    Image.new("L", (2, 2)).save(png, format="PNG")
+    files = [("files", (f"{i}.png", png.getvalue(), "image/png")) for i in range(10_001)]
+    with httpx.Client(base_url=url, timeout=120) as c:
+        r = c.post("/v1/models/img/score-images", files=files)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["message"] == "10001 images in one request; at most 10000"

@@ -58,7 +58,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
             raise (not_utf8(f, str(path))
                    or DataError("not UTF-8 text; save the file as UTF-8", source=str(path))
                    ) from None
-    except (pd.errors.ParserError, pa.ArrowException, OSError, ValueError) as e:
+    except (pd.errors.ParserError, pa.ArrowException, OSError, ValueError, csv.Error) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: cannot read as {fmt}: {first}") from None
     if len(df) == 0:
@@ -123,7 +123,11 @@ def csv_header(f: BinaryIO, source: str, max_bytes: int | None = None) -> list[s
     except UnicodeDecodeError as e:
         raise DataError(f"{source}: the header is not UTF-8 text (byte "
                         f"0x{raw[e.start]:02x}); save the file as UTF-8") from None
-    return next(csv.reader(io.StringIO(text, newline="")), [])
+    try:
+        return next(csv.reader(io.StringIO(text, newline="")), [])
+    except csv.Error as e:  # a column name longer than the csv module's field limit
+        raise DataError(f"{source}: the header does not read as CSV ({e}); use shorter "
+                        "column names") from None
 
 
 def check_columns(names: Iterable[str], source: str) -> None:

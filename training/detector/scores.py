@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from training.calibration import ScoreCalibration
+from training.errors import DataError
 from training.params import DetectorParams
 
 
@@ -27,6 +28,7 @@ class CalibratedScores:
 
     params: DetectorParams
     calibrations_: dict[str, ScoreCalibration]
+    preprocessor_: Any  # the kind's preprocessing (``feature_columns_`` names its columns)
 
     def _check_calibrated(self) -> None:
         raise NotImplementedError
@@ -78,6 +80,9 @@ class CalibratedScores:
         X, extras = self._matrix(data, source)
         raw = self._raw_from_matrix(X)
         primary = self.primary_score
+        overflowed = np.flatnonzero(~np.isfinite(raw[primary]))
+        if overflowed.size:
+            raise self._overflow(X, extras, int(overflowed[0]), source)
         p_values = {k: self.calibrations_[k].p_values(v) for k, v in raw.items()}
         cols: dict[str, np.ndarray] = {
             "score": raw[primary],
@@ -91,6 +96,20 @@ class CalibratedScores:
         if explain:
             cols["explanation"] = self._explanation_of(X)
         return cols
+
+    def _overflow(self, X: np.ndarray, extras: dict[str, np.ndarray], i: int, source: str
+                  ) -> DataError:
+        """The error for matrix row ``i``, whose score is not finite: values so far from the
+        training data that the network's arithmetic overflows. It names the record (for
+        windows, the row that ends the window) and the input column of the row's most extreme
+        value, where the matrix has columns of the input."""
+        record = int(extras["row"][i]) if "row" in extras else i
+        columns = getattr(self.preprocessor_, "feature_columns_", None)
+        x = np.abs(X[i].astype(np.float64))
+        column = columns[int(np.argmax(np.where(np.isnan(x), np.inf, x)))] if columns else None
+        return DataError("values too far outside the training data to score (the network's "
+                         "arithmetic overflows); check their units", source=source,
+                         record=record, column=column)
 
     def score(self, data: Any, source: str = "data") -> pd.DataFrame:
         """:meth:`score_columns` as a DataFrame, one row per record."""

@@ -177,7 +177,7 @@ class SeriesStream:
             raise DataError(f"missing column(s) {missing}; the model reads {columns}",
                             source=source)
         new = data[columns].reset_index(drop=True)
-        groups = pre.groups(new)
+        groups = pre.groups(new, source)
         last = {k: self._state[k][1] for k, _ in groups if k in self._state}
         pre.check_order(new, source, after=last)
         tails = [self._state[k][0] for k, _ in groups if k in self._state]

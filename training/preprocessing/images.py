@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from training.errors import DataError
+from training.errors import DataError, TooLargeError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,9 @@ def image_size(data: str | Path | bytes, name: str) -> tuple[int, int]:
     try:
         img = _header(data, name)
         return img.width, img.height
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise TooLargeError(f"{name}: its header gives more than {Image.MAX_IMAGE_PIXELS} "
+                            "pixels; too large to decode") from None
     except _DECODE_ERRORS as e:
         raise _unreadable(name, e) from None
 
@@ -136,13 +139,13 @@ def open_image(data: str | Path | bytes, name: str) -> Image.Image:
     return img
 
 
-def pixels_of(img: Image.Image) -> np.ndarray:
+def pixels_of(img: Image.Image, name: str = "image") -> np.ndarray:
     """(H, W, c) float32 in [0, 1], c = 1 for grayscale content, 3 for colour."""
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         arr = np.asarray(img, dtype=np.float32) / 65535.0
         return np.clip(arr, 0.0, 1.0)[..., None]
     if img.mode == "F":
-        return _unit_range(np.asarray(img, dtype=np.float32), "image")[..., None]
+        return _unit_range(np.asarray(img, dtype=np.float32), name)[..., None]
     if img.mode in GRAY_MODES:
         return (np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[..., None]
     rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
@@ -249,7 +252,7 @@ class ImagePreprocessor:
                 raise DataError(f"{name}: expected an (H, W) or (H, W, C) image array, got "
                                 f"shape {item.shape}")
         else:
-            pixels = pixels_of(open_image(item, name))
+            pixels = pixels_of(open_image(item, name), name)
         found = pixels.shape[2]
         if found == 4:  # RGBA array: drop alpha
             pixels, found = pixels[..., :3], 3
@@ -326,7 +329,7 @@ def _survey(items: list) -> tuple[int, list[tuple[int, int]]]:
         img = open_image(item, name)
         sizes.append((img.height, img.width))
         if channels == 1 and img.mode not in GRAY_MODES:
-            channels = pixels_of(img).shape[2]
+            channels = pixels_of(img, name).shape[2]
     return channels, sizes
 
 

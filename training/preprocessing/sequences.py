@@ -190,6 +190,10 @@ class SequencePreprocessor:
     def fit(self, df: pd.DataFrame, source: str = "data") -> SequencePreprocessor:
         """Learn the channels, their mean and scale, and the window from normal series."""
         df = _frame(df, source)
+        for role, c in (("time", self.time_column), ("series", self.series_column)):
+            if c is not None and c not in df.columns:
+                raise DataError(f"{role} column '{c}' not found; columns are "
+                                f"{[str(n) for n in df.columns]}", source=source)
         skip = {self.time_column, self.series_column, self.label_column, self.id_column}
         channels = [c for c in df.columns if c not in skip]
         if not channels:
@@ -210,7 +214,7 @@ class SequencePreprocessor:
         std = values.std(axis=0)
         self.std_ = np.where(std > _STD_FLOOR, std, 1.0)
         z = (values - self.mean_) / self.std_
-        series = [pos for _, pos in self.groups(table)] if self.series_column else None
+        series = [pos for _, pos in self.groups(table, source)] if self.series_column else None
         # One autocorrelation pass for the window and the slowness, and none if neither is asked.
         lags = (decorrelation_lags(z, len(z), series)
                 if self.window is None or self.slow == "centre" else [])
@@ -241,6 +245,11 @@ class SequencePreprocessor:
         """``channel@-k``: the channel k steps before the window's last row."""
         w = self.window_
         return [f"{c}@-{w - 1 - t}" for t in range(w) for c in self.channels_]
+
+    @property
+    def feature_columns_(self) -> list[str]:
+        """The channel of each matrix column (of :attr:`feature_names_`)."""
+        return list(self.channels_) * self.window_
 
     @property
     def input_columns_(self) -> list[str]:
@@ -281,7 +290,7 @@ class SequencePreprocessor:
         table = self.table(df)
         times = self.times(table, source)
         n_gaps, longest = 0, 1.0
-        for key, pos in self.groups(table):
+        for key, pos in self.groups(table, source):
             t = times[pos]
             prev = (after or {}).get(key)
             if prev is not None and len(t):
@@ -343,13 +352,24 @@ class SequencePreprocessor:
                             column=col)
         return t
 
-    def groups(self, df: Any) -> list[tuple[Any, np.ndarray]]:
+    def groups(self, df: Any, source: str = "data") -> list[tuple[Any, np.ndarray]]:
         """``(series key, row positions in input order)`` per series; one group without a
-        series column (key None)."""
-        table = self.table(df)
+        series column (key None).
+
+        Raises:
+            DataError: naming the first record whose series key is missing.
+        """
+        table = self.table(df, source)
         if self.series_column is None:
             return [(None, np.arange(table.n))]
+        if self.series_column not in table:
+            raise DataError(f"series column '{self.series_column}' not found; columns are "
+                            f"{table.names}", source=source)
         codes, uniques = pd.factorize(table.keys(self.series_column), sort=False)
+        missing = np.flatnonzero(codes < 0)
+        if missing.size:
+            raise DataError("missing series key: every record names its series",
+                            source=source, record=int(missing[0]), column=self.series_column)
         order = np.argsort(codes, kind="stable")
         bounds = np.flatnonzero(np.diff(codes[order])) + 1
         return [(_plain_key(uniques[codes[p[0]]]), p) for p in np.split(order, bounds) if p.size]
@@ -408,7 +428,7 @@ class SequencePreprocessor:
         table = self.table(df, source)
         self.check_order(table, source)
         z = self._values(table, source).astype(np.float32)
-        groups = self.groups(table)
+        groups = self.groups(table, source)
         idx = self.index(table, groups)
         w, c = self.window_, self.n_channels_
         X = np.empty((len(idx.ends), w * c), dtype=np.float32)

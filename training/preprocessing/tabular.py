@@ -276,6 +276,12 @@ class TabularPreprocessor:
         return names
 
     @property
+    def feature_columns_(self) -> list[str]:
+        """The input column of each matrix column (a one-hot's: its categorical column)."""
+        return [s.name for s in self.columns_ if not s.dropped
+                for _ in (range(1) if s.kind == NUMERIC else s.levels)]
+
+    @property
     def input_columns_(self) -> list[str]:
         """Columns a record must carry (constant ones included: they are part of the schema)."""
         return [s.name for s in self.columns_]
@@ -297,6 +303,11 @@ class TabularPreprocessor:
                 continue
             if pd.api.types.is_bool_dtype(col):
                 continue
+            if (pd.api.types.is_datetime64_any_dtype(col.dtype)
+                    or pd.api.types.is_timedelta64_dtype(col.dtype)
+                    or isinstance(col.dtype, pd.PeriodDtype)):  # to_numeric would count ns
+                raise DataError(f"holds dates/times ({col.dtype}) where the model reads "
+                                "numbers", source=source, column=s.name)
             if pd.api.types.is_numeric_dtype(col):
                 values = col.to_numpy(dtype="float64", na_value=np.nan)
             else:

@@ -131,13 +131,11 @@ def _scored_batch(model: BatchModel, batch: pa.RecordBatch, job: _Prepared, n_ke
                   ) -> pa.RecordBatch:
     """Input columns to keep + the detector's scores + model name and version."""
     frame = batch.select(model.input_columns).to_pandas()
-    if stream is None:
-        scores = model.detector.score(frame, source=str(job.src))
-    else:
-        try:
-            scores = stream.push(frame, str(job.src)).reset_index(drop=True)
-        except DataError as e:
-            raise e.located(offset=res.rows) from None
+    try:
+        scores = model.detector.score(frame, source=str(job.src)) if stream is None else \
+            stream.push(frame, str(job.src)).reset_index(drop=True)
+    except DataError as e:  # its record counted in the chunk: count it in the file
+        raise e.located(offset=res.rows) from None
     n = batch.num_rows
     arrays = [batch.column(batch.schema.get_field_index(c)) for c in job.keep]
     arrays += result_arrays(model, list(job.schema)[n_keep:], scores)
