@@ -128,3 +128,67 @@ def test_time_going_back_is_a_422_naming_the_record(svc, route):
         r = c.post(f"/v1/models/pumps/{route}", json=_records(new))
     assert r.status_code == 422, r.text
     assert "record 6" in r.text and "'t'" in r.text
+
+
+def _v2_body(frame: pd.DataFrame) -> dict:
+    return {"inputs": [{"name": c, "shape": [len(frame)],
+                        "datatype": "BYTES" if c == "unit" else "FP64",
+                        "data": [None if pd.isna(v) else v for v in frame[c].tolist()]}
+                       for c in frame.columns]}
+
+
+def test_a_record_without_its_series_key_is_a_422_on_every_route(svc):
+    """A null series key names its record and column (it once read as the last series)."""
+    service, _ = svc
+    new = _series(6, seed=13, t0=50000).astype({"unit": object})
+    new.loc[3, "unit"] = None
+    split = {"dataframe_split": {"columns": list(new.columns),
+                                 "data": new.astype(object).where(new.notna(), None)
+                                 .values.tolist()}}
+    with service.client() as c:
+        answers = {"score": c.post("/v1/models/pumps/score", json=_records(new)),
+                   "stream": c.post("/v1/models/pumps/stream", json=_records(new)),
+                   "invocations": c.post("/invocations", json=split),
+                   "v2": c.post("/v2/models/pumps/infer", json=_v2_body(new)),
+                   "file": c.post("/v1/models/pumps/score-file", files={
+                       "file": ("u.csv", new.to_csv(index=False), "text/csv")})}
+    for route, r in answers.items():
+        assert r.status_code in (400, 422), (route, r.text)
+        assert "record 3" in r.text and "'unit'" in r.text, (route, r.text)
+        assert "missing series key" in r.text, (route, r.text)
+
+
+def test_values_that_overflow_are_refused_on_every_route(svc):
+    """A value so far out that the scores overflow is a 422, never a null score that reads
+    as normal (streams and files once answered 200)."""
+    service, _ = svc
+    new = _series(20, seed=14, t0=60000)
+    new.loc[30, "a"] = 1e308  # p1's 16th point: the first window holding it ends there
+    with service.client() as c:
+        answers = {"score": c.post("/v1/models/pumps/score", json=_records(new)),
+                   "stream": c.post("/v1/models/pumps/stream", json=_records(new)),
+                   "file": c.post("/v1/models/pumps/score-file", files={
+                       "file": ("u.csv", new.to_csv(index=False), "text/csv")})}
+    for route, r in answers.items():
+        assert r.status_code == 422, (route, r.text)
+        assert "too far outside the training data" in r.text, (route, r.text)
+        assert "record 30" in r.text and "'a'" in r.text, (route, r.text)
+
+
+def test_reconstruct_and_v2_outputs_of_a_sequence_model(svc):
+    service, _ = svc
+    new = _series(20, seed=15, t0=70000)
+    with service.client() as c:
+        rec = c.post("/v1/models/pumps/reconstruct", json=_records(new))
+        meta = c.get("/v2/models/pumps").json()
+        ok = c.post("/v2/models/pumps/infer", json=_v2_body(new))
+        unknown = c.post("/v2/models/pumps/infer", json={
+            **_v2_body(new), "outputs": [{"name": "unknown_categories"}]})
+    assert rec.status_code == 422 and "score?explain=true" in rec.text, rec.text
+    outputs = {o["name"]: o["datatype"] for o in meta["outputs"]}
+    assert outputs["warm_up"] == "BOOL" and "unknown_categories" not in outputs
+    assert ok.status_code == 200, ok.text
+    got = {o["name"]: o for o in ok.json()["outputs"]}
+    assert set(got) == set(outputs)
+    assert got["warm_up"]["datatype"] == "BOOL" and sum(got["warm_up"]["data"]) == 22
+    assert unknown.status_code in (400, 422) and "unknown_categories" in unknown.text

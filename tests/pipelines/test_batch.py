@@ -18,6 +18,7 @@ from pipelines.batch.plan import output_for
 from pipelines.batch.results import EXPERIMENT, ScoreSample
 from pipelines.cli.main import main
 from tests.batch_support import NAME, trained_store
+from training.errors import ConfigError
 
 SCORE_COLUMNS = ["score", "p_value", "is_anomaly", "score_recon", "p_value_recon",
                  "unknown_categories"]
@@ -178,6 +179,11 @@ def test_output_templates():
     assert output_for("o/", src, when, False) == Path("o/a.parquet")
     assert output_for("o", src, when, True) == Path("o/a.parquet")
     assert output_for("o.csv", src, when, False) == Path("o.csv")
+    assert output_for("o/{{x}}-{stem}.csv", src, when, False) == Path("o/{x}-a.csv")
+    for template in ("o/{stem.__class__}.csv", "o/{stem[0]}.csv", "o/{stem!r}.csv",
+                     "o/{stem:>9}.csv", "o/{nope}.csv", "o/{stem"):
+        with pytest.raises(ConfigError, match="output 'o/"):  # names only: no attributes
+            output_for(template, src, when, False)
 
 
 def test_score_sample_quantiles_are_exact_when_small_and_bounded_when_large():
@@ -215,8 +221,34 @@ def _latin1(store, tmp_path):
     return src
 
 
+def _latin1_header(store, tmp_path):
+    src = tmp_path / "in.csv"
+    text = store.frame.to_csv(index=False).replace("mean_radius", "m\xe9an_radius", 1)
+    src.write_bytes(text.encode("latin-1"))
+    return src
+
+
+def _overflowing(store, tmp_path):
+    src = tmp_path / "in.csv"
+    frame = store.frame.copy()
+    frame.loc[7, "mean_area"] = 1e308
+    frame.to_csv(src, index=False)
+    return src
+
+
+def _timestamps(store, tmp_path):
+    src = tmp_path / "in.parquet"
+    frame = store.frame.copy()
+    frame["mean_area"] = pd.Timestamp("2026-01-01") + pd.to_timedelta(frame.index, "s")
+    frame.to_parquet(src)
+    return src
+
+
 @pytest.mark.parametrize("make, message", [
     (_duplicate_header, "column 'mean_radius': appears more than once in the header"),
+    (_latin1_header, "the header is not UTF-8 text"),
+    (_overflowing, "record 7, column 'mean_area': values too far outside the training data"),
+    (_timestamps, "column 'mean_area': holds dates/times (datetime64"),  # [ns] or [us]
     (_list_column, "column 'mean_texture': has type list<element: double>; a column takes one "
                    "number, text or boolean per record"),
     (_latin1, "record 5: not UTF-8 text (byte 0xe9); save the file as UTF-8"),

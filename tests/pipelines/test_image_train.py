@@ -136,6 +136,19 @@ def test_batch_glob_and_bad_images(store, tmp_path, capsys):
     assert "9.png" in (tmp_path / "o.rejects.csv").read_text()
 
 
+def test_a_maps_dir_that_takes_no_files_exits_2_before_scoring(store, tmp_path, capsys):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    out = tmp_path / "o.csv"
+    code = main(["score", "--model", "models:/blob@challenger", "--input",
+                 str(store["root"] / "test"), "--output", str(out), "--maps-dir", str(taken),
+                 "--tracking-uri", store["uri"]])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and f"error: {taken}: cannot write anomaly maps there" in err
+    assert not out.exists()
+
+
 def test_decoding_threads_change_nothing_but_the_speed(store, tmp_path, capsys, monkeypatch):
     """Chunks of 5 images, decoded in the scoring thread or by two threads a chunk ahead: the
     same rows in the same order, the same failing file, the same rejects."""

@@ -71,6 +71,25 @@ def test_shuffled_time_fails_before_a_run_naming_the_row(store, tmp_path, capsys
     assert "record 11" in err and "column 't'" in err and "earlier" in err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--time-column", "nope"], "time column 'nope' not found"),
+    (["--time-column", "t", "--series-column", "nope"], "series column 'nope' not found"),
+    (["--time-column", "t", "--series-column", "unit"], "record 4, column 'unit': missing "
+                                                        "series key"),
+])
+def test_a_missing_time_or_series_column_or_key_fails_before_a_run(store, tmp_path, capsys,
+                                                                  flags, message):
+    frame = store["frame"].head(200).assign(unit="p1").astype({"unit": object})
+    frame.loc[4, "unit"] = None
+    path = tmp_path / "units.csv"
+    frame.to_csv(path, index=False)
+    code = main(["train", "--data", str(path), "--kind", "seq_ae", "--name", "bad", *flags,
+                 "--experiment", EXPERIMENT, "--tracking-uri", store["uri"]])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and message in err, err
+
+
 def test_a_folder_is_one_series_per_file(store, tmp_path):
     folder = tmp_path / "units"
     folder.mkdir()

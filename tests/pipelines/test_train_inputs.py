@@ -122,3 +122,14 @@ def test_dates_and_times_of_other_kinds_are_refused(tmp_path, capsys):
                    path)
     assert _train(path, tmp_path) == 2
     assert "column 'day': holds dates/times" in _last_error(capsys)
+
+
+def test_a_column_name_past_the_csv_field_limit_is_named(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    rows = "\n".join(f"{a:.4f},{b:.4f}" for a, b in rng.normal(size=(50, 2)))
+    csv = tmp_path / "long.csv"
+    csv.write_text(f"{'y' * 200_000},b\n{rows}\n")
+    assert _train(csv, tmp_path) == 2
+    err = _last_error(capsys)
+    assert err.startswith(f"error: {csv}: the header does not read as CSV (field larger"), err
+    assert not (tmp_path / "mlflow.db").exists()

@@ -130,6 +130,11 @@ def test_invocations_rejects_what_mlflow_rejects(api, records):
     assert r.status_code == 415 and r.json()["error_code"] == "BAD_REQUEST"
     r = api.post("/invocations", json={"dataframe_records": records * 20})
     assert r.status_code == 413
+    # pandas would read the copy as 'a.1' and score the first 'a' alone
+    csv = pd.DataFrame(records).to_csv(index=False).replace(",b,", ",a,", 1).encode()
+    r = api.post("/invocations", content=csv, headers={"Content-Type": "text/csv"})
+    assert r.status_code == 422, r.text
+    assert "column 'a': appears more than once in the header" in r.json()["message"]
 
 
 def test_mlflow_probes(api):
@@ -225,6 +230,11 @@ def test_v2_errors_have_the_protocol_shape(api, served, records):
     assert api.get(f"/v2/models/{name}/versions/9").status_code == 404
     r = api.post(f"/v2/models/{name}/infer", content=b"{" * 10)
     assert r.status_code == 422 and "not valid JSON" in r.json()["error"]
+    for length in (b"\xb2", b"9" * 5000):  # a Unicode digit; more digits than int() reads
+        r = api.post(f"/v2/models/{name}/infer", content=b"{}",
+                     headers={"Inference-Header-Content-Length": length})
+        assert r.status_code == 422, r.text
+        assert "Inference-Header-Content-Length" in r.json()["error"]
 
 
 def test_v2_health_and_server_metadata(api, served):

@@ -11,10 +11,11 @@ from PIL import Image
 
 from tests.training.image_data import normal_images, write_mvtec, write_png
 from training.data.images import load_images, read_idx
-from training.errors import DataError
+from training.errors import DataError, TooLargeError
 from training.preprocessing.images import (
     ImagePreprocessor,
     decode_base64,
+    image_size,
     images_from_frame,
     to_png,
 )
@@ -107,6 +108,17 @@ def test_bad_files_are_rejected_by_name(tmp_path):
         gray.batch([tmp_path / "missing.png"])
     with pytest.raises(DataError, match="upload: not valid base64"):
         decode_base64("***", "upload")
+    nan = np.full((16, 16), np.nan, dtype=np.float32)
+    Image.fromarray(nan, mode="F").save(tmp_path / "nan.tiff")
+    with pytest.raises(DataError, match="nan.tiff: .*non-finite"):  # the file named
+        gray.batch([tmp_path / "nan.tiff"])
+
+
+def test_a_header_past_pillows_bomb_limit_is_too_large_naming_the_file(tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("1", (12_000, 12_000)).save(big)  # 1 bit a pixel: a small file
+    with pytest.raises(TooLargeError, match="big.png: its header gives more than"):
+        image_size(big.read_bytes(), "big.png")
 
 
 def test_frame_inputs_and_png_round_trip(tmp_path):

@@ -103,13 +103,14 @@ class CalibratedScores:
         training data that the network's arithmetic overflows. It names the record (for
         windows, the row that ends the window) and the input column of the row's most extreme
         value, where the matrix has columns of the input."""
-        record = int(extras["row"][i]) if "row" in extras else i
+        window = "row" in extras
         columns = getattr(self.preprocessor_, "feature_columns_", None)
         x = np.abs(X[i].astype(np.float64))
         column = columns[int(np.argmax(np.where(np.isnan(x), np.inf, x)))] if columns else None
-        return DataError("values too far outside the training data to score (the network's "
-                         "arithmetic overflows); check their units", source=source,
-                         record=record, column=column)
+        what = "the window ending at this record" if window else "this record"
+        return DataError(f"values too far outside the training data to score {what} (the "
+                         "network's arithmetic overflows); check their units", source=source,
+                         record=int(extras["row"][i]) if window else i, column=column)
 
     def score(self, data: Any, source: str = "data") -> pd.DataFrame:
         """:meth:`score_columns` as a DataFrame, one row per record."""

@@ -183,7 +183,12 @@ class SeriesStream:
         tails = [self._state[k][0] for k, _ in groups if k in self._state]
         combined = pd.concat([*tails, new], ignore_index=True) if tails else new
         n_context = len(combined) - len(new)
-        scored = det.score_series(combined, source, explain=explain).iloc[n_context:]
+        try:
+            scored = det.score_series(combined, source, explain=explain).iloc[n_context:]
+        except DataError as e:  # its record counted in the combined rows: count it in ``data``
+            if e.record is None or e.record < n_context:
+                raise
+            raise e.located(offset=-n_context) from None
         scored.index = data.index
         now = self.clock()
         keep = det.window_ - 1
