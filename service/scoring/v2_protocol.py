@@ -31,7 +31,7 @@ from service.errors import data_error
 from service.model import ServedModel
 from service.scoring.records import score_columns
 from training.detector.scores import scored_primary
-from training.errors import DataError, UnknownModelError
+from training.errors import DataError, UnknownModelError, shown
 from training.preprocessing.tabular import NUMERIC, ColumnSpec, Records
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -205,10 +205,25 @@ def _tensor_values(t: _Tensor, blob: memoryview, offset: int) -> tuple[Any, int]
         if t.data is None:
             raise DataError("input tensor without data", column=t.name)
         values = _flatten(t.data)
+        _check_integers(t, values)
     if len(values) != size:
         raise DataError(f"shape {t.shape} holds {size} values; the data has {len(values)}",
                         column=t.name)
     return values, offset
+
+
+def _check_integers(t: _Tensor, values: list[Any]) -> None:
+    """JSON data of an integer datatype holds integers its type can hold (JSON data is typed
+    by the tensor's datatype, as binary data is by its bytes)."""
+    if t.datatype not in _DTYPES or not np.issubdtype(_DTYPES[t.datatype], np.integer):
+        return
+    info = np.iinfo(_DTYPES[t.datatype])
+    per_record = max(1, math.prod(t.shape[1:]))
+    for i, v in enumerate(values):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                              or not info.min <= v <= info.max):
+            raise DataError(f"{shown(v)} is not a {t.datatype} value", record=i // per_record,
+                            column=t.name)
 
 
 def _from_bytes(t: _Tensor, chunk: memoryview) -> Any:

@@ -135,6 +135,13 @@ def test_invocations_rejects_what_mlflow_rejects(api, records):
     r = api.post("/invocations", content=csv, headers={"Content-Type": "text/csv"})
     assert r.status_code == 422, r.text
     assert "column 'a': appears more than once in the header" in r.json()["message"]
+    # a date is no category, an unknown one or otherwise; nor a number of nanoseconds
+    for column in ("color", "a"):
+        frame = pd.DataFrame(records).assign(**{column: pd.Timestamp("2026-01-01")})
+        r = api.post("/invocations", content=frame.to_parquet(),
+                     headers={"Content-Type": "application/vnd.apache.parquet"})
+        assert r.status_code == 422, r.text
+        assert f"column '{column}': holds dates/times" in r.json()["message"]
 
 
 def test_mlflow_probes(api):
@@ -230,6 +237,11 @@ def test_v2_errors_have_the_protocol_shape(api, served, records):
     assert api.get(f"/v2/models/{name}/versions/9").status_code == 404
     r = api.post(f"/v2/models/{name}/infer", content=b"{" * 10)
     assert r.status_code == 422 and "not valid JSON" in r.json()["error"]
+    for data, datatype in (([1000], "INT8"), ([1.5], "INT64"), ([True], "INT32")):
+        r = api.post(f"/v2/models/{name}/infer", json={"inputs": [
+            {"name": "a", "shape": [1], "datatype": datatype, "data": data}]})
+        assert r.status_code == 422, r.text
+        assert f"record 0, column 'a': {data[0]} is not a {datatype} value" in r.json()["error"]
     for length in (b"\xb2", b"9" * 5000):  # a Unicode digit; more digits than int() reads
         r = api.post(f"/v2/models/{name}/infer", content=b"{}",
                      headers={"Inference-Header-Content-Length": length})

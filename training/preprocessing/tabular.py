@@ -297,10 +297,12 @@ class TabularPreprocessor:
             )
         for s in self.columns_:
             col = df[s.name]
+            if s.kind != NUMERIC:  # dates/times and bytes are no category (not "unknown" ones)
+                if not pd.api.types.is_bool_dtype(col) and not pd.api.types.is_numeric_dtype(col):
+                    _reject_unusable(col, s.name, source)
+                continue
             if pd.api.types.is_object_dtype(col.dtype):
                 _reject_nested(col, s.name, source)
-            if s.kind != NUMERIC:
-                continue
             if pd.api.types.is_bool_dtype(col):
                 continue
             if (pd.api.types.is_datetime64_any_dtype(col.dtype)
