@@ -16,10 +16,12 @@ called. The forms:
 - ``Depends(fn)`` / ``Security(fn)`` on an ``async def`` whose own parameters are of these
   forms, and ``Security(APIKeyHeader(..., auto_error=False))``: the header, or None;
 - one required ``Annotated[list[UploadFile], File(...)]`` of the endpoint: the form is read
-  first, as FastAPI reads it (its limits; a form that does not parse is FastAPI's 400), and
-  when the field holds one or more files they are passed on and closed after the endpoint;
-  anything else in the field (nothing, text) is answered by FastAPI's handler, from the same
-  form, with its 422.
+  after the route's own dependencies (the API key: a caller without one gets its 401 before
+  any upload is parsed, where FastAPI reads the form first) and before the endpoint's, as
+  FastAPI reads it (its limits; a form that does not parse is FastAPI's 400); when the field
+  holds one or more files they are passed on and closed after the endpoint; anything else in
+  the field (nothing, text) is answered by FastAPI's handler, from the same form, with its
+  422.
 
 The endpoint must be annotated to return a :class:`~starlette.responses.Response` (and must
 return one: anything else is a 500). A route with any other form (a body, a form field, a
@@ -108,17 +110,20 @@ class DirectRoute(APIRoute):
         async def handler(request: Request) -> Response:
             if overrides is not None and getattr(overrides, "dependency_overrides", None):
                 return await fallback(request)
+            errors: Errors = []
+            cache: Cache = {}
+            # The route's own dependencies (the API key) run before an upload is read: FastAPI
+            # reads the form first, so a caller without a key could make it parse and spool
+            # a whole upload before its 401.
+            for dependency in before:
+                await dependency(request, errors, cache)
             form = None
-            if files is not None:  # FastAPI reads the body before any dependency runs
+            if files is not None:
                 form = await _read_form(request, form_limits)
                 uploads = form.getlist(files)
                 if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
                     return await fallback(request)  # its 422, from the form read above
             try:
-                errors: Errors = []
-                cache: Cache = {}
-                for dependency in before:
-                    await dependency(request, errors, cache)
                 values = await arguments(request, errors, cache)
                 if errors:
                     raise RequestValidationError(errors)

@@ -175,6 +175,20 @@ def test_an_upload_route_answers_as_fastapi_does(headers, query, body):
     assert answers[0][0] in (200, 400, 401, 422)
 
 
+def test_a_caller_without_a_key_is_refused_before_its_upload_is_read():
+    """The one answer that differs from FastAPI's, on purpose: FastAPI parses the form (and
+    spools its files) before the route's dependencies, so a broken form without a key is its
+    400; here the key is checked first and the body is never read."""
+    broken = {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data"}}
+    with TestClient(_app(APIRoute)) as c:
+        assert c.post("/m/a/upload", **broken).status_code == 400
+    with TestClient(_app(DirectRoute)) as c:
+        r = c.post("/m/a/upload", **broken)
+        assert r.status_code == 401, r.text
+        big = c.post("/m/a/upload", files=[("files", ("a.png", b"x" * 5_000_000))])
+        assert big.status_code == 401
+
+
 def test_uploaded_files_are_closed_after_the_endpoint():
     seen = []
 
