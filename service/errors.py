@@ -111,6 +111,8 @@ def _detail(err: dict[str, Any]) -> tuple[dict[str, Any], str]:
     msg = err.get("msg", "invalid value")
     if err.get("type") == "missing" and column is not None:
         msg = "missing column"
+    elif "Expected UploadFile" in str(msg):  # FastAPI's words for a text field
+        msg = "expected files (multipart parts with a file name), got a text field"
     elif err.get("type") == "extra_forbidden":
         msg = ("column not in the model's schema (strict mode)" if column is not None
                else "unknown field")

@@ -314,3 +314,12 @@ def test_more_files_than_a_request_may_score_is_the_services_413(server):
         r = c.post("/v1/models/img/score-images", files=files)
     assert r.status_code == 413, r.text
     assert r.json()["error"]["message"] == "10001 images in one request; at most 10000"
+
+
+def test_images_sent_as_a_text_field_are_named(server):
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/models/img/score-images", data={"files": "not a file"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"] == ("files.0: expected files (multipart parts with a "
+                                            "file name), got a text field")
