@@ -204,7 +204,7 @@ def _tensor_values(t: _Tensor, blob: memoryview, offset: int) -> tuple[Any, int]
     else:
         if t.data is None:
             raise DataError("input tensor without data", column=t.name)
-        values = _flatten(t.data)
+        values = _flatten(t.data, t.shape)
         _check_integers(t, values)
     if len(values) != size:
         raise DataError(f"shape {t.shape} holds {size} values; the data has {len(values)}",
@@ -247,15 +247,22 @@ def _from_bytes(t: _Tensor, chunk: memoryview) -> Any:
     return np.frombuffer(chunk, dtype=dtype)
 
 
-def _flatten(data: Any) -> list[Any]:
-    """Row-major nested lists (the protocol allows either) as one flat list."""
+def _flatten(data: Any, shape: list[int] | None = None) -> list[Any]:
+    """Row-major nested lists (the protocol allows either) as one flat list; nested lists
+    must have the tensor's ``shape`` (a ragged row is refused, not shifted into the next)."""
     if not isinstance(data, list):
         return [data]
     if not any(isinstance(v, list) for v in data):
-        return data
+        return data  # flat: its count is checked against the shape by the caller
+    if shape is not None and (len(shape) < 2 or len(data) != shape[0]):
+        raise DataError(f"nested data does not have the tensor's shape {shape}")
     out: list[Any] = []
     for v in data:
-        out.extend(_flatten(v))
+        part = _flatten(v, shape[1:] if shape is not None else None)
+        if shape is not None and len(part) != math.prod(shape[1:]):
+            raise DataError(f"nested data does not have the tensor's shape {shape}: a row "
+                            f"holds {len(part)} values")
+        out.extend(part)
     return out
 
 

@@ -242,6 +242,9 @@ def test_v2_errors_have_the_protocol_shape(api, served, records):
             {"name": "a", "shape": [1], "datatype": datatype, "data": data}]})
         assert r.status_code == 422, r.text
         assert f"record 0, column 'a': {data[0]} is not a {datatype} value" in r.json()["error"]
+    r = api.post(f"/v2/models/{name}/infer", json={"inputs": [  # ragged rows, 4 values
+        {"name": "m", "shape": [2, 2], "datatype": "FP64", "data": [[1.0], [2.0, 3.0, 4.0]]}]})
+    assert r.status_code == 422 and "does not have the tensor's shape" in r.json()["error"]
     for length in (b"\xb2", b"9" * 5000):  # a Unicode digit; more digits than int() reads
         r = api.post(f"/v2/models/{name}/infer", content=b"{}",
                      headers={"Inference-Header-Content-Length": length})
