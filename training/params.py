@@ -85,11 +85,14 @@ class DetectorParams:
         if self.hidden_sizes is not None:
             if isinstance(self.hidden_sizes, int):
                 self.hidden_sizes = [self.hidden_sizes]
-            if not all(isinstance(h, int) and h > 0 for h in self.hidden_sizes):
-                raise ConfigError(
-                    f"hidden_sizes: expected positive integers, got {shown(self.hidden_sizes)}")
+            if not all(isinstance(h, int) and not isinstance(h, bool) and 0 < h <= MAX_WIDTH
+                       for h in self.hidden_sizes):
+                raise ConfigError(f"hidden_sizes: expected positive integers up to {MAX_WIDTH}, "
+                                  f"got {shown(self.hidden_sizes)}")
             self.hidden_sizes = list(self.hidden_sizes)
         _check_positive_int("latent_dim", self.latent_dim, allow_none=True)
+        if self.latent_dim is not None and self.latent_dim > MAX_WIDTH:
+            raise ConfigError(f"latent_dim: at most {MAX_WIDTH}, got {shown(self.latent_dim)}")
         _check_positive_int("batch_size", self.batch_size, allow_none=True)
         _check_positive_int("max_epochs", self.max_epochs, allow_none=True)
         _check_positive_int("patience", self.patience)
@@ -157,6 +160,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     return value.tolist() if hasattr(value, "tolist") and hasattr(value, "ndim") else value
+
+
+# Widest layer or code a configuration may ask for: far above any width the defaults choose
+# (at most 256), and small enough that one layer's weights cannot exhaust a machine's memory
+# before training starts (a 16,384-wide square layer is 1 GiB of float32).
+MAX_WIDTH = 16_384
 
 
 def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:

@@ -163,11 +163,11 @@ def _score_all(opts: ScoreOptions, pairs: list[tuple[Path, Path]], model: BatchM
 # A graph saves a fixed cost (torch's import, about 1.7 s); torch then scores a default table
 # VAE's rows about a fifth faster (benchmarks/batch.py, 1M rows: 140k against 110k rows/s in
 # the job), which repays that cost past about a million rows. For an AE the per-row gap is
-# small beside reading and writing; its break-even lies past 10M rows. A conv_ae's images
-# (rows: images) score about twice as fast with torch (28x28 MNIST, 256 at a time, two threads:
-# ~14,000 against ~6,700 images/s, ~80 us an image), which repays the ~2 s past about 25,000
-# images; a conv_vae's score about as fast either way.
-TORCH_FROM_ROWS = {"vae": 1_000_000, "conv_ae": 25_000}
+# small beside reading and writing; its break-even lies past 10M rows. An image job's images
+# cost the same either way (benchmarks/images.py, 10,000 MNIST PNGs, conv_ae: 1.75 s through
+# the graph against 1.95 s with torch, less start-up; decoding in a thread takes the cores
+# torch's own threads would use): it always takes the graph.
+TORCH_FROM_ROWS = {"vae": 1_000_000}
 _CSV_BYTES_PER_VALUE = 10  # a rough guess of a CSV's bytes per field, for a size estimate
 
 
@@ -180,12 +180,9 @@ def torch_pays(kind: str, rows: int | Callable[[], int]) -> bool:
 
 
 def _rows_about(pairs: list[tuple[Path, Path]], model: BatchModel) -> int:
-    """The inputs' rows: exact for Parquet (its footer), estimated from a CSV's size; for an
-    image model, its image files."""
+    """The inputs' rows: exact for Parquet (its footer), estimated from a CSV's size."""
     import pyarrow.parquet as pq
 
-    if model.is_image:
-        return sum(len(batch_images.list_images(src)[0]) for src, _ in pairs)
     total = 0
     width = max(1, len(model.input_columns))
     for src, _ in pairs:

@@ -26,6 +26,7 @@ File format (every key optional except ``data`` and ``name``; CLI flags override
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,23 @@ class TrainConfig:
         for key in ("data", "name"):
             if not getattr(self, key):
                 raise ConfigError(f"{key}: required (give --{key} or '{key}:' in the config file)")
+        for key in ("data", "kind", "alias", "experiment", "label_column", "id_column",
+                    "eval_data"):
+            v = getattr(self, key)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"{key}: expected text, got {shown(v)}")
+        if not isinstance(self.register, bool):
+            raise ConfigError(f"register: expected true or false, got {shown(self.register)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed: expected a whole number, 0 or more, got {shown(self.seed)}")
+        if self.normal_class is not None and (isinstance(self.normal_class, bool) or
+                                              not isinstance(self.normal_class, (int, str))):
+            raise ConfigError(f"normal_class: expected a class name or number, got "
+                              f"{shown(self.normal_class)}")
         check_model_name(self.name)
+        check_alias(self.alias)
+        if not self.experiment.strip():
+            raise ConfigError("experiment: required, and not blank")
         for key in ("calibration_fraction", "eval_fraction"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 0.9:
@@ -100,7 +117,10 @@ class TrainConfig:
         data: dict[str, Any] = {}
         if config_file:
             data = load_yaml(config_file)
-        model = dict(data.pop("model", None) or {})
+        model = data.pop("model", None) or {}
+        if not isinstance(model, dict):
+            raise ConfigError(f"model: expected a mapping of hyperparameters, got {shown(model)}")
+        model = dict(model)
         for k, v in overrides.pop("model", {}).items():
             if v is not None:
                 model[k] = v
@@ -132,13 +152,27 @@ def check_model_name(name: Any) -> None:
                           "use letters, digits, '-', '_' and '.', without '/' or ':'")
 
 
+def check_alias(alias: str) -> None:
+    """Raise :class:`ConfigError` unless MLflow accepts ``alias`` as a registered model's
+    alias (letters, digits, '_' and '-'; not 'latest' nor a version such as 'v3')."""
+    if not alias or not re.fullmatch(r"[\w\-]{1,255}", alias):
+        raise ConfigError(f"alias: {alias!r} is not a valid alias; use letters, digits, '_' "
+                          "and '-' (e.g. champion, challenger)")
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ConfigError(f"alias: {alias!r} is reserved by MLflow (the latest version, or a "
+                          "version number); choose another name")
+
+
 def load_yaml(path: str) -> dict[str, Any]:
     """Read a YAML mapping, with one-line errors for missing or malformed files."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save "
+                          "the file as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -62,3 +62,26 @@ def test_spark_schema_mismatch_fails_before_scoring(spark, store, tmp_path):
                                output=str(tmp_path / "o"), engine="spark",
                                tracking_uri=store.uri))
     assert not (tmp_path / "o").exists()
+
+
+def test_spark_text_in_a_number_column_fails_naming_it_or_is_skipped(spark, store, tmp_path):
+    src = tmp_path / "in.csv"
+    frame = store.frame.astype({"mean_radius": object})
+    frame.loc[[3, 8], "mean_radius"] = "abc"
+    frame.to_csv(src, index=False)
+    with pytest.raises(DataError, match=f"^{src}: column 'mean_radius': expected a number, "
+                                        "got 'abc'; fix the row or rerun with --on-error skip$"):
+        run_batch(ScoreOptions(model=store.model_uri, input=str(src),
+                               output=str(tmp_path / "o"), engine="spark",
+                               tracking_uri=store.uri))
+    assert not (tmp_path / "o").exists()
+    result = run_batch(ScoreOptions(model=store.model_uri, input=str(src),
+                                    output=str(tmp_path / "o"), engine="spark",
+                                    on_error="skip", tracking_uri=store.uri))
+    assert result.rows == len(frame) - 2 and result.inputs[0].rejected == 2
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DataError, match=f"{empty}: (file is empty|cannot read)"):
+        run_batch(ScoreOptions(model=store.model_uri, input=str(empty),
+                               output=str(tmp_path / "e"), engine="spark",
+                               tracking_uri=store.uri))

@@ -278,6 +278,4 @@ def test_runtime_choice_weighs_the_graphs_start_up_against_torchs_rows(store, tm
     assert len(store.frame) / 5 < estimate < len(store.frame) * 5
     assert not torch_pays("vae", TORCH_FROM_ROWS["vae"]) and torch_pays("vae", 10**7)
     assert not torch_pays("ae", 10**8)
-    # Images: a conv_ae's arithmetic is cheaper with torch, a conv_vae's is not.
-    assert not torch_pays("conv_ae", TORCH_FROM_ROWS["conv_ae"]) and torch_pays("conv_ae", 10**6)
-    assert not torch_pays("conv_vae", 10**8)
+    assert not torch_pays("conv_ae", 10**8)  # images cost the same either way

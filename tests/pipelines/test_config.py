@@ -43,3 +43,15 @@ def test_numpy_values_are_shown_as_plain_values():
     with pytest.raises(ConfigError) as info:
         TrainConfig(data="x.csv", name="m", calibration_fraction=np.float64(np.inf))
     assert str(info.value) == "calibration_fraction: expected a number in (0, 0.9), got inf"
+
+
+def test_top_level_values_are_typed(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    for text, message in (("data: [1, 2]\nname: m\n", "data: expected text, got [1, 2]"),
+                          ("data: d.csv\nname: m\nnormal_class: [3]\n",
+                           "normal_class: expected a class name or number, got [3]"),
+                          ("data: d.csv\nname: m\nseed: -1\n", "seed: expected a whole number"),
+                          ("data: d.csv\nname: m\nalias: v3\n", "alias: 'v3' is reserved")):
+        cfg.write_text(text)
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            TrainConfig.from_sources(str(cfg), {})

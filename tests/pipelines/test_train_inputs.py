@@ -133,3 +133,59 @@ def test_a_column_name_past_the_csv_field_limit_is_named(tmp_path, capsys):
     err = _last_error(capsys)
     assert err.startswith(f"error: {csv}: the header does not read as CSV (field larger"), err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_values_too_large_to_standardise_are_named_before_a_run(tmp_path, capsys):
+    """Finite values whose spread overflows float64 once registered a model that could not
+    score; now they fail like any bad value."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200)})
+    frame.loc[17, "b"] = 1e308
+    csv = tmp_path / "huge.csv"
+    frame.to_csv(csv, index=False)
+    assert _train(csv, tmp_path) == 2
+    err = _last_error(capsys)
+    assert err.startswith(f"error: {csv}: record 17, column 'b': 1e+308 is too large to "
+                          "standardise"), err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_dictionary_column_of_a_parquet_file_trains_as_its_values(tmp_path):
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"a": rng.normal(size=120), "b": rng.normal(size=120),
+                          "shift": pd.Categorical(rng.choice(["day", "night"], size=120))})
+    parquet = tmp_path / "cat.parquet"
+    frame.to_parquet(parquet)
+    assert _train(parquet, tmp_path) == 0
+
+
+@pytest.mark.parametrize("config, message", [
+    ("model: 5\n", "model: expected a mapping of hyperparameters, got 5"),
+    ("seed: abc\n", "seed: expected a whole number, 0 or more, got 'abc'"),
+    ("label_column: [1, 2]\n", "label_column: expected text, got [1, 2]"),
+    ("register: 'no'\n", "register: expected true or false, got 'no'"),
+    ("alias: latest\n", "alias: 'latest' is reserved by MLflow"),
+    ("alias: 'a b'\n", "alias: 'a b' is not a valid alias"),
+    ("experiment: ' '\n", "experiment: required, and not blank"),
+    ("model:\n  latent_dim: 100000000\n", "model.latent_dim: at most 16384"),
+    ("model:\n  hidden_sizes: [100000000]\n", "model.hidden_sizes: expected positive integers"),
+])
+def test_config_values_of_the_wrong_type_exit_2_before_a_run(tmp_path, capsys, config,
+                                                            message):
+    rng = np.random.default_rng(5)
+    csv = tmp_path / "d.csv"
+    pd.DataFrame(rng.normal(size=(100, 3)), columns=list("abc")).to_csv(csv, index=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config)
+    assert _train(csv, tmp_path, "--config", str(cfg)) == 2
+    err = _last_error(capsys)
+    assert message in err, err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_config_file_not_in_utf8_is_named(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes("experiment: caf\xe9\n".encode("latin-1"))
+    assert _train(tmp_path / "d.csv", tmp_path, "--config", str(cfg)) == 2
+    assert _last_error(capsys) == (f"error: {cfg}: not UTF-8 text (byte 0xe9); save the file "
+                                   "as UTF-8")

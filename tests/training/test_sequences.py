@@ -304,3 +304,10 @@ def test_a_model_saved_before_the_rule_loads_as_keep(fitted, series, tmp_path):
     back = load_detector(tmp_path / "m")
     assert back.params.slow_channels == "keep" and back.preprocessor_.centred_ == []
     pd.testing.assert_frame_equal(back.score_series(test), fitted.score_series(test))
+
+
+def test_a_channel_too_large_to_standardise_is_named():
+    frame, _ = rotating(200, seed=1)
+    frame.loc[40, "b"] = 1e308
+    with pytest.raises(DataError, match="record 40, column 'b': 1e\\+308 is too large"):
+        SequencePreprocessor(time_column="t").fit(frame, "pump.csv")

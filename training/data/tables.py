@@ -64,6 +64,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if len(df) == 0:
         raise DataError(f"{path}: no rows (only a header?)")
     df.columns = [str(c) for c in df.columns]
+    for c in df.columns:  # a Parquet dictionary column: its values, as a CSV would give them
+        if isinstance(df[c].dtype, pd.CategoricalDtype):
+            categories = df[c].cat.categories.dtype
+            df[c] = df[c].astype(object if df[c].isna().any() else categories)
     return df
 
 

@@ -210,8 +210,14 @@ class SequencePreprocessor:
         table = _Table(df)
         self.gaps_ = self.check_order(table, source, gaps=True)
         values = self._values(table, source, standardise=False)
-        self.mean_ = values.mean(axis=0)
-        std = values.std(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.mean_ = values.mean(axis=0)
+            std = values.std(axis=0)
+        for j in np.flatnonzero(~(np.isfinite(self.mean_) & np.isfinite(std))):
+            row = int(np.argmax(np.abs(values[:, j])))  # squares past 1.8e308
+            raise DataError(f"{shown(values[row, j])} is too large to standardise (the "
+                            "channel's spread overflows); rescale the channel",
+                            source=source, record=row, column=self.channels_[j])
         self.std_ = np.where(std > _STD_FLOOR, std, 1.0)
         z = (values - self.mean_) / self.std_
         series = [pos for _, pos in self.groups(table, source)] if self.series_column else None

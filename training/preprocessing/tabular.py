@@ -246,8 +246,14 @@ class TabularPreprocessor:
                     raise DataError("infinite value", source=source, record=row, column=name)
                 median = float(x.median())
                 filled = x.fillna(median)
-                std = float(filled.std(ddof=0))
-                learned = {"kind": NUMERIC, "median": median, "mean": float(filled.mean()),
+                with np.errstate(over="ignore", invalid="ignore"):
+                    mean, std = float(filled.mean()), float(filled.std(ddof=0))
+                if not (math.isfinite(mean) and math.isfinite(std)):  # squares past 1.8e308
+                    row = int(np.argmax(np.abs(filled.to_numpy())))
+                    raise DataError(f"{shown(x.iloc[row])} is too large to standardise (the "
+                                    "column's spread overflows); rescale the column",
+                                    source=source, record=row, column=name)
+                learned = {"kind": NUMERIC, "median": median, "mean": mean,
                            "std": max(std, _STD_FLOOR), "dropped": std < _STD_FLOOR}
             specs.append(ColumnSpec(name=str(name), dtype=str(col.dtype), **learned))
         if all(s.dropped for s in specs):

@@ -58,21 +58,16 @@ class ImageJob:
     decode_workers: int = 0
 
 
-def list_images(src: Path) -> tuple[list[Path], Path]:
-    """The image files a folder (and its sub-folders) or a glob names, sorted, and the folder
-    their paths are relative to in the output."""
-    if src.is_dir():
-        return image_files(src), src
-    files = sorted(Path(f) for f in glob.glob(str(src), recursive=True) if Path(f).is_file())
-    return files, Path(os.path.commonpath([str(f.parent) for f in files])) if files else src.parent
-
-
 def prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> ImageJob:
     """List the images ``src`` names and check the output; nothing is decoded yet."""
     if not is_image_input(str(src)):
         raise DataError(f"{src}: model {model.name} scores images; give a folder of images or "
                         "a glob of image files ('shots/*.png')")
-    files, root = list_images(src)
+    if src.is_dir():
+        files, root = image_files(src), src
+    else:
+        files = sorted(Path(f) for f in glob.glob(str(src), recursive=True) if Path(f).is_file())
+        root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else src.parent
     if not files:
         raise DataError(f"{src}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     _prepare_output(out)

@@ -27,7 +27,7 @@ from pipelines.batch.options import ScoreOptions
 from pipelines.batch.results import EXPERIMENT, QUANTILES, BatchResult, InputResult, log_metrics
 from pipelines.registry.tracking import ensure_experiment, use_tracking_uri
 from training.data.tables import table_format
-from training.errors import ConfigError, DataError, first_line
+from training.errors import ConfigError, DataError, first_line, shown
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,17 @@ def _hadoop_path(spark, path: str):
     return p, p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
 
 
-def score_dataframe(spark, df, model: BatchModel, keep: list[str] | None):
+def score_dataframe(spark, df, model: BatchModel, keep: list[str] | None,
+                    source: str = "input"):
     """``df``'s kept columns + every score column + model name and version."""
     from pyspark.sql import functions as F
 
+    if not df.columns:
+        raise DataError(f"{source}: file is empty")
     missing = [c for c in model.input_columns if c not in df.columns]
     if missing:
-        raise DataError(f"missing column(s) {missing}; the model expects {model.input_columns}; "
-                        f"the input has {df.columns}")
+        raise DataError(f"{source}: missing column(s) {missing}; the model expects "
+                        f"{model.input_columns}; the input has {df.columns}")
     keep = df.columns if keep is None else keep
     unknown = [c for c in keep if c not in df.columns]
     if unknown:
@@ -122,6 +125,32 @@ def score_dataframe(spark, df, model: BatchModel, keep: list[str] | None):
     return scored.select(*[F.col(c) for c in keep], f"{_SCORES}.*",
                          F.lit(model.name).alias(MODEL_NAME_COLUMN),
                          F.lit(model.version).alias(MODEL_VERSION_COLUMN))
+
+
+def _conform_numbers(df, model: BatchModel, opts: ScoreOptions):
+    """The model's numeric columns as doubles. A column Spark read as text holds a value that
+    is no number: the job fails naming it, or with ``--on-error skip`` its rows are dropped
+    (and counted as rejected)."""
+    from pyspark.sql import functions as F
+
+    types = dict(df.dtypes)
+    text = [c for c in model.numeric_columns if types.get(c) == "string"]
+    if not text:
+        return df
+    casts = {c: F.col(c).try_cast("double") for c in text}
+    bad = None
+    for c in text:
+        cond = F.col(c).isNotNull() & casts[c].isNull()
+        bad = cond if bad is None else bad | cond
+    if opts.on_error == "fail":
+        row = df.filter(bad).select(*text, *[casts[c].alias(f"__{c}") for c in text]).first()
+        if row is not None:
+            c = next(c for c in text if row[c] is not None and row[f"__{c}"] is None)
+            raise DataError(f"{opts.input}: column '{c}': expected a number, got "
+                            f"{shown(row[c])}; fix the row or rerun with --on-error skip")
+    else:
+        df = df.filter(~bad)
+    return df.select(*[casts[c].alias(c) if c in casts else F.col(c) for c in df.columns])
 
 
 def _drop_non_finite(df, model: BatchModel):
@@ -156,8 +185,11 @@ def run_spark(opts: ScoreOptions) -> BatchResult:
         total = None
         if opts.on_error == "skip":
             total = df.count()
-            df = _drop_non_finite(df, model)
-        scored = score_dataframe(spark, df, model, opts.keep)
+        if df.columns and all(c in df.columns for c in model.input_columns):
+            df = _conform_numbers(df, model, opts)  # else score_dataframe names what is missing
+            if opts.on_error == "skip":
+                df = _drop_non_finite(df, model)
+        scored = score_dataframe(spark, df, model, opts.keep, opts.input)
         ensure_experiment(EXPERIMENT)
         with mlflow.start_run(run_name=f"score-spark-{model.name.rsplit('/', 1)[-1]}") as run:
             mlflow.set_tags({"model_name": model.name, "model_version": model.version,
@@ -212,7 +244,8 @@ def _quantiles(spark, out: str) -> dict[str, float]:
 def _as_data_error(e: BaseException) -> BaseException:
     """A failure caused by the input (a malformed row, a bad value) as a one-line DataError."""
     text = str(e)
-    for marker in ("DataError: ", "Malformed records are detected", "CSV parse error"):
+    for marker in ("DataError: ", "Malformed records are detected", "CSV parse error",
+                   "[CAST_INVALID_INPUT]"):
         if marker in text:
             line = next(x for x in text.splitlines() if marker in x)
             return DataError(f"{line.split(marker, 1)[-1].strip() or line.strip()}; fix the "
