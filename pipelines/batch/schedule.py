@@ -30,7 +30,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from pipelines.batch.options import ScoreOptions
 from pipelines.train.config import load_yaml
-from training.errors import ConfigError
+from training.errors import ConfigError, shown
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,24 @@ def load_jobs(path: str | Path) -> Schedule:
     if not isinstance(jobs_raw, list) or not jobs_raw:
         raise ConfigError(f"{path}: 'jobs' must be a non-empty list")
     tz = raw.get("timezone")
+    if tz is not None:
+        if not isinstance(tz, str):
+            raise ConfigError(f"{path}: timezone: expected a name such as Europe/Paris, got "
+                              f"{shown(tz)}")
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{path}: timezone: {tz!r} is not a time zone this machine "
+                              "knows (an IANA name such as Europe/Paris or UTC)") from None
+    history = raw.get("history", 20)
+    if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+        raise ConfigError(f"{path}: history: expected a positive whole number of runs, got "
+                          f"{shown(history)}")
+    status_file = raw.get("status_file")
+    if status_file is not None and not isinstance(status_file, str):
+        raise ConfigError(f"{path}: status_file: expected a file name, got {shown(status_file)}")
     jobs: list[JobSpec] = []
     for i, j in enumerate(jobs_raw):
         where = f"{path}: jobs[{i}]"
@@ -132,6 +150,9 @@ def load_jobs(path: str | Path) -> Schedule:
         missing = [k for k in ("name", "cron", "model", "input", "output") if not j.get(k)]
         if missing:
             raise ConfigError(f"{where}: missing key(s) {missing}")
+        for key in ("name", "model", "input", "output"):
+            if not isinstance(j[key], str):
+                raise ConfigError(f"{where}: {key}: expected text, got {shown(j[key])}")
         where = f"{path}: job '{j['name']}'"
         opts = j.get("options") or {}
         if not isinstance(opts, dict):
@@ -158,11 +179,12 @@ def load_jobs(path: str | Path) -> Schedule:
         if any(job.name == other.name for other in jobs):
             raise ConfigError(f"{where}: two jobs are named {job.name!r}")
         jobs.append(job)
-    status = raw.get("status_file") or f"{path.with_suffix('')}.status.json"
+    status = status_file or f"{path.with_suffix('')}.status.json"
     folder = path.resolve().parent
+    if (folder / status).is_dir():
+        raise ConfigError(f"{path}: status_file: {folder / status} is a folder; name a file")
     return Schedule(jobs=jobs, status_file=str(folder / status), folder=folder,
-                    tracking_uri=raw.get("tracking_uri"), timezone=tz,
-                    history=int(raw.get("history", 20)))
+                    tracking_uri=raw.get("tracking_uri"), timezone=tz, history=history)
 
 
 def score_command(job: JobSpec, when: datetime, tracking_uri: str | None) -> list[str]:
@@ -308,7 +330,14 @@ def read_status(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: no status file yet; start the jobs with "
                           "`anomaly schedule JOBS.yaml`")
-    return json.loads(p.read_text())
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ConfigError(f"{p}: not a status file this scheduler wrote (not JSON); point "
+                          "--status-file at the one it writes") from None
+    if not isinstance(data, dict) or not isinstance(data.get("jobs", {}), dict):
+        raise ConfigError(f"{p}: not a status file this scheduler wrote (no 'jobs' mapping)")
+    return data
 
 
 def format_status(data: dict[str, Any]) -> str:

@@ -37,6 +37,8 @@ _NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8
 _ENVIRONMENT_ERRORS = (
     ("mlflow.exceptions", "MlflowException", "registry/tracking error"),
     ("sqlalchemy.exc", "OperationalError", None),  # database locked or unreachable
+    # the tracking URI names a file that is no database (its other errors are subclasses)
+    ("sqlalchemy.exc", "DatabaseError", "tracking store error"),
     ("py4j.protocol", "Py4JNetworkError", None),  # Spark gateway gone
 )
 

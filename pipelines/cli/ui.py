@@ -46,7 +46,7 @@ def _echo_links(tracking_uri: str, base: str) -> None:
 
 @click.command(cls=Command)
 @click.option("--host", default="127.0.0.1", help="Address the UI listens on.")
-@click.option("--port", type=int, default=5000, help="Port the UI listens on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, help="Port the UI listens on.")
 @click.pass_obj
 def ui(state: Globals, host: str, port: int) -> int:
     """Open the MLflow UI on the store the other commands use.

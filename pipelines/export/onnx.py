@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from training.detector.base import BaseDetector
-from training.errors import ConfigError
+from training.errors import ConfigError, OutputError
 
 SIDECAR_VERSION = 1
 OPSET = 18
@@ -120,12 +120,23 @@ def export_onnx(detector: BaseDetector, output: str | Path, *, source: dict[str,
     if not kinds:
         raise ConfigError(f"{source.get('uri', 'model')}: none of its scores "
                           f"{list(detector.score_kinds)} can be exported as a graph")
+    for path in (output, sidecar_path(output)):  # both checked before either is written
+        if path.is_dir():
+            raise OutputError(f"{path}: is a folder; give the graph's file name "
+                              "(model.onnx; its sidecar goes beside it as model.onnx.json)")
     graph = ScoreGraph(detector).eval()
     n_features = int(detector.preprocessor_.n_features_)
     example = torch.zeros(3, n_features)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".onnx", dir=output.parent)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".onnx", dir=output.parent)
+    except OSError as e:
+        raise OutputError(f"{output}: cannot write there ({e.strerror or type(e).__name__}); "
+                          "choose a writable --output") from None
     os.close(fd)
+    from pipelines.registry.download import file_umask
+
+    os.chmod(tmp, 0o666 & ~file_umask())  # as an ordinary new file, not mkstemp's 0600
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     try:

@@ -384,6 +384,11 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def file_umask() -> int:
+    """The process's umask (read at import): the permissions a new file or folder lacks."""
+    return _UMASK
+
+
 def replace_folder(tmp: Path, target: Path, marker: str = _META) -> None:
     """Rename the complete folder ``tmp`` to ``target``, replacing a stale copy (renamed aside
     first, so a reader never sees half of one); when another process renamed its own first,

@@ -11,6 +11,7 @@ from pipelines.batch.schedule import (
     StatusFile,
     cron_trigger,
     load_jobs,
+    read_status,
     run_once,
     score_command,
 )
@@ -48,10 +49,22 @@ def test_valid_file_loads_with_status_beside_it(tmp_path):
     (JOB.replace('cron: "0 2 * * 1-5"', 'cron: "0 2 *"'), "3 fields"),
     (JOB.replace("on_error: skip", "on_error: maybe"), "on_error"),
     (JOB.replace("    model: models:/m@champion\n", ""), "['model']"),
+    (JOB + "timezone: Mars/Olympus\n", "timezone: 'Mars/Olympus' is not a time zone"),
+    (JOB + "history: -1\n", "history: expected a positive whole number"),
+    (JOB.replace("name: nightly", "name: [a]"), "name: expected text"),
+    (JOB + "status_file: sub\n", "status_file: .* is a folder"),
 ])
 def test_bad_file_names_the_key(tmp_path, text, key):
+    (tmp_path / "sub").mkdir()
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         load_jobs(_write(tmp_path, text))
+
+
+def test_a_status_file_the_scheduler_did_not_write_is_named(tmp_path):
+    for text in ("not json", '{"jobs": 5}', "[1, 2]"):
+        (tmp_path / "s.json").write_text(text)
+        with pytest.raises(ConfigError, match="not a status file this scheduler wrote"):
+            read_status(tmp_path / "s.json")
 
 
 def test_cron_weekdays_mean_what_cron_means():

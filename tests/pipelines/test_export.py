@@ -123,3 +123,24 @@ def test_unknown_model_is_the_callers_mistake(store, tmp_path, capsys):
                  "--tracking-uri", store]) == 2
     assert "nope" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_an_output_that_is_a_folder_leaves_nothing_half_written(store, tmp_path, capsys):
+    uri = "models:/bc-export@champion"
+    folder = tmp_path / "graphs"
+    folder.mkdir()
+    (tmp_path / "m.onnx.json").mkdir()  # the sidecar's place is taken by a folder
+    for out in (folder, tmp_path / "m.onnx"):
+        capsys.readouterr()
+        assert main(["export", uri, "--output", str(out), "--tracking-uri", store]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is a folder" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graphs", "m.onnx.json"]
+    assert not list(folder.iterdir())
+
+
+def test_the_graph_file_has_an_ordinary_files_permissions(store, tmp_path):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "models:/bc-export@champion", "--output", str(out),
+                 "--tracking-uri", store]) == 0
+    assert out.stat().st_mode & 0o777 == (tmp_path / "m.onnx.json").stat().st_mode & 0o777
