@@ -110,6 +110,8 @@ def cron_trigger(expr: str, timezone: str | None = None, where: str = "cron") ->
     try:
         return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
                            day_of_week=_dow(dow, where), timezone=timezone)
+    except ConfigError:  # _dow's, already naming where
+        raise
     except ValueError as e:
         raise ConfigError(f"{where}: {expr!r} is not a valid cron expression: {e}") from None
 
@@ -175,7 +177,9 @@ def load_jobs(path: str | Path) -> Schedule:
             ScoreOptions(model=job.model, input=job.input, output=job.output, **opts).check()
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
-        cron_trigger(job.cron, tz, f"{where} cron")
+        trigger = cron_trigger(job.cron, tz, f"{where} cron")
+        if trigger.get_next_fire_time(None, datetime.now(trigger.timezone)) is None:
+            raise ConfigError(f"{where} cron: {job.cron!r} never fires (no such date)")
         if any(job.name == other.name for other in jobs):
             raise ConfigError(f"{where}: two jobs are named {job.name!r}")
         jobs.append(job)

@@ -9,7 +9,8 @@ from pipelines.cli.options import Command
 
 @click.command(cls=Command, uses_store=False)
 @click.option("--workdir", default="demo-run", help="Folder for the data and the MLflow store.")
-@click.option("--epochs", type=int, show_default="automatic", help="Cap on epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), show_default="automatic",
+              help="Cap on epochs.")
 def demo(workdir: str, epochs: int | None) -> int:
     """Train, compare and register an AE and a VAE on sample data.
 

@@ -78,6 +78,9 @@ class TrainConfig:
                                               not isinstance(self.normal_class, (int, str))):
             raise ConfigError(f"normal_class: expected a class name or number, got "
                               f"{shown(self.normal_class)}")
+        if self.label_column is not None and self.label_column == self.id_column:
+            raise ConfigError(f"label_column and id_column both name {self.label_column!r}: "
+                              "the labels and the record ids are two columns")
         check_model_name(self.name)
         check_alias(self.alias)
         if not self.experiment.strip():

@@ -53,11 +53,19 @@ def test_valid_file_loads_with_status_beside_it(tmp_path):
     (JOB + "history: -1\n", "history: expected a positive whole number"),
     (JOB.replace("name: nightly", "name: [a]"), "name: expected text"),
     (JOB + "status_file: sub\n", "status_file: .* is a folder"),
+    (JOB.replace('cron: "0 2 * * 1-5"', 'cron: "* * 31 2 *"'), "never fires"),
 ])
 def test_bad_file_names_the_key(tmp_path, text, key):
     (tmp_path / "sub").mkdir()
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         load_jobs(_write(tmp_path, text))
+
+
+def test_a_bad_weekday_is_named_once(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_jobs(_write(tmp_path, JOB.replace('cron: "0 2 * * 1-5"', 'cron: "* * * * 8"')))
+    assert str(e.value) == (f"{tmp_path / 'jobs.yaml'}: job 'nightly' cron: day-of-week '8' "
+                            "is out of range 0-7")
 
 
 def test_a_status_file_the_scheduler_did_not_write_is_named(tmp_path):

@@ -51,7 +51,9 @@ def test_top_level_values_are_typed(tmp_path):
                           ("data: d.csv\nname: m\nnormal_class: [3]\n",
                            "normal_class: expected a class name or number, got [3]"),
                           ("data: d.csv\nname: m\nseed: -1\n", "seed: expected a whole number"),
-                          ("data: d.csv\nname: m\nalias: v3\n", "alias: 'v3' is reserved")):
+                          ("data: d.csv\nname: m\nalias: v3\n", "alias: 'v3' is reserved"),
+                          ("data: d.csv\nname: m\nlabel_column: id\nid_column: id\n",
+                           "label_column and id_column both name 'id'")):
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             TrainConfig.from_sources(str(cfg), {})

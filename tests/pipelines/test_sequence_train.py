@@ -140,3 +140,17 @@ def test_spark_engine_refuses_a_sequence_model(store, tmp_path, capsys):
                  "--engine", "spark"])
     assert code == 2
     assert "--engine local" in capsys.readouterr().err
+
+
+def test_a_folder_whose_files_differ_names_the_file(store, tmp_path, capsys):
+    folder = tmp_path / "units"
+    folder.mkdir()
+    store["frame"].head(100).to_csv(folder / "a.csv", index=False)
+    store["frame"].head(100).rename(columns={"c": "d"}).to_csv(folder / "b.csv", index=False)
+    code = main(["train", "--data", str(folder), "--kind", "seq_ae", "--name", "bad",
+                 "--time-column", "t", "--experiment", EXPERIMENT, "--tracking-uri",
+                 store["uri"]])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"error: {folder / 'b.csv'}: columns ['a', 'b', 'd', 't'] differ from those of " \
+           "a.csv ['a', 'b', 'c', 't']" in err, err

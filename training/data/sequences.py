@@ -46,5 +46,11 @@ def read_series(path: str | Path, series_column: str | None = None
     for f in files:
         df = read_series_file(f)
         # A file that names its own series keeps them; otherwise the file is the series.
-        parts.append(df if column in df.columns else df.assign(**{column: f.name}))
+        part = df if column in df.columns else df.assign(**{column: f.name})
+        if parts and set(part.columns) != set(parts[0].columns):
+            raise DataError(f"{f}: columns {sorted(set(part.columns) - {column})} differ from "
+                            f"those of {files[0].name} "
+                            f"{sorted(set(parts[0].columns) - {column})}; every file of the "
+                            "folder is one series of the same sensors")
+        parts.append(part)
     return pd.concat(parts, ignore_index=True), column

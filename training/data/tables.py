@@ -34,11 +34,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """Read a whole CSV or Parquet file; empty or unreadable files are :class:`DataError`, and
     so are duplicate column names, nested or binary columns and text that is not UTF-8."""
     p = Path(path)
-    fmt = table_format(p)
     if not p.exists():
         raise DataError(f"{path}: file not found")
     if p.is_dir():
-        raise DataError(f"{path}: is a directory, expected a .csv or .parquet file")
+        raise DataError(f"{path}: is a directory, expected a .csv or .parquet file (a folder "
+                        "of series files is for the sequence kinds, seq_ae and seq_vae)")
+    fmt = table_format(p)
     try:
         if fmt == "csv":
             with open(p, "rb") as f:
