@@ -247,3 +247,13 @@ def test_duplicate_column_names_are_refused():
     pre = TabularPreprocessor().fit(df.iloc[:, :2].assign(b=np.arange(20.0)))
     with pytest.raises(DataError, match="more than once"):
         pre.transform(df, "in.csv")
+
+
+def test_a_boolean_among_numbers_is_no_number():
+    rng = np.random.default_rng(0)
+    pre = TabularPreprocessor().fit(pd.DataFrame({"a": rng.random(40), "b": rng.random(40)}))
+    mixed = pd.DataFrame({"a": [1, "2", 3.0, None, True], "b": [0.1] * 5})
+    with pytest.raises(DataError, match="record 4, column 'a': expected a number, got True"):
+        pre.transform(mixed, "frame")
+    X, _ = pre.transform(mixed.iloc[:4], "frame")  # numbers as text still read as numbers
+    assert np.isfinite(X).all()

@@ -115,6 +115,11 @@ def _reject_unusable(col: pd.Series, name: str, source: str) -> None:
     _reject_nested(col, name, source)
 
 
+def _is_boolean(v: Any) -> bool:
+    """Whether a value is a boolean (which to_numeric would take as 0 or 1)."""
+    return isinstance(v, (bool, np.bool_))
+
+
 def _first_present(col: pd.Series) -> int:
     return int(np.flatnonzero(col.notna().to_numpy())[0])
 
@@ -320,7 +325,8 @@ class TabularPreprocessor:
                 values = col.to_numpy(dtype="float64", na_value=np.nan)
             else:
                 values = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64")
-                bad = np.flatnonzero(np.isnan(values) & col.notna().to_numpy())
+                bad = np.flatnonzero(np.isnan(values) & col.notna().to_numpy()
+                                     | col.map(_is_boolean).to_numpy(dtype=bool))
                 if bad.size:
                     i = int(bad[0])
                     raise DataError(f"expected a number, got {shown(col.iloc[i])}",
