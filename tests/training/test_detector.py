@@ -196,7 +196,7 @@ def test_numpy_parameter_values_are_plain_values_and_messages_show_them_so():
             ({"beta": np.float64(np.inf)}, "beta: expected a finite number, got inf"),
             ({"dropout": np.float64(2.0)}, "dropout: 2.0 is out of range"),
             ({"hidden_sizes": [np.int64(2), -1]},
-             "hidden_sizes: expected positive integers, got [2, -1]")):
+             "hidden_sizes: expected positive integers up to 16384, got [2, -1]")):
         with pytest.raises(ConfigError) as info:
             Detector(kind="ae", **params)
         assert str(info.value) == message
