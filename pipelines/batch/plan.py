@@ -37,6 +37,44 @@ def expand_inputs(pattern: str) -> list[Path]:
     return paths
 
 
+PLACEHOLDERS = ("stem", "name", "date", "time", "datetime")
+
+
+def fill_template(template: str, values: dict[str, str], keep: tuple[str, ...] = ()) -> str:
+    """``template`` with its placeholders replaced by ``values``: by name only (no attributes,
+    indexes, conversions or specs), ``{{``/``}}`` for a literal brace. Placeholders named in
+    ``keep`` stay as they are, and so do the escapes then (the result is a template again).
+
+    Raises:
+        ConfigError: an unknown placeholder or an unmatched brace.
+    """
+    hint = "use {stem}, {name}, {date}, {time} or {datetime}"
+    try:
+        pieces = list(string.Formatter().parse(template))
+    except ValueError as e:  # an unmatched brace
+        raise ConfigError(f"output {template!r}: {e}; {hint}, and {{{{ }}}} for a literal "
+                          "brace") from None
+    parts: list[str] = []
+    for literal, field, spec, conversion in pieces:
+        parts.append(literal.replace("{", "{{").replace("}", "}}") if keep else literal)
+        if field is None:
+            continue
+        if field not in PLACEHOLDERS or spec or conversion:
+            shown_field = "{" + field + (f"!{conversion}" if conversion else "") + \
+                (f":{spec}" if spec else "") + "}"
+            raise ConfigError(f"output {template!r}: unknown placeholder {shown_field}; {hint}")
+        parts.append("{" + field + "}" if field in keep else values[field])
+    return "".join(parts)
+
+
+def per_input_template(template: str) -> bool:
+    """Whether an output template names each input (``{stem}`` or ``{name}``, not escaped)."""
+    try:
+        return any(f in ("stem", "name") for _, f, _, _ in string.Formatter().parse(template))
+    except ValueError:
+        return False
+
+
 def output_for(template: str, source: Path, when: datetime, many: bool) -> Path:
     """Where the scores of ``source`` go.
 
@@ -46,25 +84,9 @@ def output_for(template: str, source: Path, when: datetime, many: bool) -> Path:
     """
     fields = {"stem": source.stem, "name": source.name, "date": when.strftime("%Y-%m-%d"),
               "time": when.strftime("%H%M%S"), "datetime": when.strftime("%Y-%m-%dT%H%M%S")}
-    try:  # the placeholders by name only: no attributes, indexes, conversions or specs
-        pieces = list(string.Formatter().parse(template))
-    except ValueError as e:  # an unmatched brace
-        raise ConfigError(f"output {template!r}: {e}; use {{stem}}, {{name}}, {{date}}, "
-                          "{time} or {datetime}, and {{ }} for a literal brace") from None
-    parts: list[str] = []
-    for literal, field, spec, conversion in pieces:
-        parts.append(literal)
-        if field is None:
-            continue
-        if field not in fields or spec or conversion:
-            shown_field = "{" + field + (f"!{conversion}" if conversion else "") + \
-                (f":{spec}" if spec else "") + "}"
-            raise ConfigError(f"output {template!r}: unknown placeholder {shown_field}; use "
-                              "{stem}, {name}, {date}, {time} or {datetime}")
-        parts.append(fields[field])
-    text = "".join(parts)
-    per_input = "{stem}" in template or "{name}" in template
-    if not per_input and (many or template.endswith(("/", "\\")) or Path(text).is_dir()):
+    text = fill_template(template, fields)
+    if not per_input_template(template) and (many or template.endswith(("/", "\\"))
+                                             or Path(text).is_dir()):
         return Path(text) / f"{source.stem}.parquet"
     return Path(text)
 

@@ -29,6 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from pipelines.batch.options import ScoreOptions
+from pipelines.batch.plan import fill_template
 from pipelines.train.config import load_yaml
 from training.errors import ConfigError, shown
 
@@ -193,10 +194,11 @@ def load_jobs(path: str | Path) -> Schedule:
 
 def score_command(job: JobSpec, when: datetime, tracking_uri: str | None) -> list[str]:
     """The ``anomaly score`` command line of one run (run date filled into the output)."""
-    output = job.output
-    for key, fmt in (("{date}", "%Y-%m-%d"), ("{time}", "%H%M%S"),
-                     ("{datetime}", "%Y-%m-%dT%H%M%S")):
-        output = output.replace(key, when.strftime(fmt))
+    # The run's date filled in; {stem} and {name} left for the job to fill per input.
+    output = fill_template(job.output, {"date": when.strftime("%Y-%m-%d"),
+                                        "time": when.strftime("%H%M%S"),
+                                        "datetime": when.strftime("%Y-%m-%dT%H%M%S")},
+                           keep=("stem", "name"))
     cmd = [sys.executable, "-m", "pipelines.cli", "score", "--model", job.model,
            "--input", job.input, "--output", output]
     o = job.options

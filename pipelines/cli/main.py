@@ -37,8 +37,6 @@ _NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8
 _ENVIRONMENT_ERRORS = (
     ("mlflow.exceptions", "MlflowException", "registry/tracking error"),
     ("sqlalchemy.exc", "OperationalError", None),  # database locked or unreachable
-    # the tracking URI names a file that is no database (its other errors are subclasses)
-    ("sqlalchemy.exc", "DatabaseError", "tracking store error"),
     ("py4j.protocol", "Py4JNetworkError", None),  # Spark gateway gone
 )
 
@@ -118,6 +116,10 @@ def _environment_failure(e: Exception) -> str | None:
     """How an environment failure is named in its message; None for anything else (a bug)."""
     if isinstance(e, (OSError, MemoryError)):
         return type(e).__name__
+    database_error = getattr(sys.modules.get("sqlalchemy.exc"), "DatabaseError", None)
+    if database_error is not None and isinstance(e, database_error) \
+            and "file is not a database" in str(e):  # the tracking URI names another file
+        return "tracking store error"
     for module, name, label in _ENVIRONMENT_ERRORS:
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(e, cls):

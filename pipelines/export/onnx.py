@@ -23,6 +23,7 @@ and the p-value is ``(1 + #{calibration >= score}) / (n + 1)``.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -131,8 +132,10 @@ def export_onnx(detector: BaseDetector, output: str | Path, *, source: dict[str,
         output.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".onnx", dir=output.parent)
     except OSError as e:
-        raise OutputError(f"{output}: cannot write there ({e.strerror or type(e).__name__}); "
-                          "choose a writable --output") from None
+        if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+            raise  # the environment's fault, not the caller's
+        raise OutputError(f"{output}: cannot write there ({e.strerror or type(e).__name__})"
+                          ) from None
     os.close(fd)
     from pipelines.registry.download import file_umask
 

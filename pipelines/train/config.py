@@ -26,6 +26,8 @@ File format (every key optional except ``data`` and ``name``; CLI flags override
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,9 @@ class TrainConfig:
         for key in ("data", "name"):
             if not getattr(self, key):
                 raise ConfigError(f"{key}: required (give --{key} or '{key}:' in the config file)")
+        for key in ("data", "eval_data"):  # a path given from Python is a path
+            if isinstance(getattr(self, key), os.PathLike):
+                setattr(self, key, os.fspath(getattr(self, key)))
         for key in ("data", "kind", "alias", "experiment", "label_column", "id_column",
                     "eval_data"):
             v = getattr(self, key)
@@ -72,8 +77,10 @@ class TrainConfig:
                 raise ConfigError(f"{key}: expected text, got {shown(v)}")
         if not isinstance(self.register, bool):
             raise ConfigError(f"register: expected true or false, got {shown(self.register)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) \
+                or self.seed < 0:
             raise ConfigError(f"seed: expected a whole number, 0 or more, got {shown(self.seed)}")
+        self.seed = int(self.seed)
         if self.normal_class is not None and (isinstance(self.normal_class, bool) or
                                               not isinstance(self.normal_class, (int, str))):
             raise ConfigError(f"normal_class: expected a class name or number, got "
@@ -83,7 +90,7 @@ class TrainConfig:
                               "the labels and the record ids are two columns")
         check_model_name(self.name)
         check_alias(self.alias)
-        if not self.experiment.strip():
+        if not (self.experiment or "").strip():
             raise ConfigError("experiment: required, and not blank")
         for key in ("calibration_fraction", "eval_fraction"):
             v = getattr(self, key)

@@ -204,7 +204,10 @@ def _tensor_values(t: _Tensor, blob: memoryview, offset: int) -> tuple[Any, int]
     else:
         if t.data is None:
             raise DataError("input tensor without data", column=t.name)
-        values = _flatten(t.data, t.shape)
+        try:
+            values = _flatten(t.data, t.shape)
+        except DataError as e:
+            raise DataError(e.reason, column=t.name) from None
         _check_integers(t, values)
     if len(values) != size:
         raise DataError(f"shape {t.shape} holds {size} values; the data has {len(values)}",

@@ -134,6 +134,37 @@ def test_malformed_rows_skipped_counted_and_written_to_rejects(store, expected, 
     assert "mean_texture" in rejects["reason"][1]
 
 
+def test_rows_the_model_cannot_score_are_skipped_with_their_file_record(store, expected,
+                                                                      tmp_path, capsys):
+    """A malformed row (record 3) and a value that overflows the model (record 9, same chunk
+    of 5): the first error names the file's record 9 after the reader's reject, and with
+    --on-error skip both are rejects and the rest is scored."""
+    lines = store.csv.read_text().splitlines()
+    lines[4] = lines[4] + ",extra"  # record 3
+    fields = lines[10].split(",")
+    fields[2] = "1e308"  # record 9: mean_texture
+    lines[10] = ",".join(fields)
+    src = tmp_path / "bad.csv"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o.parquet"
+    assert _score(store, "--input", str(src), "--output", str(out), "--chunk-rows", "5",
+                  "--on-error", "skip") == 0
+    got = pd.read_parquet(out)
+    keep = ~store.frame.index.isin([3, 9])
+    assert len(got) == keep.sum()
+    np.testing.assert_allclose(got["score"].to_numpy(), expected["score"][keep].to_numpy(),
+                               rtol=1e-6)
+    rejects = pd.read_csv(tmp_path / "o.rejects.csv")
+    assert rejects["record"].tolist() == [3, 9]
+    assert "too far outside the training data" in rejects["reason"][1]
+    lines[4] = lines[4].removesuffix(",extra")
+    src.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert _score(store, "--input", str(src), "--output", str(tmp_path / "f.parquet"),
+                  "--chunk-rows", "5") == 2
+    assert "record 9, column 'mean_texture'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["missing_file", "schema", "unwritable", "unknown_alias",
                                   "bad_keep", "unknown_suffix"])
 def test_bad_input_exits_2_and_writes_nothing(store, tmp_path, capsys, case):
@@ -180,6 +211,8 @@ def test_output_templates():
     assert output_for("o", src, when, True) == Path("o/a.parquet")
     assert output_for("o.csv", src, when, False) == Path("o.csv")
     assert output_for("o/{{x}}-{stem}.csv", src, when, False) == Path("o/{x}-a.csv")
+    # an escaped {stem} is text: several inputs go into the folder it names
+    assert output_for("o/{{stem}}/", src, when, True) == Path("o/{stem}/a.parquet")
     for template in ("o/{stem.__class__}.csv", "o/{stem[0]}.csv", "o/{stem!r}.csv",
                      "o/{stem:>9}.csv", "o/{nope}.csv", "o/{stem"):
         with pytest.raises(ConfigError, match="output 'o/"):  # names only: no attributes

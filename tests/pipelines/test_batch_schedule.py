@@ -61,6 +61,13 @@ def test_bad_file_names_the_key(tmp_path, text, key):
         load_jobs(_write(tmp_path, text))
 
 
+def test_the_run_date_fills_a_template_that_keeps_its_escapes():
+    job = JobSpec(name="n", cron="* * * * *", model="models:/m@champion", input="in/*.csv",
+                  output="out/{{raw}}/{date}/{stem}.csv")
+    cmd = score_command(job, datetime(2026, 1, 2, 3, 4, 5), None)
+    assert cmd[cmd.index("--output") + 1] == "out/{{raw}}/2026-01-02/{stem}.csv"
+
+
 def test_a_bad_weekday_is_named_once(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_jobs(_write(tmp_path, JOB.replace('cron: "0 2 * * 1-5"', 'cron: "* * * * 8"')))

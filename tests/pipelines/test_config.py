@@ -53,7 +53,16 @@ def test_top_level_values_are_typed(tmp_path):
                           ("data: d.csv\nname: m\nseed: -1\n", "seed: expected a whole number"),
                           ("data: d.csv\nname: m\nalias: v3\n", "alias: 'v3' is reserved"),
                           ("data: d.csv\nname: m\nlabel_column: id\nid_column: id\n",
-                           "label_column and id_column both name 'id'")):
+                           "label_column and id_column both name 'id'"),
+                          ("data: d.csv\nname: m\nexperiment:\n",
+                           "experiment: required, and not blank")):
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             TrainConfig.from_sources(str(cfg), {})
+
+
+def test_python_values_of_the_right_kind_are_taken(tmp_path):
+    import numpy as np
+
+    cfg = TrainConfig(data=tmp_path / "d.csv", name="m", seed=np.int64(3))
+    assert cfg.data == str(tmp_path / "d.csv") and cfg.seed == 3 and type(cfg.seed) is int

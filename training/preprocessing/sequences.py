@@ -368,9 +368,7 @@ class SequencePreprocessor:
         table = self.table(df, source)
         if self.series_column is None:
             return [(None, np.arange(table.n))]
-        if self.series_column not in table:
-            raise DataError(f"series column '{self.series_column}' not found; columns are "
-                            f"{table.names}", source=source)
+        self._require_series_column(table, source)
         codes, uniques = pd.factorize(table.keys(self.series_column), sort=False)
         missing = np.flatnonzero(codes < 0)
         if missing.size:
@@ -380,15 +378,18 @@ class SequencePreprocessor:
         bounds = np.flatnonzero(np.diff(codes[order])) + 1
         return [(_plain_key(uniques[codes[p[0]]]), p) for p in np.split(order, bounds) if p.size]
 
+    def _require_series_column(self, table: _Table, source: str) -> None:
+        if self.series_column and self.series_column not in table:
+            raise DataError(f"series column '{self.series_column}' not found; columns are "
+                            f"{table.names}", source=source)
+
     def _values(self, table: _Table, source: str, standardise: bool = True) -> np.ndarray:
         """(n, C) channel values, float64; missing columns and non-finite values are errors."""
         missing = [c for c in self.channels_ if c not in table]
         if missing:
             raise DataError(f"missing channel column(s) {missing}; the model reads "
                             f"{self.input_columns_}", source=source)
-        if self.series_column and self.series_column not in table:
-            raise DataError(f"series column '{self.series_column}' not found; columns are "
-                            f"{table.names}", source=source)
+        self._require_series_column(table, source)
         out = table.numbers(self.channels_)
         if out is None:  # a frame with text in a channel: convert, naming what does not
             out = np.empty((table.n, len(self.channels_)), dtype=np.float64)

@@ -98,13 +98,14 @@ def _as_category_strings(series: pd.Series) -> pd.Series:
 def _reject_unusable(col: pd.Series, name: str, source: str) -> None:
     """Dates/times and nested or binary values are no categories: refuse them, naming why."""
     dtype = col.dtype
+    if isinstance(dtype, pd.CategoricalDtype):  # judged by its categories' values
+        dtype = dtype.categories.dtype
+        col = col.astype(object)
     if (pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype)
             or isinstance(dtype, pd.PeriodDtype)):
         raise DataError(f"holds dates/times ({dtype}); {_DATETIME_HINT}", source=source,
                         column=name)
-    if isinstance(dtype, pd.CategoricalDtype):
-        col = col.astype(dtype.categories.dtype)
-        dtype = col.dtype
+    dtype = col.dtype
     if not pd.api.types.is_object_dtype(dtype):
         return
     kind = pd.api.types.infer_dtype(col, skipna=True)

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
-from pipelines.batch.io import AtomicTableWriter, RejectsWriter, TableReader
+from pipelines.batch.io import AtomicTableWriter, Reject, RejectsWriter, TableReader
 from pipelines.batch.model import BatchModel, result_arrays
 from pipelines.batch.options import ScoreOptions
 from pipelines.batch.plan import _prepare_output
@@ -100,8 +101,8 @@ def score_file(model: BatchModel, job: _Prepared, on_error: str, sample: ScoreSa
                                 job.src, len(chunk.rejects), chunk.rejects[0].record,
                                 chunk.rejects[0].message)
                 if chunk.batch.num_rows:
-                    writer.write(_scored_batch(model, chunk.batch, job, n_keep, sample, res,
-                                               stream))
+                    writer.write(_scored_skipping(model, chunk, job, n_keep, sample, res,
+                                                  stream, on_error, rejects))
                 if bar is not None:
                     bar.update(chunk.batch.num_rows + len(chunk.rejects))
                 elif time.perf_counter() - last_log > _LOG_EVERY_S:
@@ -126,16 +127,50 @@ def score_file(model: BatchModel, job: _Prepared, on_error: str, sample: ScoreSa
     return res
 
 
+# Rows of one chunk a job skips for values the model cannot score (they overflow its
+# arithmetic), each found by one more pass over the chunk: past this many, the job fails.
+_MAX_SKIPPED_PER_CHUNK = 100
+
+
+def _scored_skipping(model: BatchModel, chunk, job: _Prepared, n_keep: int,
+                     sample: ScoreSample, res: InputResult, stream: SeriesStream | None,
+                     on_error: str, rejects: RejectsWriter) -> pa.RecordBatch:
+    """:func:`_scored_batch` of a chunk's rows; with ``on_error="skip"``, a table row whose
+    values the model cannot score is written to the rejects and the rest scored without it
+    (a series' row cannot be left out of its windows: that fails the job either way)."""
+    batch, records = chunk.batch, chunk.records
+    for _ in range(_MAX_SKIPPED_PER_CHUNK + 1):
+        try:
+            return _scored_batch(model, batch, job, n_keep, sample, res, stream, records)
+        except DataError as e:
+            if on_error != "skip" or stream is not None or e.record is None:
+                raise
+            i = int(np.flatnonzero(records == e.record)[0])
+            row = ",".join(map(str, batch.slice(i, 1).to_pylist()[0].values()))
+            rejects.write([Reject(record=e.record, reason=e.reason, row=row, column=e.column)])
+            log.warning("%s: skipped record %d: %s", job.src, e.record, e.reason)
+            keep = np.ones(batch.num_rows, dtype=bool)
+            keep[i] = False
+            batch, records = batch.filter(pa.array(keep)), records[keep]
+            if not batch.num_rows:  # every row of the chunk skipped
+                return pa.RecordBatch.from_pylist([], schema=job.schema)
+    raise DataError(f"more than {_MAX_SKIPPED_PER_CHUNK} records of one chunk cannot be "
+                    "scored; check the input's units", source=str(job.src))
+
+
 def _scored_batch(model: BatchModel, batch: pa.RecordBatch, job: _Prepared, n_keep: int,
-                  sample: ScoreSample, res: InputResult, stream: SeriesStream | None = None
-                  ) -> pa.RecordBatch:
-    """Input columns to keep + the detector's scores + model name and version."""
+                  sample: ScoreSample, res: InputResult, stream: SeriesStream | None = None,
+                  records: np.ndarray | None = None) -> pa.RecordBatch:
+    """Input columns to keep + the detector's scores + model name and version. ``records``:
+    the rows' record numbers in the file (errors name those)."""
     frame = batch.select(model.input_columns).to_pandas()
     try:
         scores = model.detector.score(frame, source=str(job.src)) if stream is None else \
             stream.push(frame, str(job.src)).reset_index(drop=True)
     except DataError as e:  # its record counted in the chunk: count it in the file
-        raise e.located(offset=res.rows) from None
+        if e.record is None or records is None or not 0 <= e.record < len(records):
+            raise
+        raise e.located(offset=int(records[e.record]) - e.record) from None
     n = batch.num_rows
     arrays = [batch.column(batch.schema.get_field_index(c)) for c in job.keep]
     arrays += result_arrays(model, list(job.schema)[n_keep:], scores)
