@@ -15,17 +15,17 @@ called. The forms:
   validated by it;
 - ``Depends(fn)`` / ``Security(fn)`` on an ``async def`` whose own parameters are of these
   forms, and ``Security(APIKeyHeader(..., auto_error=False))``: the header, or None;
-- one required ``Annotated[list[UploadFile], File(...)]`` of the endpoint: the form is read
-  after the route's own dependencies (the API key: a caller without one gets its 401 before
-  any upload is parsed, where FastAPI reads the form first) and before the endpoint's, as
-  FastAPI reads it (its limits; a form that does not parse is FastAPI's 400); when the field
-  holds one or more files they are passed on and closed after the endpoint; anything else in
-  the field (nothing, text) is answered by FastAPI's handler, from the same form, with its
-  422.
+- one required ``Annotated[list[UploadFile], File(...)]`` or ``Annotated[UploadFile,
+  File(...)]`` of the endpoint: the form is read after the route's own dependencies (the API
+  key: a caller without one gets its 401 before any upload is parsed, where FastAPI reads the
+  form first) and before the endpoint's, as FastAPI reads it (its limits; a form that does not
+  parse is FastAPI's 400); when the field holds one or more files they are passed on (a single
+  field: the last) and closed after the endpoint; anything else in the field (nothing, text) is
+  answered by FastAPI's handler, from the same form, with its 422.
 
 The endpoint must be annotated to return a :class:`~starlette.responses.Response` (and must
-return one: anything else is a 500). A route with any other form (a body, a form field, a
-single file, a list, a constrained or aliased value, a sync or ``yield`` dependency) keeps
+return one: anything else is a 500). A route with any other form (a body, a form field, an
+optional file, a list, a constrained or aliased value, a sync or ``yield`` dependency) keeps
 FastAPI's own handler, and so does every request made while ``app.dependency_overrides`` is not
 empty: the plan is an optimisation, never a second meaning. The OpenAPI description comes from the
 endpoint's signature as for any route.
@@ -120,7 +120,9 @@ class DirectRoute(APIRoute):
             form = None
             if files is not None:
                 form = await _read_form(request, form_limits)
-                uploads = form.getlist(files)
+                name, many = files
+                # FastAPI's reading: every part of a list field, the last part of a single one
+                uploads = form.getlist(name) if many else [form.get(name)]
                 if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
                     return await fallback(request)  # its 422, from the form read above
             try:
@@ -128,7 +130,7 @@ class DirectRoute(APIRoute):
                 if errors:
                     raise RequestValidationError(errors)
                 if form is not None:
-                    values[files] = uploads
+                    values[name] = uploads if many else uploads[0]
                 response = await endpoint(**values)
             finally:
                 if form is not None:
@@ -158,34 +160,37 @@ async def _read_form(request: Request, route_limits: Any) -> FormData:
         raise HTTPException(status_code=400, detail="There was an error parsing the body") from e
 
 
-def _files_field(fn: Callable[..., Any], hints: dict[str, Any]) -> str | None:
-    """The name of ``fn``'s one ``Annotated[list[UploadFile], File(...)]`` parameter, if it has
-    one (``_plan_parameter`` has checked its form)."""
-    names = [p.name for p in inspect.signature(fn).parameters.values()
-             if _is_files(hints.get(p.name), p.default)]
-    if len(names) > 1:
+def _files_field(fn: Callable[..., Any], hints: dict[str, Any]) -> tuple[str, bool] | None:
+    """The name of ``fn``'s one required file parameter, ``Annotated[list[UploadFile],
+    File(...)]`` or ``Annotated[UploadFile, File(...)]``, and whether it is a list; None
+    without one (``_plan_parameter`` has checked its form)."""
+    found = [(p.name, many) for p in inspect.signature(fn).parameters.values()
+             if (many := _is_files(hints.get(p.name), p.default)) is not None]
+    if len(found) > 1:
         raise Unplanned("more than one file field")
-    return names[0] if names else None
+    return found[0] if found else None
 
 
-def _is_files(annotation: Any, default: Any) -> bool:
-    """Whether a parameter is a required ``Annotated[list[UploadFile], File(...)]``; any other
-    file or form parameter is :class:`Unplanned`."""
+def _is_files(annotation: Any, default: Any) -> bool | None:
+    """For a required ``Annotated[list[UploadFile], File(...)]`` True, for a required
+    ``Annotated[UploadFile, File(...)]`` False, for a parameter that is no form field None;
+    any other file or form parameter is :class:`Unplanned`."""
     kind, marker = annotation, default
     if typing.get_origin(annotation) is typing.Annotated:
         kind, *extras = typing.get_args(annotation)
         marker = next((e for e in extras if isinstance(e, params.FieldInfo)), default)
     if not isinstance(marker, params.Form):
-        return False
-    item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
+        return None
+    many = typing.get_origin(kind) is list
+    item = typing.get_args(kind)[0] if many else kind
     if not (isinstance(marker, params.File) and inspect.isclass(item)
             and issubclass(item, UploadFile)):
-        raise Unplanned("a form field or a single file")
+        raise Unplanned("a form field")
     if (marker.alias or marker.validation_alias or marker.default_factory is not None
             or marker.metadata or marker.default not in (..., PydanticUndefined)
             or default is not inspect.Parameter.empty):
         raise Unplanned("an optional, aliased or constrained file field")
-    return True
+    return many
 
 
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -281,7 +286,7 @@ def _plan_parameter(p: inspect.Parameter, annotation: Any, path_names: set[str]
         return "value", _the_request
     if isinstance(marker, params.Depends):
         return "dependency", _plan_dependency(marker, path_names)
-    if _is_files(annotation, p.default):
+    if _is_files(annotation, p.default) is not None:
         return "files", None
     if not _scalar(kind):
         raise Unplanned(f"{p.name}: not a scalar value")
