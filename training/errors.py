@@ -12,6 +12,7 @@ entry point shows the same one line and can report the fields as they are.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -131,6 +132,15 @@ class AuthError(AnomalyError, status=401, type="unauthorized"):
 
 class OutputError(AnomalyError):
     """An output cannot be written where the caller asked (permissions, a folder...)."""
+
+
+def output_error(e: OSError, head: str, fix: str = "") -> OutputError:
+    """The caller's error for a write that failed with ``e``: ``head (reason)fix``. A full disk,
+    an exceeded quota or an I/O error is the environment's fault, not the caller's: ``e``
+    itself is raised then."""
+    if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+        raise e
+    return OutputError(f"{head} ({e.strerror or type(e).__name__}){fix}")
 
 
 class ModelNotReadyError(AnomalyError, exit_code=1, status=503, type="model_not_ready"):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import errno
 import glob
 import string
 import tempfile
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from pipelines.batch.options import ScoreOptions
 from training.data.tables import table_format
-from training.errors import ConfigError, DataError, OutputError
+from training.errors import ConfigError, DataError, OutputError, output_error
 from training.preprocessing.images import IMAGE_SUFFIXES
 
 
@@ -115,18 +114,21 @@ def plan(opts: ScoreOptions) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def writable_folder(folder: Path, head: str, fix: str) -> None:
+    """Create ``folder`` and check that it takes a file, before anything is scored; else
+    :func:`~training.errors.output_error` (``head (reason)fix``)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass  # created and removed: the folder takes files
+    except OSError as e:
+        raise output_error(e, head, fix) from None
+
+
 def _prepare_output(out: Path) -> None:
     """Create the output's folder and check it is writable, before anything is scored."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.probe-"):
-            pass
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
-            raise  # the environment's fault, not the caller's
-        raise OutputError(f"{out}: cannot write to {out.parent} "
-                          f"({e.strerror or type(e).__name__}); choose a writable --output"
-                          ) from None
+    writable_folder(out.parent, f"{out}: cannot write to {out.parent}",
+                    "; choose a writable --output")
     if out.is_dir():
         raise OutputError(f"{out}: is a folder; give a file name ending .parquet or .csv")
 

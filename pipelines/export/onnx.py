@@ -23,7 +23,6 @@ and the p-value is ``(1 + #{calibration >= score}) / (n + 1)``.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from training.detector.base import BaseDetector
-from training.errors import ConfigError, OutputError
+from training.errors import ConfigError, OutputError, output_error
 
 SIDECAR_VERSION = 1
 OPSET = 18
@@ -132,10 +131,7 @@ def export_onnx(detector: BaseDetector, output: str | Path, *, source: dict[str,
         output.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".onnx", dir=output.parent)
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
-            raise  # the environment's fault, not the caller's
-        raise OutputError(f"{output}: cannot write there ({e.strerror or type(e).__name__})"
-                          ) from None
+        raise output_error(e, f"{output}: cannot write there") from None
     os.close(fd)
     from pipelines.registry.download import file_umask
 

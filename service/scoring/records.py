@@ -66,8 +66,8 @@ def _check_finite(model: ServedModel, records: Records | pd.DataFrame,
     frame = records if isinstance(records, pd.DataFrame) else records.frame(model.inputs.columns)
     row = frame.iloc[[i]]
     X, _ = model.scorer.preprocessor_.transform(row, source="request")
-    names = model.scorer.preprocessor_.feature_names_
-    column = names[int(np.nanargmax(np.abs(X[0].astype(np.float64))))].split("=")[0]
+    columns = model.scorer.preprocessor_.feature_columns_
+    column = columns[int(np.nanargmax(np.abs(X[0].astype(np.float64))))]
     raise DataError("value too far outside the training data to score (the reconstruction "
                     "overflows); check its units", record=i, column=column)
 

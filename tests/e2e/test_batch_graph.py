@@ -238,6 +238,30 @@ def test_an_alias_removed_from_the_server_is_a_clear_error(server_store, tmp_pat
         client.set_registered_model_alias(NAME, "champion", "1")
 
 
+def _torch_then_graph(tmp_path: Path, name: str, new_data: Path, train: list[str]
+                      ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Train ``name`` (3 epochs, alias champion) into a fresh store, score ``new_data`` twice:
+    first with torch (which writes the graph), then through the graph, without torch or
+    MLflow in the job. Returns the store and the two outputs (torch's, the graph's)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["train", *train, "--name", name, "--epochs", "3", "--alias", "champion",
+                 "--tracking-uri", uri]) == 0
+    store = {"uri": uri, "csv": new_data,
+             "env": {**os.environ, "ANOMALY_CACHE_DIR": str(tmp_path / "cache"),
+                     "ANOMALY_GRAPH_RUNTIME": "true",
+                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}}
+    model = f"models:/{name}@champion"
+    first = _score(store, tmp_path / "torch.parquet", model=model, keep=())
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "IMPORTED ['torch', 'mlflow']" in first.stderr
+    _wait_for_graph(tmp_path / "cache" / name / "v1" / "graph")
+    second = _score(store, tmp_path / "graph.parquet", model=model, keep=())
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "IMPORTED []" in second.stderr
+    return (store, pd.read_parquet(tmp_path / "torch.parquet"),
+            pd.read_parquet(tmp_path / "graph.parquet"))
+
+
 def test_a_sequence_model_scores_through_its_graph_after_the_first_job(tmp_path):
     """The first job on a sequence model writes its graph; the next one scores every row
     through it, without torch or MLflow, with the same scores and warm-up rows."""
@@ -248,24 +272,9 @@ def test_a_sequence_model_scores_through_its_graph_after_the_first_job(tmp_path)
     normal.to_csv(data, index=False)
     new, _ = rotating(300, seed=4, anomalies=[(150, 180)], t0=9000)
     new.to_csv(tmp_path / "new.csv", index=False)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert main(["train", "--data", str(data), "--kind", "seq_ae", "--name", "graph-seq",
-                 "--time-column", "t", "--window", "12", "--epochs", "3", "--alias",
-                 "champion", "--tracking-uri", uri]) == 0
-    store = {"uri": uri, "csv": tmp_path / "new.csv",
-             "env": {**os.environ, "ANOMALY_CACHE_DIR": str(tmp_path / "cache"),
-                     "ANOMALY_GRAPH_RUNTIME": "true",
-                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}}
-    model = "models:/graph-seq@champion"
-    first = _score(store, tmp_path / "torch.parquet", model=model, keep=())
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "IMPORTED ['torch', 'mlflow']" in first.stderr
-    _wait_for_graph(tmp_path / "cache" / "graph-seq" / "v1" / "graph")
-    second = _score(store, tmp_path / "graph.parquet", model=model, keep=())
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "IMPORTED []" in second.stderr
-    want = pd.read_parquet(tmp_path / "torch.parquet")
-    got = pd.read_parquet(tmp_path / "graph.parquet")
+    _, want, got = _torch_then_graph(
+        tmp_path, "graph-seq", tmp_path / "new.csv",
+        ["--data", str(data), "--kind", "seq_ae", "--time-column", "t", "--window", "12"])
     assert list(got.columns) == list(want.columns) and len(got) == 300
     np.testing.assert_array_equal(got["warm_up"], want["warm_up"])
     assert got["warm_up"].sum() == 11
@@ -280,23 +289,9 @@ def test_an_image_model_scores_through_its_graph_unless_it_writes_maps(tmp_path)
     from tests.training.image_data import write_mvtec
 
     root = write_mvtec(tmp_path / "blob", n_train=40, n_test_good=6, n_defect=6)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert main(["train", "--data", str(root), "--kind", "conv_ae", "--name", "graph-img",
-                 "--epochs", "3", "--alias", "champion", "--tracking-uri", uri]) == 0
-    store = {"uri": uri, "csv": root / "test",
-             "env": {**os.environ, "ANOMALY_CACHE_DIR": str(tmp_path / "cache"),
-                     "ANOMALY_GRAPH_RUNTIME": "true",
-                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}}
+    store, want, got = _torch_then_graph(tmp_path, "graph-img", root / "test",
+                                         ["--data", str(root), "--kind", "conv_ae"])
     model = "models:/graph-img@champion"
-    first = _score(store, tmp_path / "torch.parquet", model=model, keep=())
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "IMPORTED ['torch', 'mlflow']" in first.stderr
-    _wait_for_graph(tmp_path / "cache" / "graph-img" / "v1" / "graph")
-    second = _score(store, tmp_path / "graph.parquet", model=model, keep=())
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "IMPORTED []" in second.stderr
-    want = pd.read_parquet(tmp_path / "torch.parquet")
-    got = pd.read_parquet(tmp_path / "graph.parquet")
     assert list(got.columns) == list(want.columns) and len(got) == 12
     np.testing.assert_array_equal(got["path"], want["path"])
     scores = [c for c in got.columns if c.startswith("score")]

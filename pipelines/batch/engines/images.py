@@ -13,11 +13,9 @@ thread. Either way the output rows, and which unreadable file a job fails on, ar
 
 from __future__ import annotations
 
-import errno
 import glob
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,10 +29,10 @@ import pyarrow as pa
 from pipelines.batch.io import AtomicTableWriter, Reject, RejectsWriter
 from pipelines.batch.model import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, BatchModel, result_arrays
 from pipelines.batch.options import ScoreOptions
-from pipelines.batch.plan import _prepare_output, is_image_input
+from pipelines.batch.plan import _prepare_output, is_image_input, writable_folder
 from pipelines.batch.results import InputResult, ScoreSample
 from training.data.images import image_files
-from training.errors import DataError, OutputError
+from training.errors import DataError
 from training.preprocessing.images import IMAGE_SUFFIXES, to_png
 
 log = logging.getLogger(__name__)
@@ -73,16 +71,8 @@ def prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> Imag
     _prepare_output(out)
     maps_dir = Path(opts.maps_dir) if opts.maps_dir else None
     if maps_dir is not None:
-        try:
-            maps_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=maps_dir, prefix=".probe-"):
-                pass  # created and removed: the folder takes files
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
-                raise  # the environment's fault, not the caller's
-            raise OutputError(f"{maps_dir}: cannot write anomaly maps there "
-                              f"({e.strerror or type(e).__name__}); choose a writable "
-                              "--maps-dir") from None
+        writable_folder(maps_dir, f"{maps_dir}: cannot write anomaly maps there",
+                        "; choose a writable --maps-dir")
     pre = model.detector.preprocessor_
     probe = model.detector.score(np.zeros((1, *pre.shape), dtype=np.float32), source="probe")
     fields = [pa.field("path", pa.string())]
