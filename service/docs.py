@@ -31,7 +31,7 @@ from fastapi.staticfiles import StaticFiles
 
 from service.model import ServedModel
 from service.scoring.v2_protocol import tensor_type
-from training.preprocessing.tabular import NUMERIC
+from training.preprocessing.tabular import NUMERIC, ColumnSpec
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,20 @@ def input_example(model: ServedModel, rows: int = _EXAMPLE_ROWS) -> list[dict[st
     columns = model.inputs.columns
     if frame is None or any(c not in frame.columns for c in columns):
         specs = model.scorer.preprocessor_.columns_
-        frame = pd.DataFrame([{s.name: s.median if s.kind == NUMERIC else
-                               (s.categories[0] if s.categories else None) for s in specs}])
+        frame = pd.DataFrame([{s.name: _first_value(s) for s in specs}])
     frame = frame[columns].head(rows).astype(object)
     return [{c: _plain(v) for c, v in r.items()} for r in frame.to_dict(orient="records")]
+
+
+def _first_value(spec: ColumnSpec) -> Any:
+    """A column's example value: its training median, or its first category (a boolean
+    column's as a boolean, as JSON and a v2 BOOL tensor carry it)."""
+    if spec.kind == NUMERIC:
+        return spec.median
+    if not spec.categories:
+        return None
+    first = spec.categories[0]
+    return first == "True" if spec.dtype == "bool" else first
 
 
 def _logged_example(model: ServedModel) -> pd.DataFrame | None:

@@ -34,6 +34,7 @@ from training.data.tables import (
     csv_header,
     dictionary_columns,
     not_utf8,
+    read_csv,
 )
 from training.detector.scores import scored_primary
 from training.errors import DataError, TooLargeError, UnsupportedMediaError
@@ -74,9 +75,11 @@ class UploadLimits:
 
 
 def check_upload(model: ServedModel, f: BinaryIO, name: str, fmt: str,
-                 limits: UploadLimits) -> None:
+                 limits: UploadLimits, output: bool = False) -> None:
     """Refuse an upload from its header alone: too long a header or footer, too many columns
-    (413), a column named twice or a model column of a nested type (422). ``f`` is left at 0."""
+    (413), a column named twice or a model column of a nested type (422); with ``output`` (the
+    upload is written back with its scores) also a column of a type the output cannot hold.
+    ``f`` is left at 0."""
     columns = model.inputs.columns
     most = len(columns) + limits.max_file_columns
     f.seek(0)
@@ -93,6 +96,25 @@ def check_upload(model: ServedModel, f: BinaryIO, name: str, fmt: str,
     check_columns(names, name)
     if fmt == "parquet":
         check_types(schema, name, columns)
+        if output:  # the other columns are written back as they came
+            for f_ in schema:
+                if _holds_map(f_.type):
+                    raise DataError(f"has type {f_.type}, which the scored file cannot hold: "
+                                    "drop the column, or ask for a summary (?summary=true)",
+                                    source=name, column=f_.name)
+
+
+def _holds_map(t: pa.DataType) -> bool:
+    """Whether an Arrow type is or holds a map (which pandas gives back as lists of pairs
+    that Arrow cannot write as the map again)."""
+    if pa.types.is_map(t):
+        return True
+    if pa.types.is_dictionary(t):
+        return _holds_map(t.value_type)
+    if pa.types.is_struct(t):
+        return any(_holds_map(t.field(i).type) for i in range(t.num_fields))
+    value = getattr(t, "value_type", None)
+    return value is not None and _holds_map(value)
 
 
 def _parquet_schema(f: BinaryIO, name: str, max_footer_bytes: int) -> pa.Schema:
@@ -122,9 +144,10 @@ def scored_name(filename: str, fmt: str) -> str:
     return f"{stem[:100]}-scored.{fmt}"
 
 
-def _csv_chunks(f: BinaryIO, rows: int, name: str) -> Iterator[pd.DataFrame]:
+def _csv_chunks(f: BinaryIO, rows: int, name: str, text_columns: list[str]
+                ) -> Iterator[pd.DataFrame]:
     try:
-        yield from pd.read_csv(f, chunksize=rows)
+        yield from read_csv(f, name, rows, text_columns)
     except pd.errors.EmptyDataError:
         raise DataError(f"{name}: the file is empty") from None
     except UnicodeDecodeError:
@@ -134,11 +157,26 @@ def _csv_chunks(f: BinaryIO, rows: int, name: str) -> Iterator[pd.DataFrame]:
         raise DataError(f"{name}: cannot read as CSV: {_first_line(e)}") from None
 
 
+# A Parquet upload is decoded this many rows at a time, and they are gathered into a chunk of
+# at most ``chunk_rows`` rows and about this many decoded bytes: a few kilobytes of file can
+# hold a long text repeated on every row (one dictionary entry), which only decoding reveals.
+_PARQUET_BATCH_ROWS = 1024
+_CHUNK_BYTES = 64 << 20
+
+
 def _parquet_chunks(f: BinaryIO, rows: int, name: str) -> Iterator[pd.DataFrame]:
     try:
         pf = pq.ParquetFile(f)
-        for batch in pf.iter_batches(batch_size=rows):
-            yield batch.to_pandas()
+        batches: list[pa.RecordBatch] = []
+        n = size = 0
+        for batch in pf.iter_batches(batch_size=min(rows, _PARQUET_BATCH_ROWS)):
+            batches.append(batch)
+            n, size = n + batch.num_rows, size + batch.nbytes
+            if n >= rows or size >= _CHUNK_BYTES:
+                yield pa.Table.from_batches(batches).to_pandas()
+                batches, n, size = [], 0, 0
+        if batches:
+            yield pa.Table.from_batches(batches).to_pandas()
     except (pa.ArrowException, OSError, ValueError) as e:
         raise DataError(f"{name}: cannot read as Parquet: {_first_line(e)}") from None
 
@@ -218,8 +256,9 @@ def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_r
         the output file (input columns, then the score columns) and counts. The caller
         deletes the file once sent.
     """
-    check_upload(model, f, filename, fmt, limits or UploadLimits())
-    chunks = _csv_chunks(f, chunk_rows, filename) if fmt == "csv" else \
+    check_upload(model, f, filename, fmt, limits or UploadLimits(), output=not summary)
+    chunks = _csv_chunks(f, chunk_rows, filename, model.inputs.text_columns) if fmt == "csv" \
+        else \
         _parquet_chunks(f, chunk_rows, filename)
     writer = None if summary else _Writer(fmt, out_dir)
     result = FileResult(path=writer.path if writer else None)

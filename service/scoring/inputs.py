@@ -63,6 +63,8 @@ class ModelInputs:
 
     def __init__(self, model: str, specs: list[ColumnSpec], max_records: int):
         self.columns = [s.name for s in specs]
+        # read as text from a CSV whatever they hold: categories, text keys and times
+        self.text_columns = [s.name for s in specs if s.kind != NUMERIC]
         self.max_records = max_records
         self._expected = set(self.columns)
         self._adapters = {strict: self._adapter(model, specs, strict) for strict in (False, True)}

@@ -32,13 +32,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pydantic_core
 
 from service.model import ServedModel
+from service.scoring.files import UploadLimits, check_upload
 from service.scoring.images import image_columns
 from service.scoring.records import score_columns
 from service.scoring.render import render_results
-from training.data.tables import check_columns, csv_header
+from training.data.tables import read_csv
 from training.detector.scores import scored_primary
 from training.errors import DataError, TooLargeError, UnsupportedMediaError
 from training.preprocessing.images import decode_base64
@@ -78,17 +80,20 @@ def media_type(content_type: str | None) -> str:
 
 
 def parse(model: ServedModel, raw: bytes, content_type: str | None,
-          strict: bool = False) -> Records | pd.DataFrame:
+          strict: bool = False, limits: UploadLimits | None = None) -> Records | pd.DataFrame:
     """The records of an ``/invocations`` body, checked against the model's schema.
 
     Raises:
         DataError: not one of MLflow's formats, or a bad value (record and column named).
         TooLargeError: more records than the service takes in one request.
         UnsupportedMediaError: a content type other than JSON, CSV or Parquet.
+
+    A CSV or Parquet body's header is held to ``limits`` (its length, its columns) before the
+    body is parsed, and a Parquet body's record count to ``max_records``, as uploads are.
     """
     mime = media_type(content_type)
     if mime != JSON:
-        return _frame(model, raw, mime, strict)
+        return _frame(model, raw, mime, strict, limits or UploadLimits())
     key, value = _payload(raw)
     layout = _layout(model.inputs.columns, key, value)
     if b"NaN" in raw:  # pandas' missing value, as MLflow's clients write it
@@ -206,19 +211,25 @@ def _nan_as_missing(layout: dict[str, Any]) -> dict[str, Any]:
     return layout
 
 
-def _frame(model: ServedModel, raw: bytes, mime: str, strict: bool) -> pd.DataFrame:
+def _frame(model: ServedModel, raw: bytes, mime: str, strict: bool, limits: UploadLimits
+           ) -> pd.DataFrame:
     """A CSV or Parquet body as a DataFrame of at most ``max_records`` records."""
+    f = io.BytesIO(raw)
     try:
-        if mime == CSV:  # pandas renames a repeated column ('a.1'): refuse it first
-            if raw.strip():
-                check_columns(csv_header(io.BytesIO(raw), "the body"), "the body")
-            df = pd.read_csv(io.BytesIO(raw))
+        if mime == CSV:
+            if not raw.strip():
+                raise pd.errors.EmptyDataError
+            check_upload(model, f, "the body", "csv", limits)
+            df = read_csv(f, "the body", text_columns=model.inputs.text_columns)
         else:
-            df = pd.read_parquet(io.BytesIO(raw))
+            check_upload(model, f, "the body", "parquet", limits)
+            if pq.ParquetFile(f).metadata.num_rows > model.inputs.max_records:
+                raise _too_many(model)
+            df = pd.read_parquet(f)
     except pd.errors.EmptyDataError:
         raise DataError("the body is empty; send a header line, then one record per line"
                         ) from None
-    except DataError:
+    except (DataError, TooLargeError):
         raise
     except Exception as e:  # pandas' and pyarrow's parse errors have no common base
         kind = "CSV" if mime == CSV else "Parquet"
@@ -228,13 +239,16 @@ def _frame(model: ServedModel, raw: bytes, mime: str, strict: bool) -> pd.DataFr
     if len(df) == 0:
         raise DataError("no records to score (only a header?)")
     if len(df) > model.inputs.max_records:
-        raise TooLargeError(f"more than {model.inputs.max_records} records in one request; "
-                            "split it, or use score-file for large inputs "
-                            "(limit: ANOMALY_MAX_RECORDS)")
+        raise _too_many(model)
     extra = sorted(set(df.columns) - set(model.inputs.columns))
     if strict and extra:
         raise DataError("column not in the model's schema (strict mode)", column=extra[0])
     return df
+
+
+def _too_many(model: ServedModel) -> TooLargeError:
+    return TooLargeError(f"more than {model.inputs.max_records} records in one request; split "
+                         "it, or use score-file for large inputs (limit: ANOMALY_MAX_RECORDS)")
 
 
 def count(records: Records | pd.DataFrame) -> int:

@@ -106,7 +106,12 @@ def score_batch(model: ServedModel, records: Records, explain: bool = False,
 
 
 def encode_batch(model: ServedModel, records: Records) -> dict[str, Any]:
-    """Latent codes: ``latent`` (n, latent_dim), posterior means for a VAE."""
+    """Latent codes: ``latent`` (n, latent_dim), posterior means for a VAE, one per record
+    (table models: a sequence model codes windows, not records)."""
+    if model.data_kind == "sequences":
+        raise DataError(f"model '{model.name}' codes windows of a series, not records; this "
+                        "route answers one code per record (table models). A window's code: "
+                        "SequenceDetector.encode in Python")
     z = model.detector.encode(records, source="request")
     _check_finite(model, records, z)
     return {"model": model.metadata(), "latent_dim": int(z.shape[1]), "latent": z.tolist()}

@@ -166,11 +166,21 @@ def parse(model: ServedModel, raw: bytes, header_length: str | None,
         if name not in known:
             raise DataError(f"no output named {name!r}; this model's outputs are {known}")
     # An output's own binary_data wins; binary_data_output is the default for the others.
-    default = bool((req.parameters or {}).get("binary_data_output"))
+    default = _flag(req.parameters, "binary_data_output", False)
     binary = {o.name for o in req.outputs or []
-              if (o.parameters or {}).get("binary_data", default)}
+              if _flag(o.parameters, "binary_data", default, o.name)}
     return InferRequest(records=records, id=req.id, outputs=wanted, binary=binary,
                         binary_all=default and not req.outputs)
+
+
+def _flag(parameters: dict[str, Any] | None, name: str, default: bool,
+          output: str | None = None) -> bool:
+    """A boolean request or output parameter (``true``/``false``; absent: ``default``)."""
+    value = (parameters or {}).get(name, default)
+    if not isinstance(value, bool):
+        where = f" of output {output!r}" if output else ""
+        raise DataError(f"parameter {name}{where}: expected true or false, got {shown(value)}")
+    return value
 
 
 def _split(raw: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
@@ -196,7 +206,10 @@ def _tensor_values(t: _Tensor, blob: memoryview, offset: int) -> tuple[Any, int]
     size = math.prod(t.shape)
     nbytes = (t.parameters or {}).get("binary_data_size")
     if nbytes is not None:
-        if not isinstance(nbytes, int) or nbytes < 0 or offset + nbytes > len(blob):
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
+            raise DataError(f"binary_data_size {shown(nbytes)}: expected a whole number of "
+                            "bytes", column=t.name)
+        if offset + nbytes > len(blob):
             raise DataError(f"binary_data_size {nbytes!r} runs past the body's "
                             f"{len(blob)} bytes of binary data", column=t.name)
         values = _from_bytes(t, blob[offset:offset + nbytes])
@@ -208,25 +221,49 @@ def _tensor_values(t: _Tensor, blob: memoryview, offset: int) -> tuple[Any, int]
             values = _flatten(t.data, t.shape)
         except DataError as e:
             raise DataError(e.reason, column=t.name) from None
-        _check_integers(t, values)
+        values = _typed(t, values)
     if len(values) != size:
         raise DataError(f"shape {t.shape} holds {size} values; the data has {len(values)}",
                         column=t.name)
     return values, offset
 
 
-def _check_integers(t: _Tensor, values: list[Any]) -> None:
-    """JSON data of an integer datatype holds integers its type can hold (JSON data is typed
-    by the tensor's datatype, as binary data is by its bytes)."""
-    if t.datatype not in _DTYPES or not np.issubdtype(_DTYPES[t.datatype], np.integer):
-        return
-    info = np.iinfo(_DTYPES[t.datatype])
+def _typed(t: _Tensor, values: list[Any]) -> Any:
+    """JSON data read as its tensor's datatype, as binary data is by its bytes: integers its
+    type can hold, numbers as that float type rounds them (the same scores as the same values
+    sent as binary data), booleans; ``null`` = missing. BYTES data is left as sent."""
+    if t.datatype not in _DTYPES:
+        return values
+    dtype = _DTYPES[t.datatype]
     per_record = max(1, math.prod(t.shape[1:]))
+
+    def refuse(i: int, v: Any) -> DataError:
+        return DataError(f"{shown(v)} is not a {t.datatype} value", record=i // per_record,
+                         column=t.name)
+
+    if dtype is np.bool_:
+        for i, v in enumerate(values):
+            if v is not None and not isinstance(v, bool):
+                raise refuse(i, v)
+        return values
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        for i, v in enumerate(values):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                                  or not info.min <= v <= info.max):
+                raise refuse(i, v)
+        return values
     for i, v in enumerate(values):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)
-                              or not info.min <= v <= info.max):
-            raise DataError(f"{shown(v)} is not a {t.datatype} value", record=i // per_record,
-                            column=t.name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise refuse(i, v)
+    wide = np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+    with np.errstate(over="ignore"):
+        typed = wide.astype(dtype)
+    overflow = np.isinf(typed) & np.isfinite(wide)
+    if overflow.any():
+        i = int(overflow.argmax())
+        raise refuse(i, values[i])
+    return typed
 
 
 def _from_bytes(t: _Tensor, chunk: memoryview) -> Any:
@@ -236,6 +273,9 @@ def _from_bytes(t: _Tensor, chunk: memoryview) -> Any:
             if i + 4 > len(raw):
                 raise DataError("BYTES data cut short", column=t.name)
             n = int.from_bytes(raw[i:i + 4], "little")
+            if i + 4 + n > len(raw):
+                raise DataError(f"BYTES element of {n} bytes cut short at {len(raw) - i - 4}",
+                                record=len(out), column=t.name)
             try:
                 out.append(raw[i + 4:i + 4 + n].decode("utf-8"))
             except UnicodeDecodeError:

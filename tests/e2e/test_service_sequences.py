@@ -180,11 +180,13 @@ def test_reconstruct_and_v2_outputs_of_a_sequence_model(svc):
     new = _series(20, seed=15, t0=70000)
     with service.client() as c:
         rec = c.post("/v1/models/pumps/reconstruct", json=_records(new))
+        codes = c.post("/v1/models/pumps/encode", json=_records(new))
         meta = c.get("/v2/models/pumps").json()
         ok = c.post("/v2/models/pumps/infer", json=_v2_body(new))
         unknown = c.post("/v2/models/pumps/infer", json={
             **_v2_body(new), "outputs": [{"name": "unknown_categories"}]})
     assert rec.status_code == 422 and "score?explain=true" in rec.text, rec.text
+    assert codes.status_code == 422 and "codes windows" in codes.text, codes.text
     outputs = {o["name"]: o["datatype"] for o in meta["outputs"]}
     assert outputs["warm_up"] == "BOOL" and "unknown_categories" not in outputs
     assert ok.status_code == 200, ok.text

@@ -252,6 +252,68 @@ def test_v2_errors_have_the_protocol_shape(api, served, records):
         assert "Inference-Header-Content-Length" in r.json()["error"]
 
 
+
+def test_v2_json_data_is_read_as_its_datatype(api, served, records):
+    """JSON data is typed by its tensor's datatype as binary data is by its bytes: a value its
+    type cannot hold is refused, and an FP32 tensor scores as FP32 whichever way it comes."""
+    name = served.name
+    meta = api.get(f"/v2/models/{name}").json()
+    base = [{"name": i["name"], "datatype": i["datatype"], "shape": [1],
+             "data": [records[0][i["name"]]]} for i in meta["inputs"]]
+
+    def post(column, datatype, data, parameters=None):
+        inputs = [dict(i, datatype=datatype, data=data) if i["name"] == column else i
+                  for i in base]
+        return api.post(f"/v2/models/{name}/infer",
+                        json={"inputs": inputs, **({"parameters": parameters}
+                                                   if parameters else {})})
+
+    for data, datatype in (([70000.0], "FP16"), (["red"], "FP64"), ([True], "FP32"),
+                           ([1], "BOOL")):
+        column = "flag" if datatype == "BOOL" else "a"
+        r = post(column, datatype, data)
+        assert r.status_code == 422, r.text
+        assert f"record 0, column '{column}'" in r.json()["error"]
+        assert f"is not a {datatype} value" in r.json()["error"]
+    as_json = post("a", "FP32", [0.1])
+    raw = np.asarray([0.1], "<f4").tobytes()
+    inputs = [dict(i, datatype="FP32", parameters={"binary_data_size": len(raw)})
+              if i["name"] == "a" else i for i in base]
+    for i in inputs:
+        if i["name"] == "a":
+            del i["data"]
+    head = json.dumps({"inputs": inputs}).encode()
+    as_bytes = api.post(f"/v2/models/{name}/infer", content=head + raw,
+                        headers={"Inference-Header-Content-Length": str(len(head))})
+    assert as_json.status_code == as_bytes.status_code == 200, (as_json.text, as_bytes.text)
+    assert as_json.json()["outputs"] == as_bytes.json()["outputs"]
+    r = post("a", "FP64", [0.1], {"binary_data_output": "no"})
+    assert r.status_code == 422 and "binary_data_output" in r.json()["error"]
+
+
+def test_v2_bytes_elements_cut_short_are_refused(api, served, records):
+    meta = api.get(f"/v2/models/{served.name}").json()
+    inputs, blobs = [], []
+    for i in meta["inputs"]:
+        value = records[0][i["name"]]
+        if i["name"] == "color":  # declares 1000 bytes, carries 3
+            raw = (1000).to_bytes(4, "little") + b"red"
+            inputs.append({"name": "color", "datatype": "BYTES", "shape": [1],
+                           "parameters": {"binary_data_size": len(raw)}})
+            blobs.append(raw)
+        else:
+            inputs.append({"name": i["name"], "datatype": i["datatype"], "shape": [1],
+                           "data": [value]})
+    head = json.dumps({"inputs": inputs}).encode()
+    r = api.post(f"/v2/models/{served.name}/infer", content=head + b"".join(blobs),
+                 headers={"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 422, r.text
+    assert "record 0, column 'color'" in r.json()["error"] and "cut short" in r.json()["error"]
+    head = json.dumps({"inputs": [dict(inputs[0], parameters={"binary_data_size": 8.0})]})
+    r = api.post(f"/v2/models/{served.name}/infer", content=head.encode(),
+                 headers={"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 422 and "whole number of bytes" in r.json()["error"], r.text
+
 def test_v2_health_and_server_metadata(api, served):
     assert api.get("/v2").json()["extensions"] == ["binary_tensor_data"]
     assert api.get("/v2/health/live").json() == {"live": True}

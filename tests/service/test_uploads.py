@@ -323,3 +323,99 @@ def test_images_sent_as_a_text_field_are_named(server):
     assert r.status_code == 422, r.text
     assert r.json()["error"]["message"] == ("files.0: expected files (multipart parts with a "
                                             "file name), got a text field")
+
+
+def test_a_field_past_the_header_is_named_not_shifted(server, table):
+    """A delimiter ending every line is a trailing empty field, not a row index that shifts
+    every value one column left; a value past the header is refused, naming its record."""
+    url, _ = server
+    plain = table.head(3).to_csv(index=False)
+    trailing = "".join(line + ",\n" for line in plain.splitlines())
+    extra = plain.replace("\n", ",9\n", 2).replace(",9\n", "\n", 1)  # record 0 only
+    with httpx.Client(base_url=url, timeout=60) as c:
+        def scores(body: str, route: str) -> httpx.Response:
+            if route == "file":
+                return c.post("/v1/models/t/score-file", params={"summary": "false"},
+                              files={"file": ("t.csv", body, "text/csv")})
+            return c.post("/v1/models/t/invocations", content=body,
+                          headers={"content-type": "text/csv"})
+
+        for route in ("file", "invocations"):
+            want, got = scores(plain, route), scores(trailing, route)
+            assert want.status_code == got.status_code == 200, got.text
+            if route == "file":
+                want = pd.read_csv(io.BytesIO(want.content))["score"]
+                got = pd.read_csv(io.BytesIO(got.content))["score"]
+                pd.testing.assert_series_equal(got, want)
+            else:
+                assert got.json() == want.json()
+            r = scores(extra, route)
+            assert r.status_code == 422, r.text
+            assert "record 0" in r.text and "more fields than the header" in r.text
+
+
+def test_categories_that_look_like_numbers_stay_text_in_a_csv(server, table):
+    url, _ = server
+    df = table.head(3).copy()
+    df["color"] = ["007", "012", "red"]
+    body = df.iloc[:2].to_csv(index=False)  # a chunk where every category reads as a number
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/models/t/score-file", files={"file": ("c.csv", body, "text/csv")})
+        assert r.status_code == 200, r.text
+        assert pd.read_csv(io.BytesIO(r.content), dtype={"color": str})["color"].tolist() == \
+            ["007", "012"]
+
+
+def test_csv_and_parquet_bodies_are_held_to_the_upload_limits(server, table):
+    """An /invocations body of a CSV or Parquet table is held to the same header limits as an
+    upload, and a Parquet body's record count is read from its footer, not by decoding it."""
+    url, proc = server
+    names = ",".join([*table.columns, *(f"x{i}" for i in range(5_000))])
+    many = pa.table({"a": pa.array([0.0] * 2_000_000)})
+    buf = io.BytesIO()
+    pq.write_table(many, buf, compression="zstd")
+    before = _peak_rss_kb(proc)
+    with httpx.Client(base_url=url, timeout=60) as c:
+        wide = c.post("/v1/models/t/invocations", content=f"{names}\n",
+                      headers={"content-type": "text/csv"})
+        assert wide.status_code == 413 and "ANOMALY_MAX_FILE_COLUMNS" in wide.text, wide.text
+        rows = c.post("/v1/models/t/invocations", content=buf.getvalue(),
+                      headers={"content-type": "application/vnd.apache.parquet"})
+        assert rows.status_code == 413 and "ANOMALY_MAX_RECORDS" in rows.text, rows.text
+    assert _peak_rss_kb(proc) - before < 50_000
+
+
+def test_a_map_column_the_scored_file_cannot_hold_is_named(server, table):
+    url, _ = server
+    t = pa.Table.from_pandas(table.head(5), preserve_index=False).append_column(
+        "extra", pa.array([[("k", i)] for i in range(5)], pa.map_(pa.string(), pa.int64())))
+    buf = io.BytesIO()
+    pq.write_table(t, buf)
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/models/t/score-file", files={"file": ("m.parquet", buf.getvalue())})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["column"] == "extra" and "summary" in r.text
+        r = c.post("/v1/models/t/score-file", params={"summary": "true"},
+                   files={"file": ("m.parquet", buf.getvalue())})
+        assert r.status_code == 200 and r.json()["n_records"] == 5, r.text
+
+
+def test_a_long_text_repeated_in_a_small_parquet_file_is_read_in_bounded_chunks(server, table):
+    """One 30 KB text on each of 30,000 rows is a few kilobytes of Parquet (one dictionary
+    entry) and 900 MB decoded: the upload is decoded in chunks of about 64 MB."""
+    url, proc = server
+    n, part = 30_000, 1_000
+    rows = pd.concat([table] * (part // len(table) + 1)).head(part)
+    t = pa.Table.from_pandas(rows, preserve_index=False).append_column(
+        "note", pa.array(["x" * 30_000] * part))  # text, as a writer of plain strings stores it
+    buf = io.BytesIO()
+    with pq.ParquetWriter(buf, t.schema) as writer:
+        for _ in range(n // part):
+            writer.write_table(t)
+    assert len(buf.getvalue()) < 2_000_000
+    before = _peak_rss_kb(proc)
+    with httpx.Client(base_url=url, timeout=300) as c:
+        r = c.post("/v1/models/t/score-file", params={"summary": "true"},
+                   files={"file": ("n.parquet", buf.getvalue())})
+    assert r.status_code == 200 and r.json()["n_records"] == n, r.text
+    assert _peak_rss_kb(proc) - before < 400_000

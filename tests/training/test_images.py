@@ -102,8 +102,11 @@ def test_bad_files_are_rejected_by_name(tmp_path):
     with pytest.raises(DataError, match="blue.png: a colour .* reads grayscale"):
         gray.batch([tmp_path / "blue.png"])
     rgb = ImagePreprocessor(channels=3).fit([tmp_path / "blue.png"])
-    with pytest.raises(DataError, match="good.png: a grayscale .* reads colour"):
-        rgb.batch([good])
+    grey = rgb.batch([good])  # a grey image is colour with equal channels
+    assert grey.shape == (1, 3, 16, 16)
+    assert np.array_equal(grey[0, 0], grey[0, 1]) and np.array_equal(grey[0, 0], grey[0, 2])
+    Image.fromarray(np.full((16, 16, 3), 128, dtype=np.uint8)).save(tmp_path / "grey-rgb.png")
+    assert np.allclose(rgb.batch([tmp_path / "grey-rgb.png"]), 128 / 255)
     with pytest.raises(DataError, match="missing.png: file not found"):
         gray.batch([tmp_path / "missing.png"])
     with pytest.raises(DataError, match="upload: not valid base64"):

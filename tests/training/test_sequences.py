@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 from tests.training.sequence_data import rotating
 from training import Detector
 from training.detector import SequenceDetector, load_detector
+from training.detector.series import MAX_KEY_CHARS
 from training.errors import ConfigError, DataError
 from training.preprocessing.sequences import SequencePreprocessor, choose_window
 
@@ -185,6 +186,12 @@ def test_stream_keeps_at_most_max_keys_series(series):
         stream.push(test.iloc[:10].assign(unit=f"m{k}"))
     assert len(stream) == 5 and stream.keys() == [f"m{k}" for k in range(45, 50)]
     assert all(stream.buffered(f"m{k}") == 3 for k in range(45, 50))
+    # bounded in bytes too: a key is at most MAX_KEY_CHARS long
+    long = test.iloc[:2].assign(unit=["m0", "k" * (MAX_KEY_CHARS + 1)])
+    with pytest.raises(DataError, match=f"{MAX_KEY_CHARS + 1} characters") as e:
+        stream.push(long)
+    assert e.value.record == 1 and e.value.column == "unit"
+    assert stream.keys() == [f"m{k}" for k in range(45, 50)]  # nothing kept of the push
 
 
 def test_save_load_gives_the_same_scores(fitted, series, tmp_path):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,8 +44,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         if fmt == "csv":
             with open(p, "rb") as f:
-                check_columns(csv_header(f, str(path)), str(path))
-            df = pd.read_csv(p)
+                df = read_csv(f, str(path))
         else:
             schema = pq.read_schema(p)
             check_columns(schema.names, str(path))
@@ -133,6 +133,70 @@ def csv_header(f: BinaryIO, source: str, max_bytes: int | None = None) -> list[s
     except csv.Error as e:  # a column name longer than the csv module's field limit
         raise DataError(f"{source}: the header does not read as CSV ({e}); use shorter "
                         "column names") from None
+
+
+# Where a record's field past the header's last lands (pandas would otherwise read the first
+# field of such a file as the row index and shift every value one column to the left).
+_PAST_HEADER = "\x00past the header"
+
+
+def read_csv(f: BinaryIO, source: str, rows: int | None = None,
+             text_columns: Iterable[str] = ()) -> pd.DataFrame | Iterator[pd.DataFrame]:
+    """A CSV read from the start of ``f`` with pandas, every record checked against the header:
+    one empty field past the header's last (a delimiter at the end of the line) is dropped,
+    anything more is a :class:`DataError` naming the record; a record with fewer fields has
+    its last values missing, as pandas reads it. A column named twice is refused.
+
+    Args:
+        rows: read in chunks of this many records (an iterator of frames, numbered on across
+            chunks); None: the whole file as one frame.
+        text_columns: columns read as text whatever they hold (a category ``007`` stays
+            ``007`` in every chunk).
+
+    Raises:
+        DataError (at once, or while iterating): as above; pandas' own parse errors are
+        left to the caller.
+    """
+    f.seek(0)
+    names = csv_header(f, source)
+    check_columns(names, source)
+    # an unnamed column gets the name pandas gives it
+    names = [name or f"Unnamed: {i}" for i, name in enumerate(names)]
+    wanted = set(text_columns)
+    options = {"names": [*names, _PAST_HEADER], "header": None, "index_col": False,
+               "dtype": {c: str for c in names if c in wanted} or None}
+    if rows is None:
+        return _fields_checked(_strict(lambda: pd.read_csv(f, **options), len(names), source),
+                               len(names), source)
+    return _chunks_checked(lambda: pd.read_csv(f, chunksize=rows, **options), len(names), source)
+
+
+def _chunks_checked(open_reader, n: int, source: str) -> Iterator[pd.DataFrame]:
+    reader = _strict(open_reader, n, source)
+    while (df := _strict(lambda: next(reader, None), n, source)) is not None:
+        yield _fields_checked(df, n, source)
+
+
+def _strict(call, n: int, source: str):
+    """``call()``, with pandas' warning of a record wider than the header an error (pandas
+    drops the fields past the names it was given)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            return call()
+        except pd.errors.ParserWarning:
+            raise DataError(f"{source}: a record has more fields than the header's {n} names; "
+                            "remove the extra fields or name their columns") from None
+
+
+def _fields_checked(df: pd.DataFrame, n: int, source: str) -> pd.DataFrame:
+    """``df`` without the past-the-header column, or a DataError naming the first record with
+    a value there."""
+    past = df.pop(_PAST_HEADER).notna().to_numpy()
+    if past.any():
+        raise DataError(f"more fields than the header's {n} names; remove the extra field or "
+                        "name its column", source=source, record=int(df.index[past.argmax()]))
+    return df
 
 
 def check_columns(names: Iterable[str], source: str) -> None:

@@ -110,6 +110,27 @@ class SeriesScoring:
             offset += len(chunk)
 
 
+# The longest text a stream keeps as a series key or a timestamp: what it holds per series is
+# bounded in rows, and so, with this, in bytes.
+MAX_KEY_CHARS = 1_000
+
+
+def _check_key_lengths(df: pd.DataFrame, columns: list[str], source: str) -> None:
+    """Refuse a text series key or timestamp longer than ``MAX_KEY_CHARS``, naming it."""
+    for c in columns:
+        col = df[c]
+        if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_datetime64_any_dtype(col):
+            continue
+        try:
+            lengths = col.str.len().fillna(0).to_numpy()  # not text: NaN
+        except AttributeError:  # no text at all (booleans, times...)
+            continue
+        if lengths.size and lengths.max() > MAX_KEY_CHARS:
+            i = int(lengths.argmax())
+            raise DataError(f"a value of {lengths[i]} characters; series keys and timestamps "
+                            f"are at most {MAX_KEY_CHARS}", source=source, record=i, column=c)
+
+
 class SeriesStream:
     """Scores a series as it arrives: per series key, the last ``window - 1`` rows (input
     columns) and the last timestamp, so each new row's window spans what came before.
@@ -177,6 +198,7 @@ class SeriesStream:
             raise DataError(f"missing column(s) {missing}; the model reads {columns}",
                             source=source)
         new = data[columns].reset_index(drop=True)
+        _check_key_lengths(new, [c for c in (pre.time_column, pre.series_column) if c], source)
         groups = pre.groups(new, source)
         last = {k: self._state[k][1] for k, _ in groups if k in self._state}
         pre.check_order(new, source, after=last)

@@ -256,6 +256,8 @@ class ImagePreprocessor:
         found = pixels.shape[2]
         if found == 4:  # RGBA array: drop alpha
             pixels, found = pixels[..., :3], 3
+        if found == 1 and self.channels_ == 3:  # grey is colour with equal channels (a blank
+            pixels, found = np.repeat(pixels, 3, axis=2), 3  # frame, a grey RGB file)
         if found != self.channels_:
             if found not in (1, 3):
                 raise DataError(f"{name}: {found} channels; this model reads {self.channels_}")
