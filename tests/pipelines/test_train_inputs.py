@@ -76,6 +76,26 @@ def test_duplicate_column_names_are_named_csv_and_parquet(tmp_path, capsys):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+
+def test_a_field_past_the_header_is_named_not_read_as_a_row_index(tmp_path, capsys):
+    """pandas alone reads a file whose lines end in a delimiter with its first column as the
+    row index, every value one column to the left of its name."""
+    from training.data.tables import read_table
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(200, 3))
+    rows = [f"{a:.4f},{b:.4f},{c:.4f}" for a, b, c in values]
+    trailing = tmp_path / "t.csv"
+    trailing.write_text("a,b,c\n" + "".join(r + ",\n" for r in rows))
+    np.testing.assert_allclose(read_table(trailing)[["a", "b", "c"]].to_numpy(),
+                               values.round(4))
+    extra = tmp_path / "e.csv"
+    extra.write_text("a,b,c\n" + "\n".join(rows[:7] + [rows[7] + ",1.5"] + rows[8:]) + "\n")
+    assert _train(extra, tmp_path) == 2
+    assert _last_error(capsys) == (f"error: {extra}: record 7: more fields than the header's 3 "
+                                   "names; remove the extra field or name its column")
+    assert not (tmp_path / "mlflow.db").exists()
+
 def test_a_list_column_is_refused_naming_it(tmp_path, capsys):
     rng = np.random.default_rng(2)
     path = tmp_path / "l.parquet"
