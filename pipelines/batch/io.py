@@ -104,12 +104,15 @@ class TableReader:
         path: the input file.
         chunk_rows: most rows per chunk.
         numeric_columns: model features that must be finite numbers (integers widen to float64).
+        text_columns: model columns a CSV holds as text whatever they look like (categories:
+            ``007`` stays ``007``, in every chunk).
 
     The schema is known after construction (``schema``, ``columns``), before any row is read
     beyond the first CSV block, so a mismatch with the model fails early.
     """
 
-    def __init__(self, path: Path, chunk_rows: int, numeric_columns: list[str]):
+    def __init__(self, path: Path, chunk_rows: int, numeric_columns: list[str],
+                 text_columns: list[str] = ()):
         self.path = path
         self.format = table_format(path)
         self.chunk_rows = chunk_rows
@@ -144,6 +147,8 @@ class TableReader:
                 t = pa.string()
             if f.name in numeric_columns and (_is_number(t) or pa.types.is_string(t)):
                 t = pa.float64()  # features are read as numbers whatever the file stored
+            elif self.format == "csv" and f.name in text_columns:
+                t = pa.string()
             fields.append(pa.field(str(f.name), t))
         self.schema = pa.schema(fields)
         self.numeric_columns = [c for c in numeric_columns if c in self.schema.names]

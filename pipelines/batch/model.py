@@ -67,6 +67,11 @@ class BatchModel:
         """Input columns the model reads as numbers."""
         return [s.name for s in self.detector.preprocessor_.columns_ if s.kind == NUMERIC]
 
+    @property
+    def text_columns(self) -> list[str]:
+        """Input columns the model reads as categories (or as text keys and times)."""
+        return [s.name for s in self.detector.preprocessor_.columns_ if s.kind != NUMERIC]
+
     def output_probe(self) -> pd.DataFrame:
         """The detector's output for one synthetic record: its columns and dtypes."""
         pre = self.detector.preprocessor_

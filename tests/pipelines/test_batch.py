@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.batch.io import _record_numbers
+from pipelines.batch.io import TableReader, _record_numbers
 from pipelines.batch.plan import output_for
 from pipelines.batch.results import EXPERIMENT, ScoreSample
 from pipelines.cli.main import main
@@ -202,6 +202,18 @@ def test_record_numbers_skip_malformed_lines():
     np.testing.assert_array_equal(_record_numbers(3, 2, [1, 4]), [5, 6])
     np.testing.assert_array_equal(_record_numbers(0, 0, [1]), [])
 
+
+
+def test_a_csvs_category_columns_stay_text_in_every_chunk(tmp_path):
+    """A category that looks like a number (``007``) is read as the text it is, though every
+    value of the column looks like a number (pyarrow alone reads them as integers: 7, 12)."""
+    src = tmp_path / "codes.csv"
+    src.write_text("x,code\n1.5,007\n2.5,012\n3.5,100\n")
+    reader = TableReader(src, 2, numeric_columns=["x"], text_columns=["code"])
+    assert reader.schema.field("code").type == pa.string()
+    chunks = list(reader.chunks(["x", "code"]))
+    assert [c.batch.column(1).to_pylist() for c in chunks] == [["007", "012"], ["100"]]
+    assert chunks[0].batch.column(0).to_pylist() == [1.5, 2.5]
 
 def test_output_templates():
     when = datetime(2024, 5, 6, 7, 8, 9)
