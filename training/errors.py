@@ -13,6 +13,9 @@ entry point shows the same one line and can report the fields as they are.
 from __future__ import annotations
 
 import errno
+import os
+import stat
+from pathlib import Path
 from typing import Any
 
 
@@ -141,6 +144,22 @@ def output_error(e: OSError, head: str, fix: str = "") -> OutputError:
     if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
         raise e
     return OutputError(f"{head} ({e.strerror or type(e).__name__}){fix}")
+
+
+def output_target(path: Path) -> Path:
+    """The file an output at ``path`` replaces: ``path``, or the file a symbolic link there
+    points to (written through, as a shell's redirection writes); an existing device, pipe or
+    socket is an :class:`OutputError` (replacing it would swap a special file for a plain
+    one). A folder is left to the caller to name."""
+    target = path.resolve() if path.is_symlink() else path
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:  # nothing there yet (or unreadable: the write itself will say)
+        return target
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise OutputError(f"{path}: exists and is not a regular file (a device, a pipe or a "
+                          "socket); choose a file to write")
+    return target
 
 
 class ModelNotReadyError(AnomalyError, exit_code=1, status=503, type="model_not_ready"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipelines.batch.options import ScoreOptions
 from training.data.tables import table_format
-from training.errors import ConfigError, DataError, OutputError, output_error
+from training.errors import ConfigError, DataError, OutputError, output_error, output_target
 from training.preprocessing.images import IMAGE_SUFFIXES
 
 
@@ -125,10 +125,13 @@ def writable_folder(folder: Path, head: str, fix: str) -> None:
         raise output_error(e, head, fix) from None
 
 
-def _prepare_output(out: Path) -> None:
-    """Create the output's folder and check it is writable, before anything is scored."""
+def _prepare_output(out: Path) -> Path:
+    """Create the output's folder and check it is writable, before anything is scored; the
+    file to write (:func:`~training.errors.output_target`)."""
+    out = output_target(out)
     writable_folder(out.parent, f"{out}: cannot write to {out.parent}",
                     "; choose a writable --output")
     if out.is_dir():
         raise OutputError(f"{out}: is a folder; give a file name ending .parquet or .csv")
+    return out
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from training.detector.base import BaseDetector
-from training.errors import ConfigError, OutputError, output_error
+from training.errors import ConfigError, OutputError, output_error, output_target
 
 SIDECAR_VERSION = 1
 OPSET = 18
@@ -115,7 +115,10 @@ def export_onnx(detector: BaseDetector, output: str | Path, *, source: dict[str,
     Raises:
         ConfigError: the model has no score kind a graph can compute.
     """
-    output = Path(output)
+    if not str(output):
+        raise OutputError("the output is an empty path; give the graph's file name (model.onnx)")
+    output = output_target(Path(output))
+    output_target(sidecar_path(output))  # neither is written unless both can be
     kinds = exportable_kinds(detector)
     if not kinds:
         raise ConfigError(f"{source.get('uri', 'model')}: none of its scores "

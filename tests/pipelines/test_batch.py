@@ -196,6 +196,26 @@ def test_bad_input_exits_2_and_writes_nothing(store, tmp_path, capsys, case):
         assert not out.exists()
 
 
+
+def test_an_output_through_a_link_is_written_and_a_pipe_is_left_alone(store, tmp_path, capsys):
+    import os
+    import stat
+
+    src = tmp_path / "in.parquet"
+    store.frame.to_parquet(src)
+    real = tmp_path / "real.csv"
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    assert _score(store, "--input", str(src), "--output", str(link)) == 0
+    assert link.is_symlink() and len(pd.read_csv(real)) == len(store.frame)
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    capsys.readouterr()
+    assert _score(store, "--input", str(src), "--output", str(fifo)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a regular file" in err, err
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
 def test_record_numbers_skip_malformed_lines():
     # Good rows 0..4 with malformed records 1 and 4 skipped: records 0, 2, 3, 5, 6.
     np.testing.assert_array_equal(_record_numbers(0, 5, [1, 4]), [0, 2, 3, 5, 6])

@@ -139,6 +139,24 @@ def test_an_output_that_is_a_folder_leaves_nothing_half_written(store, tmp_path,
     assert not list(folder.iterdir())
 
 
+
+def test_a_special_file_at_the_output_is_not_replaced(store, tmp_path, capsys):
+    """A pipe (or a device such as /dev/null) stays what it is: exit 2, nothing written; an
+    empty path is the caller's mistake too."""
+    import os
+    import stat
+
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    for out in (str(fifo), ""):
+        capsys.readouterr()
+        assert main(["export", "models:/bc-export@champion", "--output", out,
+                     "--tracking-uri", store]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.onnx"]
+
 def test_the_graph_file_has_an_ordinary_files_permissions(store, tmp_path):
     out = tmp_path / "m.onnx"
     assert main(["export", "models:/bc-export@champion", "--output", str(out),

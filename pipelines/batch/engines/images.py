@@ -68,7 +68,7 @@ def prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> Imag
         root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else src.parent
     if not files:
         raise DataError(f"{src}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    _prepare_output(out)
+    out = _prepare_output(out)
     maps_dir = Path(opts.maps_dir) if opts.maps_dir else None
     if maps_dir is not None:
         writable_folder(maps_dir, f"{maps_dir}: cannot write anomaly maps there",

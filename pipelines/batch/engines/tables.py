@@ -60,7 +60,7 @@ def _prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> _Pr
     if clash:
         raise DataError(f"{src}: column(s) {clash} clash with the score columns; choose the "
                         "columns to carry with --keep")
-    _prepare_output(out)
+    out = _prepare_output(out)
     schema = pa.schema([reader.schema.field(c) for c in keep] + list(scores))
     return _Prepared(src, out, reader, keep, schema)
 
