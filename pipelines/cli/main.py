@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -74,6 +75,15 @@ def setup_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``anomaly`` console script; returns the exit code."""
+    previous = _interrupt_on_sigterm()
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     state = Globals(on_start=setup_logging)
     try:
         code = cli.main(args=argv, prog_name="anomaly", standalone_mode=False, obj=state)
@@ -102,6 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"internal error: {type(e).__name__}: {_first_line(e)}{hint}",
                      EXIT_INTERNAL, shown)
     return code if isinstance(code, int) else EXIT_OK
+
+
+def _interrupt_on_sigterm():
+    """Make SIGTERM (a service manager stopping the command, ``kill``) interrupt the command as
+    Ctrl-C does, so that what it was doing is undone or closed (a half-registered model taken
+    back, the MLflow run ended, temporary files removed) before it exits with 130. Returns the
+    handler it replaced, or None where none can be set (not the main thread)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # signals can only be handled in the main thread
+        return None
 
 
 def _fail(message: str, code: int, exc: BaseException | None = None) -> int:

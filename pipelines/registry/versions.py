@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -10,25 +12,54 @@ from mlflow.tracking import MlflowClient
 from pipelines.registry.download import get_version, registry_error
 from pipelines.registry.uri import REGISTERED, ModelURI
 
+log = logging.getLogger(__name__)
+
 # The primary score's AUROC as a training run logs it; the unprefixed name of older runs after it.
 AUROC_METRICS = ("eval/auroc", "auroc")
 
 
 def register(model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str:
-    """Create a model version, tag it and set the alias; all or nothing.
+    """Create a model version, tag it and set the alias; all or nothing, even when interrupted
+    (Ctrl-C, or SIGTERM, which the CLI turns into an interruption) while MLflow registers it.
+
+    ``tags`` must hold the training run's ``run_id``: what a failed registration leaves is
+    found by it (a version whose number never reached this process), and taken back.
 
     Returns:
         the new version number, as a string.
     """
     client = MlflowClient()
-    mv = mlflow.register_model(model_uri, name, tags=tags)
+    existed = _exists(client, name)
     try:
+        mv = mlflow.register_model(model_uri, name, tags=tags)
         client.set_registered_model_alias(name, alias, mv.version)
     except BaseException:
-        # A version without its alias is a half-registered model: take it back.
-        client.delete_model_version(name, mv.version)
+        _take_back(client, name, tags["run_id"], existed)
         raise
     return str(mv.version)
+
+
+def _exists(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return False
+    return True
+
+
+def _take_back(client: MlflowClient, name: str, run_id: str, existed: bool) -> None:
+    """Delete the versions of ``name`` that run ``run_id`` registered, and ``name`` itself
+    when this registration created it; best effort (the registry may be what failed)."""
+    try:
+        for mv in client.search_model_versions(f"name = '{name}'"):
+            if mv.run_id == run_id or (mv.tags or {}).get("run_id") == run_id:
+                client.delete_model_version(name, mv.version)
+        if not existed and not client.search_model_versions(f"name = '{name}'"):
+            client.delete_registered_model(name)
+    except Exception as e:  # the original error is the one to report
+        log.warning("%s: could not take back a failed registration: %s", name, e)
 
 
 def promote(name: str, version: str, alias: str) -> None:

@@ -203,3 +203,31 @@ def test_too_few_calibration_records_warn_and_say_what_they_promise(tmp_path, br
     assert metrics["calibration/achievable_fpr"] == pytest.approx(1 / 13)
     assert metrics["calibration/target_fpr"] == 0.01
     assert float(mv.tags["achievable_fpr"]) == pytest.approx(1 / 13, rel=1e-5)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_interrupt_while_registering_leaves_no_version(store, breast_cancer_csv,
+                                                          monkeypatch, capsys, existing):
+    """Ctrl-C (or SIGTERM, which the CLI turns into one) after MLflow has created the version
+    but before this process has its number: the version is taken back (and the registered
+    model, when this run created it), and the run is not left RUNNING."""
+    name = NAME if existing else "interrupted"
+    client = MlflowClient()
+    before = len(client.search_model_versions(f"name = '{NAME}'"))
+    real = mlflow.register_model
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlflow, "register_model", interrupted)
+    code = main(["train", "--data", str(breast_cancer_csv), "--kind", "ae", "--name", name,
+                 "--label-column", "malignant", "--id-column", "id", "--epochs", "1",
+                 "--experiment", "interrupted", "--tracking-uri", store])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    if existing:
+        assert len(client.search_model_versions(f"name = '{NAME}'")) == before
+    else:
+        assert client.search_registered_models(f"name = '{name}'") == []
+    runs = mlflow.search_runs(experiment_names=["interrupted"], output_format="list")
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
