@@ -31,6 +31,8 @@ from training.errors import DataError, OutputError, first_line, shown
 
 log = logging.getLogger(__name__)
 
+# A chunk holds at most chunk_rows rows and, whatever their width, about this many bytes.
+_CHUNK_BYTES = 64 << 20
 _CSV_BLOCK_BYTES = 4 << 20
 _PARTIAL = ".partial-"
 
@@ -69,6 +71,10 @@ class Chunk:
 
 def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
 def _conform(arr: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray | None]:
@@ -145,7 +151,7 @@ class TableReader:
             t = f.type
             if pa.types.is_null(t) or pa.types.is_dictionary(t):
                 t = pa.string()
-            if f.name in numeric_columns and (_is_number(t) or pa.types.is_string(t)):
+            if f.name in numeric_columns and (_is_number(t) or _is_text(t)):
                 t = pa.float64()  # features are read as numbers whatever the file stored
             elif self.format == "csv" and f.name in text_columns:
                 t = pa.string()
@@ -185,7 +191,8 @@ class TableReader:
 
     def _parquet_chunks(self, target: pa.Schema) -> Iterator[Chunk]:
         start = 0
-        for batch in self._pq.iter_batches(batch_size=self.chunk_rows, columns=target.names,
+        rows = _rows_within(self._pq.metadata, set(target.names), self.chunk_rows)
+        for batch in self._pq.iter_batches(batch_size=rows, columns=target.names,
                                            use_threads=False):
             records = np.arange(start, start + batch.num_rows, dtype=np.int64)
             start += batch.num_rows
@@ -235,16 +242,21 @@ class TableReader:
     def _rebatched(self, reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
         """CSV blocks are sized in bytes; regroup them into batches of ``chunk_rows`` rows."""
         buf: list[pa.RecordBatch] = []
-        rows = 0
+        rows = size = 0
         for batch in reader:
             buf.append(batch)
             rows += batch.num_rows
+            size += batch.nbytes
             while rows >= self.chunk_rows:
                 table = pa.Table.from_batches(buf)
                 yield table.slice(0, self.chunk_rows).combine_chunks().to_batches()[0]
                 rest = table.slice(self.chunk_rows)
                 rows = rest.num_rows
                 buf = rest.combine_chunks().to_batches() if rows else []
+                size = sum(b.nbytes for b in buf)
+            if rows and size >= _CHUNK_BYTES:  # wide rows: fewer of them per chunk
+                yield pa.Table.from_batches(buf).combine_chunks().to_batches()[0]
+                buf, rows, size = [], 0, 0
         if rows:
             yield pa.Table.from_batches(buf).combine_chunks().to_batches()[0]
 
@@ -275,6 +287,18 @@ class TableReader:
                    for i in np.flatnonzero(bad_any)]
         keep = pa.array(~bad_any)
         return Chunk(converted.filter(keep), records[~bad_any], rejects)
+
+
+def _rows_within(meta: pq.FileMetaData, names: set[str], most: int) -> int:
+    """Rows per chunk of a Parquet file: at most ``most``, and about ``_CHUNK_BYTES`` of the
+    columns ``names`` once decoded (by the widest row group's uncompressed sizes)."""
+    per_row = 0.0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        size = sum(group.column(i).total_uncompressed_size for i in range(group.num_columns)
+                   if group.column(i).path_in_schema.split(".")[0] in names)
+        per_row = max(per_row, size / max(group.num_rows, 1))
+    return max(1, min(most, int(_CHUNK_BYTES / per_row))) if per_row else most
 
 
 def _record_numbers(first_good: int, n: int, invalid_sorted: list[int]) -> np.ndarray:

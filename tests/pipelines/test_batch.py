@@ -216,6 +216,42 @@ def test_an_output_through_a_link_is_written_and_a_pipe_is_left_alone(store, tmp
     assert err.count("\n") == 1 and "not a regular file" in err, err
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
 
+
+def test_text_in_a_numeric_parquet_column_is_a_named_reject(store, tmp_path, capsys):
+    """pandas writes text as large_string: read as numbers like any other text."""
+    frame = store.frame.astype({"mean_texture": str})
+    frame.loc[5, "mean_texture"] = "abc"
+    src = tmp_path / "text.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False).cast(pa.schema(
+        [pa.field(f.name, pa.large_string() if f.name == "mean_texture" else f.type)
+         for f in pa.Schema.from_pandas(frame, preserve_index=False)])), src)
+    out = tmp_path / "o.csv"
+    assert _score(store, "--input", str(src), "--output", str(out)) == 2
+    assert "record 5, column 'mean_texture'" in capsys.readouterr().err
+    assert _score(store, "--input", str(src), "--output", str(out), "--on-error", "skip") == 0
+    assert len(pd.read_csv(out)) == len(frame) - 1
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_wide_rows_make_chunks_of_fewer_rows(tmp_path, monkeypatch, suffix):
+    """A chunk holds at most --chunk-rows rows and about _CHUNK_BYTES bytes, so memory follows
+    the chunk's size in bytes, however wide the rows."""
+    import pipelines.batch.io as batch_io
+
+    monkeypatch.setattr(batch_io, "_CHUNK_BYTES", 200_000)
+    monkeypatch.setattr(batch_io, "_CSV_BLOCK_BYTES", 100_000)  # a CSV is read block by block
+    frame = pd.DataFrame(np.arange(400 * 300, dtype=float).reshape(400, 300),
+                         columns=[f"c{i}" for i in range(300)])
+    src = tmp_path / f"wide{suffix}"
+    frame.to_csv(src, index=False) if suffix == ".csv" else frame.to_parquet(src)
+    reader = TableReader(src, 10_000, numeric_columns=list(frame.columns))
+    chunks = list(reader.chunks(list(frame.columns)))
+    assert len(chunks) > 1 and max(c.batch.num_rows for c in chunks) < 400
+    assert max(c.batch.nbytes for c in chunks) < 2 * 200_000 + 4 * 100_000
+    np.testing.assert_array_equal(np.concatenate([c.records for c in chunks]), np.arange(400))
+    got = pa.Table.from_batches([c.batch for c in chunks]).to_pandas()
+    np.testing.assert_array_equal(got.to_numpy(), frame.to_numpy())
+
 def test_record_numbers_skip_malformed_lines():
     # Good rows 0..4 with malformed records 1 and 4 skipped: records 0, 2, 3, 5, 6.
     np.testing.assert_array_equal(_record_numbers(0, 5, [1, 4]), [0, 2, 3, 5, 6])
