@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -37,6 +38,7 @@ DEFAULT_MODELS = {"ae": 1, "vae": 3}
 # Gradient steps the epoch cap allows for; early stopping on the validation rows decides when
 # to stop before that.
 TARGET_STEPS = 10_000
+MAX_SEED = 2**63 - 1  # what torch's and numpy's generators take
 MAX_EPOCHS = 1000
 
 
@@ -96,6 +98,11 @@ class DetectorParams:
         _check_positive_int("batch_size", self.batch_size, allow_none=True)
         _check_positive_int("max_epochs", self.max_epochs, allow_none=True)
         _check_positive_int("patience", self.patience)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) \
+                or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed: expected a whole number from 0 to {MAX_SEED}, got "
+                              f"{shown(self.seed)}")
+        self.seed = int(self.seed)
         _check_positive_int("mc_samples", self.mc_samples)
         if self.neighbours is None:
             self.neighbours = self.default_neighbours[self.kind]

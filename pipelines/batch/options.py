@@ -49,4 +49,11 @@ class ScoreOptions:
             parse_model_uri(self.model)  # the form only: a folder may not exist yet
         if self.keep is not None and not self.keep:
             raise ConfigError("keep: name at least one column, or leave it out to keep all")
+        if self.keep is not None and len(set(self.keep)) < len(self.keep):
+            twice = next(c for i, c in enumerate(self.keep) if c in self.keep[:i])
+            raise ConfigError(f"keep: column {twice!r} is named twice")
+        if self.engine == "spark" and str(self.output).lower().rstrip("/").endswith(".csv"):
+            raise ConfigError(f"output {self.output!r}: the spark engine writes a Parquet "
+                              "dataset (a folder); name it without .csv, or use --engine local "
+                              "for a CSV file")
         return self

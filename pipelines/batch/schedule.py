@@ -176,6 +176,7 @@ def load_jobs(path: str | Path) -> Schedule:
             opts["keep"] = [c.strip() for c in opts["keep"].split(",")]
         try:
             ScoreOptions(model=job.model, input=job.input, output=job.output, **opts).check()
+            score_command(job, datetime.now(), None)  # the output template fills in
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
         trigger = cron_trigger(job.cron, tz, f"{where} cron")

@@ -38,9 +38,10 @@ import yaml
 from training.detector.image_params import IMAGE_KINDS
 from training.detector.registry import DETECTORS, detector_class
 from training.errors import ConfigError, shown
-from training.params import DetectorParams
+from training.params import MAX_SEED, DetectorParams
 
 DEFAULT_EXPERIMENT = "anomaly-detection"
+
 
 
 @dataclass
@@ -78,8 +79,9 @@ class TrainConfig:
         if not isinstance(self.register, bool):
             raise ConfigError(f"register: expected true or false, got {shown(self.register)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) \
-                or self.seed < 0:
-            raise ConfigError(f"seed: expected a whole number, 0 or more, got {shown(self.seed)}")
+                or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed: expected a whole number from 0 to {MAX_SEED}, got "
+                              f"{shown(self.seed)}")
         self.seed = int(self.seed)
         if self.normal_class is not None and (isinstance(self.normal_class, bool) or
                                               not isinstance(self.normal_class, (int, str))):

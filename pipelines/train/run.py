@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -93,7 +94,7 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
                          "n_input_columns": len(detector.preprocessor_.input_columns_),
                          "n_features": detector.preprocessor_.n_features_, **prepared.params}
         mlflow.log_params({k: ("" if v is None else v) for k, v in logged_params.items()})
-        mlflow.log_input(kind.dataset(prepared, cfg), context="training")
+        _log_dataset(kind.dataset(prepared, cfg), cfg.data)
 
         metrics = _calibration_metrics(detector)
         metrics.update(_fit_metrics(detector.history_, objective, fit_seconds))
@@ -118,6 +119,22 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
     return TrainResult(name=cfg.name, kind=cfg.kind, run_id=run.info.run_id, version=version,
                        alias=cfg.alias if version else None, metrics=metrics,
                        thresholds=detector.thresholds_, primary_score=detector.primary_score)
+
+
+# The longest dataset schema MLflow's tracking store takes (a wider table's is refused there).
+_MAX_SCHEMA_CHARS = 1_048_575
+
+
+def _log_dataset(dataset: Any, source: str) -> None:
+    """Log the training data as the run's input; a table too wide for MLflow's schema field
+    is noted instead (a warning and the ``dataset`` tag), not a failed run after the fit."""
+    schema = dataset.to_dict().get("schema") or ""
+    if len(schema) > _MAX_SCHEMA_CHARS:
+        log.warning("%s: its schema (%d characters) is longer than MLflow stores for a "
+                    "dataset: the run records the data's path only", source, len(schema))
+        mlflow.set_tag("dataset", source)
+        return
+    mlflow.log_input(dataset, context="training")
 
 
 def objective_name(detector: BaseDetector) -> str:

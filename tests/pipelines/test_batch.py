@@ -252,6 +252,18 @@ def test_wide_rows_make_chunks_of_fewer_rows(tmp_path, monkeypatch, suffix):
     got = pa.Table.from_batches([c.batch for c in chunks]).to_pandas()
     np.testing.assert_array_equal(got.to_numpy(), frame.to_numpy())
 
+
+@pytest.mark.parametrize("options,words", [
+    ({"keep": ["id", "id"]}, "column 'id' is named twice"),
+    ({"engine": "spark", "output": "scored.csv"}, "writes a Parquet dataset"),
+])
+def test_options_that_cannot_mean_what_they_say_are_refused(options, words):
+    from pipelines.batch.options import ScoreOptions
+
+    with pytest.raises(ConfigError, match=words):
+        ScoreOptions(**{"model": "models:/m@champion", "input": "a.parquet",
+                        "output": "b.parquet", **options}).check()
+
 def test_record_numbers_skip_malformed_lines():
     # Good rows 0..4 with malformed records 1 and 4 skipped: records 0, 2, 3, 5, 6.
     np.testing.assert_array_equal(_record_numbers(0, 5, [1, 4]), [0, 2, 3, 5, 6])

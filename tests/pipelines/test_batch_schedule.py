@@ -54,6 +54,7 @@ def test_valid_file_loads_with_status_beside_it(tmp_path):
     (JOB.replace("name: nightly", "name: [a]"), "name: expected text"),
     (JOB + "status_file: sub\n", "status_file: .* is a folder"),
     (JOB.replace('cron: "0 2 * * 1-5"', 'cron: "* * 31 2 *"'), "never fires"),
+    (JOB.replace("{date}/{stem}", "{foo}/{stem}"), "nightly.*unknown placeholder {foo}"),
 ])
 def test_bad_file_names_the_key(tmp_path, text, key):
     (tmp_path / "sub").mkdir()

@@ -209,3 +209,32 @@ def test_a_config_file_not_in_utf8_is_named(tmp_path, capsys):
     assert _train(tmp_path / "d.csv", tmp_path, "--config", str(cfg)) == 2
     assert _last_error(capsys) == (f"error: {cfg}: not UTF-8 text (byte 0xe9); save the file "
                                    "as UTF-8")
+
+
+def test_a_table_too_wide_for_mlflows_dataset_schema_is_noted_not_failed(tmp_path, caplog):
+    """MLflow's store refuses a dataset schema over 1 MB (about 20,000 columns): the run keeps
+    the data's path as a tag instead of failing after the fit."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        _log_both(tmp_path)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert "longer than MLflow stores" in caplog.text
+
+
+def _log_both(tmp_path):
+    import mlflow
+
+    from pipelines.train.run import _log_dataset
+
+    wide = pd.DataFrame(np.zeros((3, 25_000)), columns=[f"column_{i}" for i in range(25_000)])
+    narrow = wide.iloc[:, :3]
+    with mlflow.start_run() as run:
+        _log_dataset(mlflow.data.from_pandas(wide, source=str(tmp_path / "w.csv")), "w.csv")
+        _log_dataset(mlflow.data.from_pandas(narrow, source=str(tmp_path / "n.csv")), "n.csv")
+    got = mlflow.get_run(run.info.run_id)
+    assert got.data.tags["dataset"] == "w.csv"
+    assert len(got.inputs.dataset_inputs) == 1  # the narrow one, logged as usual

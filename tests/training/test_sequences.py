@@ -95,6 +95,8 @@ def test_params_are_checked():
         SequenceDetector(kind="seq_ae", architecture="transformer")
     with pytest.raises(ConfigError, match="for sequences"):
         SequenceDetector(kind="vae")
+    with pytest.raises(ConfigError, match="'t' is the time column too"):
+        SequenceDetector(kind="seq_ae", time_column="t", series_column="t")
 
 
 def test_per_timestamp_scores_warm_up_and_explanations(fitted, series):

@@ -49,7 +49,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
             schema = pq.read_schema(p)
             check_columns(schema.names, str(path))
             check_types(schema, str(path))
-            df = pd.read_parquet(p)
+            table = pq.read_table(p)
+            decimals = [f.name for f in table.schema if pa.types.is_decimal(f.type)]
+            for name in decimals:  # numbers, as batch scoring reads them (pandas: objects)
+                i = table.schema.get_field_index(name)
+                table = table.set_column(i, name, table.column(name).cast(pa.float64()))
+            df = table.to_pandas()
     except DataError:
         raise
     except pd.errors.EmptyDataError:

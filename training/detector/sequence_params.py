@@ -92,6 +92,9 @@ class SequenceDetectorParams(DetectorParams):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{name}: expected a column name, got {shown(value)}")
+        if self.series_column is not None and self.series_column == self.time_column:
+            raise ConfigError(f"series_column: {self.series_column!r} is the time column too; "
+                              "a column is the time or the series key, not both")
 
     @property
     def score_kinds(self) -> tuple[str, ...]:
