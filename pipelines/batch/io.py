@@ -73,6 +73,15 @@ def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
 
 
+def _csv_error(path: Path, e: Exception, where: str = "") -> DataError:
+    """pyarrow's CSV error as the caller's: a record longer than a block named as such."""
+    if "straddl" in str(e):  # pyarrow's words for a record that does not fit in a block
+        return DataError(f"{path}: a record longer than {_CSV_BLOCK_BYTES / 2**20:g} MiB{where}; "
+                         "batch jobs read CSV records up to that size: shorten its long field, "
+                         "or convert the file to Parquet")
+    return DataError(f"{path}: cannot read as csv: {first_line(e, 1000)}")
+
+
 def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
@@ -135,6 +144,8 @@ class TableReader:
                 source = self._infer_csv_schema()
                 self.num_rows = None
         except (pa.ArrowInvalid, OSError) as e:
+            if self.format == "csv":
+                raise _csv_error(path, e) from None
             raise DataError(f"{path}: cannot read as {self.format}: "
                             f"{first_line(e, 1000)}") from None
         try:
@@ -235,7 +246,8 @@ class TableReader:
                             np.zeros(0, dtype=np.int64), list(invalid))
         except pa.ArrowInvalid as e:
             self._raise_if_not_utf8()
-            raise DataError(f"{self.path}: cannot read as csv: {first_line(e, 1000)}") from None
+            where = f", after its first {good} records" if good else ""
+            raise _csv_error(self.path, e, where) from None
         finally:
             reader.close()
 

@@ -18,7 +18,7 @@ from pipelines.batch.plan import output_for
 from pipelines.batch.results import EXPERIMENT, ScoreSample
 from pipelines.cli.main import main
 from tests.batch_support import NAME, trained_store
-from training.errors import ConfigError
+from training.errors import ConfigError, DataError
 
 SCORE_COLUMNS = ["score", "p_value", "is_anomaly", "score_recon", "p_value_recon",
                  "unknown_categories"]
@@ -263,6 +263,16 @@ def test_options_that_cannot_mean_what_they_say_are_refused(options, words):
     with pytest.raises(ConfigError, match=words):
         ScoreOptions(**{"model": "models:/m@champion", "input": "a.parquet",
                         "output": "b.parquet", **options}).check()
+
+
+def test_a_csv_record_longer_than_a_block_is_named_as_such(tmp_path, monkeypatch):
+    import pipelines.batch.io as batch_io
+
+    monkeypatch.setattr(batch_io, "_CSV_BLOCK_BYTES", 1 << 16)
+    src = tmp_path / "long.csv"
+    src.write_text("a,b\n" + "1,x\n" * 10 + "2," + "y" * (1 << 18) + "\n3,z\n")
+    with pytest.raises(DataError, match="a record longer than 0.0625 MiB.*shorten its long field"):
+        list(TableReader(src, 100, ["a"]).chunks(["a", "b"]))
 
 def test_record_numbers_skip_malformed_lines():
     # Good rows 0..4 with malformed records 1 and 4 skipped: records 0, 2, 3, 5, 6.

@@ -6,6 +6,7 @@ import gzip
 import struct
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -139,3 +140,13 @@ def test_frame_inputs_and_png_round_trip(tmp_path):
     assert np.allclose(batch[0, 0], im, atol=1 / 255) and np.array_equal(batch[0], batch[1])
     with pytest.raises(DataError, match="'image'.*'path'"):
         images_from_frame(pd.DataFrame({"x": [1]}))
+
+
+def test_a_frame_of_images_holds_them_one_way():
+    both = pd.DataFrame({"image": ["aGk="], "path": ["a.png"]})
+    with pytest.raises(DataError, match="'image' and 'path' both hold images"):
+        images_from_frame(both)
+    assert images_from_frame(pd.DataFrame({"image": [None], "path": ["a.png"]})) == [
+        ("a.png", "a.png")]
+    with pytest.raises(DataError, match="got none of them"):
+        images_from_frame(pd.DataFrame(index=[0]))

@@ -372,7 +372,11 @@ def images_from_frame(df, source: str = "input") -> list[tuple[str, bytes | str]
     The frame has a column ``image`` (encoded bytes, or base64 strings of them) or a column
     ``path`` (image files). Names are the paths, or ``<source> row <i>``.
     """
-    if "image" in df.columns:
+    given = [c for c in ("image", "path") if c in df.columns and df[c].notna().any()]
+    if len(given) == 2:
+        raise DataError(f"{source}: columns 'image' and 'path' both hold images; send them one "
+                        "way")
+    if "image" in df.columns and given != ["path"]:
         out = []
         for i, v in enumerate(df["image"].tolist()):
             name = f"{source} row {i}"
@@ -385,8 +389,10 @@ def images_from_frame(df, source: str = "input") -> list[tuple[str, bytes | str]
         return out
     if "path" in df.columns:
         return [(str(v), str(v)) for v in df["path"].tolist()]
+    got = f"got columns {list(df.columns)}" if len(df.columns) else \
+        "got none of them (a model's pyfunc passes on only the columns of its signature)"
     raise DataError(f"{source}: expected a column 'image' (base64 or bytes of PNG/JPEG files) or "
-                    f"'path' (image files); got columns {list(df.columns)}")
+                    f"'path' (image files); {got}")
 
 
 def to_png(image: np.ndarray) -> bytes:
