@@ -66,3 +66,10 @@ def test_python_values_of_the_right_kind_are_taken(tmp_path):
 
     cfg = TrainConfig(data=tmp_path / "d.csv", name="m", seed=np.int64(3))
     assert cfg.data == str(tmp_path / "d.csv") and cfg.seed == 3 and type(cfg.seed) is int
+
+
+def test_a_key_given_twice_is_named(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: a.csv\nname: m\nmodel:\n  latent_dim: 2\n  latent_dim: 3\n")
+    with pytest.raises(ConfigError, match="key 'latent_dim' appears twice \\(line 5\\)"):
+        TrainConfig.from_sources(str(cfg), {})
