@@ -176,7 +176,7 @@ def check_alias(alias: str) -> None:
 
 
 class _DuplicateKey(Exception):
-    pass
+    """A YAML mapping that names a key twice (its message names the key and line)."""
 
 
 class _UniqueKeys(yaml.SafeLoader):

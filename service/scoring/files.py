@@ -257,9 +257,10 @@ def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_r
         deletes the file once sent.
     """
     check_upload(model, f, filename, fmt, limits or UploadLimits(), output=not summary)
-    chunks = _csv_chunks(f, chunk_rows, filename, model.inputs.text_columns) if fmt == "csv" \
-        else \
-        _parquet_chunks(f, chunk_rows, filename)
+    if fmt == "csv":
+        chunks = _csv_chunks(f, chunk_rows, filename, model.inputs.text_columns)
+    else:
+        chunks = _parquet_chunks(f, chunk_rows, filename)
     writer = None if summary else _Writer(fmt, out_dir)
     result = FileResult(path=writer.path if writer else None)
     columns = model.inputs.columns
