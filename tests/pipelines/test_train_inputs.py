@@ -181,7 +181,7 @@ def test_a_dictionary_column_of_a_parquet_file_trains_as_its_values(tmp_path):
 
 @pytest.mark.parametrize("config, message", [
     ("model: 5\n", "model: expected a mapping of hyperparameters, got 5"),
-    ("seed: abc\n", "seed: expected a whole number, 0 or more, got 'abc'"),
+    ("seed: abc\n", "seed: expected a whole number from 0 to 9223372036854775807, got 'abc'"),
     ("label_column: [1, 2]\n", "label_column: expected text, got [1, 2]"),
     ("register: 'no'\n", "register: expected true or false, got 'no'"),
     ("alias: latest\n", "alias: 'latest' is reserved by MLflow"),
@@ -232,7 +232,7 @@ def _log_both(tmp_path):
 
     wide = pd.DataFrame(np.zeros((3, 25_000)), columns=[f"column_{i}" for i in range(25_000)])
     narrow = wide.iloc[:, :3]
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("wide")) as run:
         _log_dataset(mlflow.data.from_pandas(wide, source=str(tmp_path / "w.csv")), "w.csv")
         _log_dataset(mlflow.data.from_pandas(narrow, source=str(tmp_path / "n.csv")), "n.csv")
     got = mlflow.get_run(run.info.run_id)
