@@ -26,13 +26,19 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from training.data.tables import check_columns, dictionary_columns, not_utf8, table_format
+from training.data.tables import (
+    CHUNK_BYTES,
+    check_columns,
+    dictionary_columns,
+    not_utf8,
+    table_format,
+)
 from training.errors import DataError, OutputError, first_line, shown
+
+_CHUNK_BYTES = CHUNK_BYTES  # a chunk's bytes at most (a module name: tests shrink it)
 
 log = logging.getLogger(__name__)
 
-# A chunk holds at most chunk_rows rows and, whatever their width, about this many bytes.
-_CHUNK_BYTES = 64 << 20
 _CSV_BLOCK_BYTES = 4 << 20
 _PARTIAL = ".partial-"
 

@@ -118,12 +118,12 @@ def export_onnx(detector: BaseDetector, output: str | Path, *, source: dict[str,
     if not str(output):
         raise OutputError("the output is an empty path; give the graph's file name (model.onnx)")
     output = output_target(Path(output))
-    output_target(sidecar_path(output))  # neither is written unless both can be
     kinds = exportable_kinds(detector)
     if not kinds:
         raise ConfigError(f"{source.get('uri', 'model')}: none of its scores "
                           f"{list(detector.score_kinds)} can be exported as a graph")
-    for path in (output, sidecar_path(output)):  # both checked before either is written
+    # both checked before either is written
+    for path in (output, output_target(sidecar_path(output))):
         if path.is_dir():
             raise OutputError(f"{path}: is a folder; give the graph's file name "
                               "(model.onnx; its sidecar goes beside it as model.onnx.json)")

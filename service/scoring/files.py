@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from service.model import ServedModel
 from training.data.tables import (
+    CHUNK_BYTES,
     check_columns,
     check_types,
     csv_header,
@@ -158,10 +159,9 @@ def _csv_chunks(f: BinaryIO, rows: int, name: str, text_columns: list[str]
 
 
 # A Parquet upload is decoded this many rows at a time, and they are gathered into a chunk of
-# at most ``chunk_rows`` rows and about this many decoded bytes: a few kilobytes of file can
+# at most ``chunk_rows`` rows and about ``CHUNK_BYTES`` decoded: a few kilobytes of file can
 # hold a long text repeated on every row (one dictionary entry), which only decoding reveals.
 _PARQUET_BATCH_ROWS = 1024
-_CHUNK_BYTES = 64 << 20
 
 
 def _parquet_chunks(f: BinaryIO, rows: int, name: str) -> Iterator[pd.DataFrame]:
@@ -172,7 +172,7 @@ def _parquet_chunks(f: BinaryIO, rows: int, name: str) -> Iterator[pd.DataFrame]
         for batch in pf.iter_batches(batch_size=min(rows, _PARQUET_BATCH_ROWS)):
             batches.append(batch)
             n, size = n + batch.num_rows, size + batch.nbytes
-            if n >= rows or size >= _CHUNK_BYTES:
+            if n >= rows or size >= CHUNK_BYTES:
                 yield pa.Table.from_batches(batches).to_pandas()
                 batches, n, size = [], 0, 0
         if batches:

@@ -210,7 +210,9 @@ def test_an_interrupt_while_registering_leaves_no_version(store, breast_cancer_c
                                                           monkeypatch, capsys, existing):
     """Ctrl-C (or SIGTERM, which the CLI turns into one) after MLflow has created the version
     but before this process has its number: the version is taken back (and the registered
-    model, when this run created it), and the run is not left RUNNING."""
+    model, when this run created it), and the run is not left RUNNING. Everything runs for
+    real on a SQLite MLflow store; only the moment of the interrupt is injected, right after
+    MLflow's own ``register_model`` returns (a signal's timing cannot be aimed there)."""
     name = NAME if existing else "interrupted"
     client = MlflowClient()
     before = len(client.search_model_versions(f"name = '{NAME}'"))

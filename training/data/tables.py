@@ -21,6 +21,9 @@ import pyarrow.parquet as pq
 from training.errors import DataError, TooLargeError, shown
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# A chunk of a table read piece by piece (batch jobs, uploads) holds about this many bytes at
+# most, however few rows that makes when they are wide or hold long texts.
+CHUNK_BYTES = 64 << 20
 
 
 def table_format(path: str | Path) -> str:
