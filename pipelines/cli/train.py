@@ -15,9 +15,10 @@ from training.detector.sequence_params import SEQUENCE_KINDS
 from training.nn.names import ACTIVATION_NAMES, ARCHITECTURES
 from training.params import (
     CHANNEL_NORMS,
-    DEFAULT_PRIMARY,
+    GEOMETRIES,
     KINDS,
     MAX_EPOCHS,
+    NEIGHBOUR_SCORES,
     SCORE_KINDS,
     SLOW_RULES,
     DetectorParams,
@@ -29,16 +30,16 @@ TOP_FLAGS = ("data", "kind", "name", "label_column", "id_column", "eval_data", "
 MODEL_FLAGS = ("hidden_sizes", "latent_dim", "activation", "dropout", "batch_size",
                "learning_rate", "max_epochs", "patience", "noise_std", "beta", "primary_score",
                "image_size", "channels", "time_column", "series_column", "window",
-               "architecture", "slow_channels", "channel_norm")
+               "architecture", "slow_channels", "channel_norm", "geometry")
 
 _FIELDS = TrainConfig.__dataclass_fields__
 _PRIMARY_DEFAULTS = ", ".join(
-    [f"{kind}: {score}" for kind, score in DEFAULT_PRIMARY.items()]
+    [f"{kind}: {DetectorParams(kind=kind).primary_score}" for kind in KINDS]
     + [f"{kind}: {ImageDetectorParams.default_primary[twin]}" for kind, twin in DENSE_TWIN.items()])
 
 
 _PRIMARY_CHOICES = list(dict.fromkeys(
-    [*SCORE_KINDS["vae"], *ImageDetectorParams(kind="conv_vae").score_kinds]))
+    [*SCORE_KINDS["vae"], *NEIGHBOUR_SCORES, *ImageDetectorParams(kind="conv_vae").score_kinds]))
 
 
 def _default(name: str) -> Any:
@@ -99,8 +100,8 @@ def _default(name: str) -> Any:
               help="VAE: weight of the KL term.")
 @click.option("--primary-score", type=click.Choice(_PRIMARY_CHOICES),
               show_default=_PRIMARY_DEFAULTS,
-              help="Score that decides is_anomaly (an ae has recon only; the *_vs_png and "
-              "*_vs_local scores are the image kinds').")
+              help="Score that decides is_anomaly (an ae has recon, and knn and combined "
+              "with neighbours; the *_vs_png and *_vs_local scores are the image kinds').")
 @click.option("--image-size", type=IntList(), metavar="H,W",
               show_default="the images' own size, at most 64 a side",
               help="Images: HEIGHT,WIDTH (or one number) to resize to.")
@@ -122,6 +123,10 @@ def _default(name: str) -> Any:
 @click.option("--channel-norm", type=click.Choice(CHANNEL_NORMS), show_default="std",
               help="Sequences: a window's score counts each channel's error above its normal "
               "level in units of its normal spread (std), or the mean of the errors (mean).")
+@click.option("--geometry", type=click.Choice(GEOMETRIES), show_default="auto",
+              help="Tables: compare rows column by column, each standardised (columns), or as "
+              "vectors by their direction (direction: embeddings, pixels); auto: direction "
+              "for 256 or more numeric columns and no categorical one.")
 @click.pass_context
 def train(ctx: click.Context, config: str | None, no_register: bool, channels: str | None,
           **flags: Any) -> int:

@@ -75,6 +75,7 @@ class ScoreGraph(torch.nn.Module):
             self.register_buffer("ref", ref)
             self.register_buffer("ref_sq", ref.pow(2).sum(1))
             self.k = int(min(detector.params.neighbours, ref.shape[0]))
+            self.knn_mean = detector.knn_mean_
         self.combination = dict(detector.combination_ or {})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -89,15 +90,17 @@ class ScoreGraph(torch.nn.Module):
         if self.reference:
             raw["knn"] = self._neighbour_distance(x)
         if "combined" in self.kinds:
-            parts = [(raw[k] - loc) / scale for k, (loc, scale) in self.combination.items()]
+            parts = [(raw[k].double() - loc) / scale
+                     for k, (loc, scale) in self.combination.items()]
             raw["combined"] = torch.stack(parts).mean(dim=0)
         return tuple(raw[k].double() for k in self.kinds)
 
     def _neighbour_distance(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`BaseDetector._neighbour_distance`, as tensors."""
+        """:meth:`BaseDetector._neighbour_distances`, as tensors."""
         xd = x.double()
         d2 = (xd.pow(2).sum(1, keepdim=True) - 2.0 * xd @ self.ref.T + self.ref_sq).clamp(min=0)
-        return d2.topk(self.k, dim=1, largest=False).values[:, -1].sqrt()
+        nearest = d2.topk(self.k, dim=1, largest=False).values.sqrt()
+        return nearest.mean(dim=1) if self.knn_mean else nearest[:, -1]
 
 
 def export_onnx(detector: BaseDetector, output: str | Path, *, source: dict[str, Any]

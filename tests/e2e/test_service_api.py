@@ -54,12 +54,12 @@ def test_ready_and_listing(api):
         {"bc": "1", "bc-vae": "1", "bc-reload": "1"}
     listing = ModelList.model_validate(api.get("/v1/models").json())
     by_name = {m.name: m for m in listing.models}
-    assert by_name["bc-vae"].kind == "vae" and by_name["bc-vae"].primary_score == "elbo"
+    assert by_name["bc-vae"].kind == "vae" and by_name["bc-vae"].primary_score == "combined"
     assert by_name["bc"].alias == "champion" and by_name["bc"].origin == "registry"
     assert len(by_name["bc"].input_schema) == 30 and by_name["bc"].run_id
     one = api.get("/v1/models/bc-vae").json()
-    assert one["thresholds"]["elbo"] == one["threshold"] and 0 < one["target_fpr"] < 1
-    assert one["score_kinds"] == ["agg_elbo", "elbo", "recon"]
+    assert one["thresholds"]["combined"] == one["threshold"] and 0 < one["target_fpr"] < 1
+    assert one["score_kinds"] == ["agg_elbo", "elbo", "recon", "knn", "combined"]
     assert api.get("/healthz").json() == {"status": "ok"}
 
 
@@ -73,7 +73,7 @@ def test_score_normal_and_anomalous(api, frame):
     assert answer.ignored_columns == ["id"] and answer.n_records == 40
     flags = np.array([x.is_anomaly for x in answer.results])
     assert flags[20:].mean() > flags[:20].mean()  # malignant tumours are flagged more often
-    kinds = {"agg_elbo", "elbo", "recon"}
+    kinds = {"agg_elbo", "elbo", "recon", "knn", "combined"}
     assert set(answer.results[0].scores) == set(answer.results[0].p_values) == kinds
     assert all(x.explanation is None for x in answer.results)
 

@@ -20,6 +20,7 @@ from pipelines.train.config import TrainConfig
 from tests.servers import free_port, wait_http
 from training.errors import ConfigError, RegistryUnavailable
 from training.nn.names import ACTIVATION_NAMES
+from training.preprocessing.tabular import DIRECTION_MIN_COLUMNS
 
 
 def _commands(group: click.Group, path: str = "anomaly"):
@@ -54,8 +55,11 @@ def test_help_lists_the_choices_and_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert f"--activation [{'|'.join(ACTIVATION_NAMES)}]" in out
     assert "--kind [ae|vae|conv_ae|conv_vae|seq_ae|seq_vae]" in out
-    assert ("--primary-score [agg_elbo|elbo|recon|elbo_vs_png|elbo_vs_local|recon_vs_local]"
-            in out)
+    assert ("--primary-score [agg_elbo|elbo|recon|knn|combined|elbo_vs_png|elbo_vs_local|"
+            "recon_vs_local]" in out)
+    assert "ae: recon, vae: combined, conv_ae" in out
+    assert "--geometry [auto|columns|direction]" in out
+    assert f"direction for {DIRECTION_MIN_COLUMNS} or more numeric columns" in out
     assert "conv_ae: recon_vs_local, conv_vae: elbo_vs_local" in out
     assert "[default: vae]" in out and "[default: challenger]" in out
     assert main(["score", "--help"]) == 0

@@ -11,7 +11,7 @@ def test_yaml_and_flags_merge(tmp_path):
     cfg = TrainConfig.from_sources(str(cfg_file), flags)
     assert (cfg.data, cfg.name, cfg.kind) == ("a.csv", "m", "vae")
     p = cfg.detector_params()
-    assert (p.latent_dim, p.beta, p.kind, p.primary_score) == (5, 2.0, "vae", "elbo")
+    assert (p.latent_dim, p.beta, p.kind, p.primary_score) == (5, 2.0, "vae", "combined")
 
 
 def test_unknown_keys_are_named(tmp_path):

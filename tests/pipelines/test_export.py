@@ -52,7 +52,8 @@ def _close(got: np.ndarray, want: np.ndarray, what: str) -> None:
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=atol, err_msg=what)
 
 
-@pytest.mark.parametrize("alias, kinds", [("champion", ["agg_elbo", "elbo", "recon"]),
+@pytest.mark.parametrize("alias, kinds", [("champion", ["agg_elbo", "elbo", "recon", "knn",
+                                                       "combined"]),
                                           ("knn", ["recon", "knn", "combined"])])
 def test_table_model_roundtrips_through_onnxruntime(store, breast_cancer, tmp_path, capsys,
                                                     alias, kinds):

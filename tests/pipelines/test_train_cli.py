@@ -36,7 +36,7 @@ def test_both_versions_registered_with_alias_and_tags(store):
     client = MlflowClient()
     versions = sorted(client.search_model_versions(f"name = '{NAME}'"), key=lambda v: v.version)
     assert [v.tags["kind"] for v in versions] == ["ae", "vae"]
-    assert [v.tags["primary_score"] for v in versions] == ["recon", "elbo"]
+    assert [v.tags["primary_score"] for v in versions] == ["recon", "combined"]
     for v in versions:
         assert float(v.tags["threshold"]) > 0 and v.tags["target_fpr"] == "0.01"
     assert {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {
@@ -64,7 +64,7 @@ def test_runs_share_metric_and_param_names(store):
     assert {"train_neg_elbo", "val_neg_elbo"} <= set(vae.data.metrics)
     assert {"eval/auroc_agg_elbo", "eval/auroc_elbo", "calibration/threshold_elbo"} <= set(
         vae.data.metrics)
-    assert vae.data.metrics["eval/auroc"] == vae.data.metrics["eval/auroc_elbo"]
+    assert vae.data.metrics["eval/auroc"] == vae.data.metrics["eval/auroc_combined"]
     # The VAE ensemble cross-fits: its thresholds rest on every normal row it trained on, the
     # AE's on the held-out fifth, and each run says which.
     assert (ae.data.params["calibration"], vae.data.params["calibration"]) == (

@@ -10,6 +10,7 @@ import torch
 
 from training import ConfigError, Detector
 from training.detector.base import CROSS_FIT_COVERAGE, _folds, _Member
+from training.detector.scores import robust_location_scale
 from training.params import DetectorParams
 
 
@@ -48,6 +49,30 @@ def test_fit_calibrates_every_score_kind_on_every_record(crossfitted):
         assert cal.scores.size == n_val + n_folds  # the validation rows and every fold
         assert cal.method == "conformal" and cal.achievable_fpr <= 0.01
     assert not hasattr(det, "_reference_rows")  # fit's bookkeeping is not kept
+
+
+def test_knn_calibrates_leaving_each_record_out_and_combined_standardises_on_it(crossfitted):
+    det = crossfitted
+    X, _ = det.preprocessor_.transform(_normals(1500, 0))
+    X = X.astype(np.float64)
+    order = np.random.default_rng(1).permutation(1500)
+    X_val, X_train = X[order[:225]], X[order[225:]]
+    np.testing.assert_array_equal(det.reference_.numpy(), X_train)  # under 10,000: every row
+
+    def mean_5_nearest(a, b, leave_out):
+        d = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
+        if leave_out:
+            np.fill_diagonal(d, np.inf)  # a training record is not its own neighbour
+        return np.sort(d, axis=1)[:, :5].mean(1)
+
+    folds = _folds(len(X_train), 3, 1)
+    want = np.r_[mean_5_nearest(X_val, X_train, False),
+                 mean_5_nearest(X_train, X_train, True)[folds >= 0]]
+    np.testing.assert_allclose(det.calibrations_["knn"].scores, np.sort(want), rtol=1e-6)
+    assert det.primary_score == "combined"
+    for kind in ("elbo", "knn"):  # standardised on the scores the thresholds rest on
+        assert det.combination_[kind] == list(
+            robust_location_scale(det.calibrations_[kind].scores))
 
 
 def test_thresholds_keep_their_rate_and_p_values_stay_valid_on_fresh_normals(crossfitted):

@@ -33,8 +33,9 @@ def test_score_columns_and_flags(fitted, splits):
     assert list(out.columns) == expected + ["unknown_categories"]
     assert len(out) == len(splits["test"])
     primary = fitted.primary_score
-    assert primary == ("elbo" if fitted.params.kind == "vae" else "recon")
-    assert kinds == (("agg_elbo", "elbo", "recon") if fitted.params.kind == "vae" else ("recon",))
+    assert primary == ("combined" if fitted.params.kind == "vae" else "recon")
+    assert kinds == (("agg_elbo", "elbo", "recon", "knn", "combined")
+                     if fitted.params.kind == "vae" else ("recon",))
     np.testing.assert_array_equal(out["score"], out[f"score_{primary}"])
     np.testing.assert_array_equal(out["is_anomaly"], out["score"] > fitted.thresholds_[primary])
     assert out["p_value"].between(0, 1).all()
@@ -79,9 +80,10 @@ def test_vae_scores_match_their_definitions(splits):
 
 def test_save_load_round_trip_gives_identical_scores(fitted, splits, tmp_path):
     fitted.save(tmp_path / "m")
-    prior = ["aggregate_prior.pt"] if fitted.params.kind == "vae" else []
+    vae = ["aggregate_prior.pt"] if fitted.params.kind == "vae" else []
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-        *prior, "detector.json", "preprocessing.json", "weights.pt"]
+        *vae[:1], "detector.json", "preprocessing.json", *(["reference.pt"] if vae else []),
+        "weights.pt"]
     again = Detector.load(tmp_path / "m")
     pd.testing.assert_frame_equal(again.score(splits["test"]), fitted.score(splits["test"]))
     assert again.thresholds_ == fitted.thresholds_
@@ -208,11 +210,11 @@ def test_neighbour_scores_by_hand_and_through_save_and_load(splits, tmp_path):
     assert det.score_kinds == ("recon", "knn", "combined")
     rows = splits["test"].head(7)
     raw = det.raw_scores(rows)
-    # knn: distance to the 3rd nearest reference row, by brute force
+    # knn: mean distance to the 3 nearest reference rows, by brute force
     X, _ = det.preprocessor_.transform(rows)
     ref = det.reference_.numpy().astype(np.float64)
     d = np.sqrt(((X[:, None, :].astype(np.float64) - ref[None]) ** 2).sum(-1))
-    np.testing.assert_allclose(raw["knn"], np.sort(d, axis=1)[:, 2], rtol=1e-6)
+    np.testing.assert_allclose(raw["knn"], np.sort(d, axis=1)[:, :3].mean(1), rtol=1e-6)
     # combined: the mean of the two parts, each standardised on the validation normals
     (loc_r, sc_r), (loc_k, sc_k) = det.combination_["recon"], det.combination_["knn"]
     expected = ((raw["recon"] - loc_r) / sc_r + (raw["knn"] - loc_k) / sc_k) / 2

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.errors import DataError
+from training.errors import ConfigError, DataError
 from training.preprocessing.tabular import Records, TabularPreprocessor
 
 
@@ -257,3 +257,62 @@ def test_a_boolean_among_numbers_is_no_number():
         pre.transform(mixed, "frame")
     X, _ = pre.transform(mixed.iloc[:4], "frame")  # numbers as text still read as numbers
     assert np.isfinite(X).all()
+
+
+def _vectors(n: int, d: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    X = np.abs(rng.normal(size=(n, d))) * rng.uniform(0.1, 3.0, size=d)
+    return pd.DataFrame(X, columns=[f"e{i}" for i in range(d)])
+
+
+def test_geometry_auto_compares_wide_numeric_rows_by_direction():
+    from training.preprocessing.tabular import DIRECTION_MIN_COLUMNS
+
+    wide = _vectors(300, DIRECTION_MIN_COLUMNS)
+    pre = TabularPreprocessor().fit(wide)
+    assert pre.geometry_ == "direction"
+    X, _ = pre.transform(wide)
+    # the rows divided by their lengths, centred per column, one scale for every column
+    unit = wide.to_numpy() / np.linalg.norm(wide.to_numpy(), axis=1, keepdims=True)
+    centred = unit - unit.mean(axis=0)
+    scale = np.sqrt(np.mean(centred.var(axis=0)))
+    np.testing.assert_allclose(X, centred / scale, rtol=1e-4, atol=1e-5)
+    # a record's length does not count: twice a row is the same row
+    np.testing.assert_allclose(pre.transform(wide.head(3) * 2)[0], X[:3], rtol=1e-5, atol=1e-6)
+    # back in the input's units given each record's length
+    back = pre.inverse_transform(X[:3], pre.row_lengths(wide.head(3)))
+    np.testing.assert_allclose(back.to_numpy(), wide.head(3).to_numpy(), rtol=1e-4)
+    again = TabularPreprocessor.from_dict(pre.to_dict())
+    assert again.geometry_ == "direction"
+    np.testing.assert_array_equal(again.transform(wide)[0], X)
+
+
+def test_geometry_auto_keeps_columns_for_narrow_or_mixed_tables_and_old_models():
+    from training.preprocessing.tabular import DIRECTION_MIN_COLUMNS
+
+    narrow = _vectors(300, DIRECTION_MIN_COLUMNS - 1)
+    pre = TabularPreprocessor().fit(narrow)
+    assert pre.geometry_ == "columns" and pre.row_lengths(narrow) is None
+    mixed = _vectors(300, DIRECTION_MIN_COLUMNS).assign(kind=["a", "b", "c"] * 100)
+    assert TabularPreprocessor().fit(mixed).geometry_ == "columns"
+    assert TabularPreprocessor(geometry="direction").fit(narrow).geometry_ == "direction"
+    assert TabularPreprocessor(geometry="columns").fit(mixed.drop(columns="kind")
+                                                       ).geometry_ == "columns"
+    with pytest.raises(ConfigError, match="categorical columns: use 'columns'"):
+        TabularPreprocessor(geometry="direction").fit(mixed)
+    saved = TabularPreprocessor().fit(narrow).to_dict()
+    del saved["geometry"]  # saved before there was a choice
+    assert TabularPreprocessor.from_dict(saved).geometry_ == "columns"
+
+
+def test_geometry_is_a_table_parameter():
+    from training.detector.image_params import ImageDetectorParams
+    from training.detector.sequence_params import SequenceDetectorParams
+    from training.params import DetectorParams
+
+    with pytest.raises(ConfigError, match=r"geometry: expected one of \['auto', 'columns', "
+                                          r"'direction'\], got 'cosine'"):
+        DetectorParams(geometry="cosine")
+    for cls, kind in ((ImageDetectorParams, "conv_vae"), (SequenceDetectorParams, "seq_vae")):
+        with pytest.raises(ConfigError, match="geometry: for tables only"):
+            cls(kind=kind, geometry="direction")

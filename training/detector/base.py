@@ -63,7 +63,7 @@ from training.nn.losses import (
     kl_to_mixture_bound,
     kl_to_standard_normal,
 )
-from training.params import DetectorParams
+from training.params import NEIGHBOUR_SCORES, DetectorParams
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,12 @@ class BaseDetector(CalibratedScores):
     # The ``agg_elbo`` score's prior (see _aggregate_posterior); None for an autoencoder.
     prior_: dict[str, torch.Tensor] | None = None
     # With ``neighbours``: training rows (R, n_features) of the ``knn`` score, and the
-    # (median, scale) on the validation normals of each part of the ``combined`` score.
+    # (median, scale) on the training normals of each part of the ``combined`` score.
     reference_: torch.Tensor | None = None
     combination_: dict[str, list[float]] | None = None
+    # ``knn`` is the mean distance to the k nearest reference rows; models saved before it
+    # was took the k-th distance alone, and keep it when loaded (see persistence).
+    knn_mean_: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -199,24 +202,37 @@ class BaseDetector(CalibratedScores):
                             ) -> dict[str, np.ndarray]:
         """Every score kind of every record :meth:`fit` saw, each from networks that did not
         train on it: the validation rows by the ensemble, fold m by member m (see the module
-        docstring)."""
-        parts = [self._raw_from_matrix(X_val)]
+        docstring). The ``knn`` term leaves each record out of its own neighbours, as a new
+        record is not among them; ``combined`` is standardised on these scores."""
         network, prior, reference = self.network_, self.prior_, self.reference_
+        self.reference_ = None  # the neighbour terms below, with every reference row
         try:
+            parts = [self._raw_from_matrix(X_val)]
             for m in range(self.params.n_models):
                 self.network_ = _Member(network, m)
                 if prior is not None:
                     self.prior_ = {k: v[m : m + 1] for k, v in prior.items()}
-                if reference is not None and self._reference_rows is not None:
-                    self.reference_ = reference[folds[self._reference_rows] != m]
                 parts.append(self._raw_from_matrix(X_train[folds == m]))
         finally:
             self.network_, self.prior_, self.reference_ = network, prior, reference
-        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+        scores = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+        if reference is not None and self._reference_rows is not None:
+            own = np.full(len(X_train), -1)  # each training row's place among the references
+            own[self._reference_rows] = np.arange(len(self._reference_rows))
+            order = [np.flatnonzero(folds == m) for m in range(self.params.n_models)]
+            rows = np.concatenate(order)
+            scores["knn"] = np.concatenate([
+                self._neighbour_distances(X_val),
+                self._neighbour_distances(X_train[rows], exclude=own[rows])])
+            self.combination_ = {k: list(robust_location_scale(scores[k]))
+                                 for k in (self.params.network_primary, "knn")}
+            scores["combined"] = self._combined(scores)
+        return scores
 
     def _fit_scores(self, X_train: np.ndarray, X_val: np.ndarray) -> None:
         """What the scores learn beyond the network: the ``knn`` reference rows and the
-        ``combined`` standardisation on the validation normals (a kind may add its own)."""
+        ``combined`` standardisation, on the validation normals here (on every training normal
+        when cross-fitting, see :meth:`_out_of_fold_scores`); a kind may add its own."""
         p = self.params
         if p.neighbours:
             rows = np.random.default_rng(p.seed + 2).permutation(len(X_train))[:REFERENCE_ROWS]
@@ -486,12 +502,20 @@ class BaseDetector(CalibratedScores):
                 for k, v in chunk.items():
                     out[k].append(v.double().numpy())
                 if self.reference_ is not None:
-                    out["knn"].append(self._neighbour_distance(x))
+                    out["knn"].append(self._neighbour_distances(x))
         raw = {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
-        if self.combination_ is not None:
-            raw["combined"] = np.mean([(raw[k] - loc) / scale
-                                       for k, (loc, scale) in self.combination_.items()], axis=0)
+        if self.reference_ is None:  # the caller adds the neighbour terms (out-of-fold scores)
+            for k in NEIGHBOUR_SCORES:
+                raw.pop(k, None)
+        elif self.combination_ is not None:
+            raw["combined"] = self._combined(raw)
         return raw
+
+    def _combined(self, raw: dict[str, np.ndarray]) -> np.ndarray:
+        """(n,) ``combined``: the mean of the network's primary score and ``knn``, each
+        standardised by ``combination_`` (median and interquartile range)."""
+        return np.mean([(raw[k] - loc) / scale for k, (loc, scale) in self.combination_.items()],
+                       axis=0)
 
     def _recon(self, scaled: torch.Tensor) -> torch.Tensor:
         """(n,) ``recon`` scores from the (n, d) squared errors divided by ``feature_scale_``:
@@ -504,14 +528,28 @@ class BaseDetector(CalibratedScores):
         scores ``raw`` (each (n,)); none here."""
         return {}
 
-    def _neighbour_distance(self, x: torch.Tensor) -> np.ndarray:
-        """(n,) Euclidean distance of each row of ``x`` to its ``neighbours``-th nearest
-        reference row (float64 for the expanded squared distances)."""
+    def _neighbour_distances(self, x: torch.Tensor | np.ndarray, exclude: np.ndarray | None = None
+                             ) -> np.ndarray:
+        """(n,) mean Euclidean distance of each row of ``x`` to its ``neighbours`` nearest
+        reference rows (float64 for the expanded squared distances), in chunks (a model saved
+        before this took the distance to the ``neighbours``-th alone: ``knn_mean_``). ``exclude``:
+        per row, the place of a reference row not to count (the row itself), or -1."""
         ref = self.reference_.double()
-        xd = x.double()
-        d2 = (xd.pow(2).sum(1, keepdim=True) - 2.0 * xd @ ref.T + ref.pow(2).sum(1)).clamp_(min=0)
-        k = min(self.params.neighbours, ref.shape[0])
-        return d2.topk(k, dim=1, largest=False).values[:, -1].sqrt().numpy()
+        ref_sq = ref.pow(2).sum(1)
+        k = min(self.params.neighbours, ref.shape[0] - (exclude is not None))
+        x = torch.as_tensor(x)
+        out = []
+        step = self._score_chunk(x.shape[1])
+        for i in range(0, len(x), step):
+            xd = x[i : i + step].double()
+            d2 = (xd.pow(2).sum(1, keepdim=True) - 2.0 * xd @ ref.T + ref_sq).clamp_(min=0)
+            if exclude is not None:
+                own = torch.from_numpy(exclude[i : i + step])
+                hit = torch.nonzero(own >= 0).squeeze(1)
+                d2[hit, own[hit]] = torch.inf
+            nearest = d2.topk(k, dim=1, largest=False).values.sqrt()
+            out.append((nearest.mean(1) if self.knn_mean_ else nearest[:, -1]).numpy())
+        return np.concatenate(out) if out else np.zeros(0)
 
     def _score_chunk(self, n_features: int) -> int:
         """Records per scoring pass: up to ``_SCORE_CHUNK``, fewer when one record's
@@ -588,11 +626,14 @@ class BaseDetector(CalibratedScores):
     def decode(self, z: np.ndarray) -> Any:
         """Latent codes (n, latent_dim) to data in the input's own form (a table's columns,
         images (n, C, H, W)), by the first member of an ensemble."""
+        return self.preprocessor_.inverse_transform(self._decoded(z))
+
+    def _decoded(self, z: np.ndarray) -> np.ndarray:
+        """(n, n_features) the first member's decoding of latent codes (n, latent_dim)."""
         self._check_fitted()
         z_t = torch.as_tensor(np.asarray(z), dtype=torch.float32)
         with torch.inference_mode():
-            x = self.network_.decode(z_t.expand(self.params.n_models, *z_t.shape))[0]
-        return self.preprocessor_.inverse_transform(x.numpy())
+            return self.network_.decode(z_t.expand(self.params.n_models, *z_t.shape))[0].numpy()
 
     def reconstruct(self, data: Any, source: str = "data") -> Any:
         """Reconstructions of the records, in the input's own form."""

@@ -43,6 +43,7 @@ class ImageDetectorParams(DetectorParams):
     default_primary: ClassVar[dict[str, str]] = {"ae": "recon_vs_local", "vae": "elbo_vs_local"}
     default_models: ClassVar[dict[str, int]] = {"ae": 1, "vae": 1}
     default_neighbours: ClassVar[dict[str, int]] = {"ae": 0, "vae": 0}
+    combined_primary: ClassVar[bool] = False  # the local-complexity score stays the primary
     # Without the local-complexity scores (or saved before them): the network's own.
     plain_primary: ClassVar[dict[str, str]] = {"ae": "recon", "vae": "elbo"}
     saved_defaults: ClassVar[dict[str, Any]] = {"local_complexity": False}
@@ -61,6 +62,8 @@ class ImageDetectorParams(DetectorParams):
             super().__post_init__()
         finally:
             self.kind = kind
+        if self.geometry != "auto":
+            raise ConfigError("geometry: for tables only")
         if self.image_size is not None:
             size = self.image_size
             size = [size] * 2 if isinstance(size, int) else size

@@ -54,6 +54,7 @@ def save_detector(det: Any, path: str | Path) -> Path:
         "history": det.history_,
         "calibration": {k: c.to_dict() for k, c in det.calibrations_.items()},
         "combination": det.combination_,
+        "knn_mean": det.knn_mean_,
         "complexity_slope": getattr(det, "complexity_slope_", None),
         "channel_spread": None if getattr(det, "channel_spread_", None) is None else {
             k: v.tolist() for k, v in det.channel_spread_.items()},
@@ -140,6 +141,7 @@ def load_detector(path: str | Path) -> Any:
         det.reference_ = torch.load(path / REFERENCE_FILE, map_location="cpu",
                                     weights_only=True)
         det.combination_ = meta.get("combination")
+        det.knn_mean_ = bool(meta.get("knn_mean", False))
     if meta.get("complexity_slope") is not None:
         det.complexity_slope_ = float(meta["complexity_slope"])
     if getattr(det.params, "channel_norm", "mean") != "mean":

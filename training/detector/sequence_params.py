@@ -76,6 +76,8 @@ class SequenceDetectorParams(DetectorParams):
         if self.neighbours:
             raise ConfigError("neighbours: not available for sequences (windows of one series "
                               "overlap, so a near training window is no evidence of normality)")
+        if self.geometry != "auto":
+            raise ConfigError("geometry: for tables only")
         if self.window is not None and (isinstance(self.window, bool)
                                         or not isinstance(self.window, int) or self.window < 2):
             raise ConfigError(f"window: expected an integer >= 2, got {shown(self.window)}")

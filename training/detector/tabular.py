@@ -51,10 +51,12 @@ class Detector(BaseDetector):
     member_batches = True
 
     def _new_preprocessor(self) -> TabularPreprocessor:
-        return TabularPreprocessor(self.id_column, self.label_column)
+        return TabularPreprocessor(self.id_column, self.label_column, self.params.geometry)
 
     def _resolve(self, n_train: int, n_features: int) -> dict[str, Any]:
-        return resolve(self.params, n_train, n_features)
+        # the geometry ``auto`` chose is logged with the sizes chosen from the data's shape
+        return {**resolve(self.params, n_train, n_features),
+                "geometry": self.preprocessor_.geometry_}
 
     def _build(self, n_features: int) -> torch.nn.Module:
         cls = EnsembleVAE if self._variational else EnsembleAE
@@ -77,6 +79,17 @@ class Detector(BaseDetector):
 
     def _matrix(self, data: Any, source: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return super()._matrix(_as_frame(data), source)
+
+    def reconstruct(self, data: Any, source: str = "data") -> pd.DataFrame:
+        """Reconstructions of the records in their own columns; in the ``direction`` geometry
+        each reconstructed direction has the record's own length (:meth:`decode` gives
+        directions: a code holds no length)."""
+        data = _as_frame(data)
+        lengths = self.preprocessor_.row_lengths(data, source)
+        if lengths is None:
+            return super().reconstruct(data, source)
+        return self.preprocessor_.inverse_transform(self._decoded(self.encode(data, source)),
+                                                    lengths)
 
     def _explain(self, errors: np.ndarray) -> np.ndarray:
         """(n, n_features) -> (n, n_input_columns): one-hot blocks summed into their column."""

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.errors import DataError, shown
+from training.errors import ConfigError, DataError, shown
+from training.params import GEOMETRIES
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,20 @@ MAX_CATEGORIES = 64
 
 OTHER = "(other)"
 """Name of the pooled category (feature ``column=(other)``, and its reconstruction)."""
+
+COLUMNS, DIRECTION = GEOMETRIES[1:]
+"""How rows are compared (``geometry``). ``columns``: every numeric column standardised on its
+own (mean 0, standard deviation 1), for tables whose columns are different quantities in
+different units. ``direction``: each row divided by its length (Euclidean norm over the numeric
+columns), then centred per column and divided by one scale shared by all columns, so distances
+are those between the rows' directions (cosine geometry) and a column's spread keeps its weight;
+for rows that are one vector: learned embeddings, pixels, spectra. ``auto``: ``direction`` for a
+table of at least :data:`DIRECTION_MIN_COLUMNS` numeric columns and no categorical one,
+``columns`` otherwise."""
+
+DIRECTION_MIN_COLUMNS = 256
+"""Numeric columns from which ``auto`` reads a row as one vector. Tables of measured quantities
+have tens of columns, vectors hundreds: embeddings (384-1,024), images (784 for 28x28)."""
 
 ONCE_SHARE = 0.5
 """A column with more than :data:`MAX_CATEGORIES` values is an identifier (or free text) when
@@ -215,9 +230,13 @@ class TabularPreprocessor:
         label_column: column holding ground-truth labels; kept out of the features.
     """
 
-    def __init__(self, id_column: str | None = None, label_column: str | None = None):
+    def __init__(self, id_column: str | None = None, label_column: str | None = None,
+                 geometry: str = "auto"):
         self.id_column = id_column
         self.label_column = label_column
+        self.geometry = geometry
+        # what fit chose; a model saved before there was a choice standardised its columns
+        self.geometry_ = COLUMNS if geometry == "auto" else geometry
 
     # -- fitting -----------------------------------------------------------------------------
     def fit(self, df: pd.DataFrame, source: str = "data") -> TabularPreprocessor:
@@ -266,7 +285,34 @@ class TabularPreprocessor:
             raise DataError(f"{source}: every feature column is constant; nothing to learn from")
         self.columns_ = specs
         self.__dict__.pop("_plan_cache", None)
+        self.geometry_ = self._geometry(specs)
+        if self.geometry_ == DIRECTION:
+            self._fit_direction(df)
         return self
+
+    def _geometry(self, specs: list[ColumnSpec]) -> str:
+        """The ``geometry`` this table gets (see :data:`GEOMETRIES`)."""
+        numeric = sum(s.kind == NUMERIC and not s.dropped for s in specs)
+        categorical = any(s.kind == CATEGORICAL for s in specs)
+        if self.geometry == DIRECTION and categorical:
+            raise ConfigError("geometry 'direction' compares rows as vectors of numbers; this "
+                              "table has categorical columns: use 'columns'")
+        if self.geometry != "auto":
+            return self.geometry
+        return DIRECTION if numeric >= DIRECTION_MIN_COLUMNS and not categorical else COLUMNS
+
+    def _fit_direction(self, df: pd.DataFrame) -> None:
+        """Means and the one shared scale of the rows divided by their lengths."""
+        numeric = [s for s in self.columns_ if s.kind == NUMERIC and not s.dropped]
+        for s in numeric:
+            s.mean, s.std = 0.0, 1.0
+        self.__dict__.pop("_plan_cache", None)
+        X, _ = self._encode(_FrameRecords(df))
+        means = X.mean(axis=0, dtype=np.float64)
+        scale = float(np.sqrt(np.mean(X.var(axis=0, dtype=np.float64))))
+        for s, mean in zip(numeric, means, strict=True):
+            s.mean, s.std = float(mean), max(scale, _STD_FLOOR)
+        self.__dict__.pop("_plan_cache", None)
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -369,6 +415,9 @@ class TabularPreprocessor:
             missing = np.isnan(M)
             if missing.any():
                 np.copyto(M, np.broadcast_to(plan.medians, M.shape), where=missing)
+            if self.geometry_ == DIRECTION:
+                length = np.sqrt(np.einsum("ij,ij->i", M, M))[:, None]
+                np.divide(M, length, out=M, where=length > 0)
             M -= plan.means
             M /= plan.stds
             with np.errstate(over="ignore"):  # overflow: caught as a non-finite score
@@ -396,9 +445,26 @@ class TabularPreprocessor:
             self.__dict__["_plan_cache"] = plan
         return plan
 
-    def inverse_transform(self, X: np.ndarray) -> pd.DataFrame:
-        """Map matrix rows back to the input's own columns (argmax for one-hot blocks)."""
+    def row_lengths(self, data: pd.DataFrame, source: str = "data") -> np.ndarray | None:
+        """(n,) each record's length (Euclidean norm of its numeric columns, missing values
+        imputed) in the ``direction`` geometry, what :meth:`inverse_transform` multiplies a
+        reconstructed direction by; None in the ``columns`` geometry."""
+        if self.geometry_ != DIRECTION:
+            return None
+        self.validate(data, source)
+        plan = self._plan()
+        M = _FrameRecords(data).numeric(plan.numeric)
+        np.copyto(M, np.broadcast_to(plan.medians, M.shape), where=np.isnan(M))
+        return np.sqrt(np.einsum("ij,ij->i", M, M))
+
+    def inverse_transform(self, X: np.ndarray, lengths: np.ndarray | None = None
+                          ) -> pd.DataFrame:
+        """Map matrix rows back to the input's own columns (argmax for one-hot blocks). In the
+        ``direction`` geometry numeric values come back as a direction (a row of length 1)
+        unless ``lengths`` (n,) gives each row's (:meth:`row_lengths`)."""
         out: dict[str, Any] = {}
+        length = 1.0 if lengths is None or self.geometry_ != DIRECTION else \
+            np.asarray(lengths, dtype=np.float64)
         j = 0
         n = X.shape[0]
         for s in self.columns_:
@@ -409,7 +475,7 @@ class TabularPreprocessor:
                 )
                 continue
             if s.kind == NUMERIC:
-                out[s.name] = X[:, j].astype(np.float64) * s.std + s.mean
+                out[s.name] = (X[:, j].astype(np.float64) * s.std + s.mean) * length
                 j += 1
             else:
                 k = s.width
@@ -424,13 +490,18 @@ class TabularPreprocessor:
         return {
             "id_column": self.id_column,
             "label_column": self.label_column,
+            "geometry": self.geometry_,
             "columns": [asdict(s) for s in self.columns_],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TabularPreprocessor:
         """Rebuild a fitted preprocessor from :meth:`to_dict` output."""
-        obj = cls(id_column=data.get("id_column"), label_column=data.get("label_column"))
+        geometry = data.get("geometry", COLUMNS)
+        if geometry not in (COLUMNS, DIRECTION):
+            raise ValueError(f"preprocessing: unknown geometry {geometry!r}")
+        obj = cls(id_column=data.get("id_column"), label_column=data.get("label_column"),
+                  geometry=geometry)
         obj.columns_ = [ColumnSpec(**c) for c in data["columns"]]
         for c in obj.columns_:
             for key in ("median", "mean", "std"):
