@@ -21,14 +21,15 @@ RTOL = 1e-5
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, breast_cancer_csv):
-    """A table VAE (@champion) and an AE with the knn and combined scores (@knn)."""
+    """A table VAE (@champion) and an AE with the knn and combined scores whose rows are
+    compared by direction (@knn)."""
     folder = tmp_path_factory.mktemp("export-store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     common = ["--data", str(breast_cancer_csv), "--name", "bc-export", "--id-column", "id",
               "--label-column", "malignant", "--epochs", "3", "--tracking-uri", uri]
     assert main(["train", "--kind", "vae", "--alias", "champion", *common]) == 0
     config = folder / "knn.yaml"
-    config.write_text("model:\n  neighbours: 5\n")
+    config.write_text("model:\n  neighbours: 5\n  geometry: direction\n")
     assert main(["train", "--kind", "ae", "--alias", "knn", "--config", str(config),
                  *common]) == 0
     return uri
@@ -70,6 +71,7 @@ def test_table_model_roundtrips_through_onnxruntime(store, breast_cancer, tmp_pa
 
     # Everything a runtime needs comes from the sidecar: preprocessing, thresholds, p-values.
     pre = TabularPreprocessor.from_dict(sidecar["preprocessing"])
+    assert pre.geometry_ == ("direction" if alias == "knn" else "columns")
     X, _ = pre.transform(breast_cancer, "records")
     session, names = _session(out)
     assert names == kinds and session.get_inputs()[0].name == sidecar["input"]["name"]
