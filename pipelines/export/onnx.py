@@ -98,8 +98,9 @@ class ScoreGraph(torch.nn.Module):
     def _neighbour_distance(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`BaseDetector._neighbour_distances`, as tensors."""
         xd = x.double()
-        d2 = (xd.pow(2).sum(1, keepdim=True) - 2.0 * xd @ self.ref.T + self.ref_sq).clamp(min=0)
-        nearest = d2.topk(self.k, dim=1, largest=False).values.sqrt()
+        part = torch.addmm(self.ref_sq, xd, self.ref.T, alpha=-2.0)
+        d2 = part.topk(self.k, dim=1, largest=False).values + xd.pow(2).sum(1, keepdim=True)
+        nearest = d2.clamp(min=0).sqrt()
         return nearest.mean(dim=1) if self.knn_mean else nearest[:, -1]
 
 

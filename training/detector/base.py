@@ -542,12 +542,15 @@ class BaseDetector(CalibratedScores):
         step = self._score_chunk(x.shape[1])
         for i in range(0, len(x), step):
             xd = x[i : i + step].double()
-            d2 = (xd.pow(2).sum(1, keepdim=True) - 2.0 * xd @ ref.T + ref_sq).clamp_(min=0)
+            # |r|^2 - 2 x.r in one product; |x|^2 is the same for a row's every reference, so
+            # it is added to the k nearest only
+            part = torch.addmm(ref_sq, xd, ref.T, alpha=-2.0)
             if exclude is not None:
                 own = torch.from_numpy(exclude[i : i + step])
                 hit = torch.nonzero(own >= 0).squeeze(1)
-                d2[hit, own[hit]] = torch.inf
-            nearest = d2.topk(k, dim=1, largest=False).values.sqrt()
+                part[hit, own[hit]] = torch.inf
+            d2 = part.topk(k, dim=1, largest=False).values + xd.pow(2).sum(1, keepdim=True)
+            nearest = d2.clamp_(min=0).sqrt()
             out.append((nearest.mean(1) if self.knn_mean_ else nearest[:, -1]).numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
