@@ -282,6 +282,14 @@ def test_geometry_auto_compares_wide_numeric_rows_by_direction():
     # back in the input's units given each record's length
     back = pre.inverse_transform(X[:3], pre.row_lengths(wide.head(3)))
     np.testing.assert_allclose(back.to_numpy(), wide.head(3).to_numpy(), rtol=1e-4)
+    # values near float64's limit: the same direction, no overflow; a row of zeros stays 0
+    big = wide.head(2).copy()
+    big.iloc[0] *= 1e300
+    big.iloc[1] = 0.0
+    X_big, _ = pre.transform(big)
+    np.testing.assert_allclose(X_big[0], X[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(X_big[1], -np.array([s.mean for s in pre.columns_]) / scale,
+                               rtol=1e-4, atol=1e-5)
     again = TabularPreprocessor.from_dict(pre.to_dict())
     assert again.geometry_ == "direction"
     np.testing.assert_array_equal(again.transform(wide)[0], X)

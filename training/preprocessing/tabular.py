@@ -416,8 +416,7 @@ class TabularPreprocessor:
             if missing.any():
                 np.copyto(M, np.broadcast_to(plan.medians, M.shape), where=missing)
             if self.geometry_ == DIRECTION:
-                length = np.sqrt(np.einsum("ij,ij->i", M, M))[:, None]
-                np.divide(M, length, out=M, where=length > 0)
+                _to_unit_rows(M)
             M -= plan.means
             M /= plan.stds
             with np.errstate(over="ignore"):  # overflow: caught as a non-finite score
@@ -455,7 +454,7 @@ class TabularPreprocessor:
         plan = self._plan()
         M = _FrameRecords(data).numeric(plan.numeric)
         np.copyto(M, np.broadcast_to(plan.medians, M.shape), where=np.isnan(M))
-        return np.sqrt(np.einsum("ij,ij->i", M, M))
+        return _to_unit_rows(M)
 
     def inverse_transform(self, X: np.ndarray, lengths: np.ndarray | None = None
                           ) -> pd.DataFrame:
@@ -509,6 +508,18 @@ class TabularPreprocessor:
                 if v is not None and not math.isfinite(v):
                     raise ValueError(f"preprocessing: column '{c.name}' has non-finite {key}")
         return obj
+
+
+def _to_unit_rows(M: np.ndarray) -> np.ndarray:
+    """Divide each row of M (n, k) float64 in place by its Euclidean length, a row of zeros
+    left as it is; returns the (n,) lengths. Each row is first divided by its largest
+    magnitude, so values near float64's limit do not overflow the sum of squares."""
+    peak = np.abs(M).max(axis=1, initial=0.0)[:, None]
+    np.divide(M, peak, out=M, where=peak > 0)
+    length = np.sqrt(np.einsum("ij,ij->i", M, M))[:, None]
+    np.divide(M, length, out=M, where=length > 0)
+    with np.errstate(over="ignore"):
+        return (peak * length)[:, 0]
 
 
 @dataclass
