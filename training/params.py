@@ -82,8 +82,9 @@ class DetectorParams:
     # Whether ``neighbours`` > 0 makes ``combined`` the default primary score.
     combined_primary: ClassVar[bool] = True
     # A field added after models were saved: the value those models had (their saved params
-    # lack it, and a new default must not change what they do once loaded).
-    saved_defaults: ClassVar[dict[str, Any]] = {}
+    # lack it, and a new default must not change what they do once loaded). Table VAEs saved
+    # before ``neighbours`` existed had none.
+    saved_defaults: ClassVar[dict[str, Any]] = {"neighbours": 0}
 
     def __post_init__(self) -> None:
         if self.extra:

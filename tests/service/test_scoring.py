@@ -128,3 +128,24 @@ def test_metrics_render(served):
     text = m.render().decode()
     assert f'anomaly_records_scored_total{{model="{served.name}",version="3"}} 2.0' in text
     assert 'anomaly_model_loaded{alias="champion"' in text
+
+
+def test_a_direction_model_reconstructs_a_requests_records_in_their_units(tmp_path):
+    from service.model import ModelSource, ServedModel
+    from training import Detector
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(np.abs(rng.normal(size=(120, 260))) + 1.0,
+                         columns=[f"e{i}" for i in range(260)])
+    det = Detector(kind="vae", n_models=1, max_epochs=2).fit(frame.iloc[:90])
+    det.calibrate(frame.iloc[90:])
+    assert det.preprocessor_.geometry_ == "direction"
+    source = ModelSource(uri="models:/wide@champion", name="wide", version="1",
+                         alias="champion", run_id="r1")
+    served = ServedModel.load(source, det.save(tmp_path / "detector"), max_records=10)
+    records = frame.head(3).to_dict(orient="records")
+    rec = ReconstructResponse.model_validate(
+        scoring.reconstruct_batch(served, _batch(served, records)))
+    want = det.reconstruct(frame.head(3))
+    np.testing.assert_allclose(pd.DataFrame(rec.records)[want.columns].to_numpy(),
+                               want.to_numpy(), rtol=1e-6)

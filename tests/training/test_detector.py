@@ -204,6 +204,35 @@ def test_numpy_parameter_values_are_plain_values_and_messages_show_them_so():
         assert str(info.value) == message
 
 
+def test_models_saved_before_the_neighbour_default_load_as_they_were(splits, tmp_path):
+    det = Detector(kind="vae", id_column="id", label_column="malignant", neighbours=0,
+                   n_models=1, max_epochs=3).fit(splits["fit"]).calibrate(splits["cal"])
+    path = det.save(tmp_path / "m")
+    meta = json.loads((path / "detector.json").read_text())
+    del meta["params"]["neighbours"]  # saved before the parameter existed
+    (path / "detector.json").write_text(json.dumps(meta))
+    again = Detector.load(path)
+    assert again.params.neighbours == 0 and again.primary_score == "elbo"
+    pd.testing.assert_frame_equal(again.score(splits["test"]), det.score(splits["test"]))
+
+
+def test_a_model_saved_with_the_kth_distance_keeps_it_until_it_is_fitted_again(splits, tmp_path):
+    det = Detector(kind="ae", id_column="id", label_column="malignant", neighbours=3, **FAST)
+    path = det.fit(splits["fit"]).calibrate(splits["cal"]).save(tmp_path / "m")
+    meta = json.loads((path / "detector.json").read_text())
+    del meta["knn_mean"]  # saved when knn was the distance to the k-th nearest
+    (path / "detector.json").write_text(json.dumps(meta))
+    old = Detector.load(path)
+    rows = splits["test"].head(5)
+    X, _ = old.preprocessor_.transform(rows)
+    ref = old.reference_.numpy().astype(np.float64)
+    d = np.sort(np.sqrt(((X[:, None, :].astype(np.float64) - ref[None]) ** 2).sum(-1)), axis=1)
+    np.testing.assert_allclose(old.raw_scores(rows)["knn"], d[:, 2], rtol=1e-6)
+    old.fit(splits["fit"]).calibrate(splits["cal"])
+    assert old.knn_mean_ and json.loads(old.save(tmp_path / "n").joinpath(
+        "detector.json").read_text())["knn_mean"] is True
+
+
 def test_neighbour_scores_by_hand_and_through_save_and_load(splits, tmp_path):
     det = Detector(kind="ae", id_column="id", label_column="malignant", neighbours=3, **FAST)
     det.fit(splits["fit"]).calibrate(splits["cal"])

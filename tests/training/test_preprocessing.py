@@ -306,11 +306,27 @@ def test_geometry_auto_keeps_columns_for_narrow_or_mixed_tables_and_old_models()
     assert TabularPreprocessor(geometry="direction").fit(narrow).geometry_ == "direction"
     assert TabularPreprocessor(geometry="columns").fit(mixed.drop(columns="kind")
                                                        ).geometry_ == "columns"
-    with pytest.raises(ConfigError, match="categorical columns: use 'columns'"):
+    with pytest.raises(ConfigError, match=r"categorical column\(s\) 'kind': use 'columns'"):
         TabularPreprocessor(geometry="direction").fit(mixed)
     saved = TabularPreprocessor().fit(narrow).to_dict()
     del saved["geometry"]  # saved before there was a choice
     assert TabularPreprocessor.from_dict(saved).geometry_ == "columns"
+    # a constant category has no feature: the rows are still vectors
+    assert TabularPreprocessor().fit(mixed.assign(kind="a")).geometry_ == "direction"
+    one = pd.DataFrame({"x": np.arange(1.0, 50.0), "c": 3.0})
+    with pytest.raises(ConfigError, match="1 non-constant numeric column cannot have"):
+        TabularPreprocessor(geometry="direction").fit(one)
+    with pytest.raises(ConfigError, match=r"geometry: expected one of \['auto'"):
+        TabularPreprocessor(geometry="cosine")
+
+
+def test_direction_row_lengths_of_records_as_of_a_frame():
+    wide = _vectors(40, 300)
+    pre = TabularPreprocessor().fit(wide)
+    rows = wide.head(3)
+    records = Records(n=3, records=rows.to_dict(orient="records"))  # a JSON request's rows
+    np.testing.assert_allclose(pre.row_lengths(records), pre.row_lengths(rows), rtol=1e-12)
+    np.testing.assert_allclose(pre.row_lengths(rows), np.linalg.norm(rows.to_numpy(), axis=1))
 
 
 def test_geometry_is_a_table_parameter():

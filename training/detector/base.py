@@ -183,6 +183,7 @@ class BaseDetector(CalibratedScores):
             errors = self._squared_errors(torch.from_numpy(X_val))
         self.feature_scale_ = self._feature_scale(errors)
         self._reference_rows: np.ndarray | None = None
+        self.knn_mean_ = type(self).knn_mean_  # a refit loaded model scores as a new one
         self._fit_scores(X_train, X_val)
         self.calibrations_: dict[str, ScoreCalibration] = {}
         if folds is not None:

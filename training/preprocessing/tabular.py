@@ -234,6 +234,9 @@ class TabularPreprocessor:
                  geometry: str = "auto"):
         self.id_column = id_column
         self.label_column = label_column
+        if geometry not in GEOMETRIES:
+            raise ConfigError(f"geometry: expected one of {list(GEOMETRIES)}, got "
+                              f"{shown(geometry)}")
         self.geometry = geometry
         # what fit chose; a model saved before there was a choice standardised its columns
         self.geometry_ = COLUMNS if geometry == "auto" else geometry
@@ -293,10 +296,16 @@ class TabularPreprocessor:
     def _geometry(self, specs: list[ColumnSpec]) -> str:
         """The ``geometry`` this table gets (see :data:`GEOMETRIES`)."""
         numeric = sum(s.kind == NUMERIC and not s.dropped for s in specs)
-        categorical = any(s.kind == CATEGORICAL for s in specs)
-        if self.geometry == DIRECTION and categorical:
-            raise ConfigError("geometry 'direction' compares rows as vectors of numbers; this "
-                              "table has categorical columns: use 'columns'")
+        # a constant categorical column has no feature: it does not make a table mixed
+        categorical = [s.name for s in specs if s.kind == CATEGORICAL and not s.dropped]
+        if self.geometry == DIRECTION:
+            if categorical:
+                raise ConfigError("geometry 'direction' compares rows as vectors of numbers; "
+                                  f"categorical column(s) {_listed(categorical)}: use 'columns'")
+            if numeric < 2:
+                raise ConfigError("geometry 'direction' compares rows by their direction, which "
+                                  f"{numeric} non-constant numeric column cannot have: use "
+                                  "'columns'")
         if self.geometry != "auto":
             return self.geometry
         return DIRECTION if numeric >= DIRECTION_MIN_COLUMNS and not categorical else COLUMNS
@@ -444,15 +453,18 @@ class TabularPreprocessor:
             self.__dict__["_plan_cache"] = plan
         return plan
 
-    def row_lengths(self, data: pd.DataFrame, source: str = "data") -> np.ndarray | None:
+    def row_lengths(self, data: pd.DataFrame | Records, source: str = "data"
+                    ) -> np.ndarray | None:
         """(n,) each record's length (Euclidean norm of its numeric columns, missing values
         imputed) in the ``direction`` geometry, what :meth:`inverse_transform` multiplies a
         reconstructed direction by; None in the ``columns`` geometry."""
         if self.geometry_ != DIRECTION:
             return None
-        self.validate(data, source)
+        if not isinstance(data, Records):
+            self.validate(data, source)
+            data = _FrameRecords(data)
         plan = self._plan()
-        M = _FrameRecords(data).numeric(plan.numeric)
+        M = data.numeric(plan.numeric)
         np.copyto(M, np.broadcast_to(plan.medians, M.shape), where=np.isnan(M))
         return _to_unit_rows(M)
 
@@ -508,6 +520,12 @@ class TabularPreprocessor:
                 if v is not None and not math.isfinite(v):
                     raise ValueError(f"preprocessing: column '{c.name}' has non-finite {key}")
         return obj
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    """Up to ``most`` names quoted, then how many more."""
+    shown_names = ", ".join(repr(n) for n in names[:most])
+    return shown_names + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _to_unit_rows(M: np.ndarray) -> np.ndarray:
