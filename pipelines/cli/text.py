@@ -25,10 +25,15 @@ def format_training(result: Any) -> str:
     m = result.metrics
     lines = [f"run {result.run_id}: {result.kind} trained for {int(m['fit/epochs'])} epochs "
              f"in {m['fit/seconds']:.1f}s"]
+    if result.geometry == "direction":
+        lines.append("  rows compared by their direction (geometry direction: each row divided "
+                     "by its length; --geometry columns standardises each column instead)")
     for kind, t in result.thresholds.items():
         line = f"  {kind:6s} threshold {t:.6g}"
         if f"eval/auroc_{kind}" in m:
             line += f"  AUROC {m[f'eval/auroc_{kind}']:.4f}  AP {m[f'eval/ap_{kind}']:.4f}"
+        if kind == result.primary_score:
+            line += "  (primary: decides is_anomaly)"
         lines.append(line)
     achievable, target = m.get("calibration/achievable_fpr"), m.get("calibration/target_fpr")
     if achievable is not None and target is not None and achievable > target * (1 + 1e-9):

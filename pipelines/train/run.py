@@ -60,6 +60,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     primary_score: str = ""
+    geometry: str | None = None  # tables: how rows were compared (``geometry``)
 
 
 def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResult:
@@ -118,7 +119,8 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
             log.info("registered %s version %s as @%s", cfg.name, version, cfg.alias)
     return TrainResult(name=cfg.name, kind=cfg.kind, run_id=run.info.run_id, version=version,
                        alias=cfg.alias if version else None, metrics=metrics,
-                       thresholds=detector.thresholds_, primary_score=detector.primary_score)
+                       thresholds=detector.thresholds_, primary_score=detector.primary_score,
+                       geometry=detector.resolved_.get("geometry"))
 
 
 # The longest dataset schema MLflow's tracking store takes (a wider table's is refused there).

@@ -262,3 +262,20 @@ def test_help_imports_neither_torch_nor_mlflow(args):
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[2]).stdout
     assert out.strip().splitlines()[-1] == "[]", out[-500:]
+
+
+def test_the_training_summary_names_the_primary_score_and_a_direction_geometry():
+    from pipelines.cli.text import format_training
+    from pipelines.train.run import TrainResult
+
+    result = TrainResult(name="emb", kind="vae", run_id="r1", version="2", alias="challenger",
+                         metrics={"fit/epochs": 40, "fit/seconds": 3.0},
+                         thresholds={"elbo": 1.5, "combined": 2.5}, primary_score="combined",
+                         geometry="direction")
+    lines = format_training(result).splitlines()
+    assert lines[1].startswith("  rows compared by their direction (geometry direction")
+    assert lines[2] == "  elbo   threshold 1.5"
+    assert lines[3] == "  combined threshold 2.5  (primary: decides is_anomaly)"
+    assert "direction" not in format_training(
+        TrainResult(name="t", kind="vae", run_id="r2", version=None, alias=None,
+                    metrics={"fit/epochs": 1, "fit/seconds": 1.0}, geometry="columns"))
