@@ -8,6 +8,7 @@ overall means and ranks, the same per group (tables, embeddings) and size band (
 normals under 500, 500-3,000, over 3,000), and per dataset.
 
     --modality all          the 12 ADBench tables and the 8 ADBench embedding sets
+    --modality mnist_table  one-class MNIST as 784-column tables (needs DATA/mnist)
     --calibration           the thresholds benchmark instead (benchmarks/calibration_lib.py):
                             --methods vae (or vae@tag, vae:elbo), writes calibration.csv/.md
 """
