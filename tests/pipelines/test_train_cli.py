@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -212,7 +214,8 @@ def test_an_interrupt_while_registering_leaves_no_version(store, breast_cancer_c
     but before this process has its number: the version is taken back (and the registered
     model, when this run created it), and the run is not left RUNNING. Everything runs for
     real on a SQLite MLflow store; only the moment of the interrupt is injected, right after
-    MLflow's own ``register_model`` returns (a signal's timing cannot be aimed there)."""
+    MLflow's own ``register_model`` returns (a signal's timing cannot be aimed there from
+    outside): a real SIGTERM to this process, which the CLI's own handler turns into Ctrl-C."""
     name = NAME if existing else "interrupted"
     client = MlflowClient()
     before = len(client.search_model_versions(f"name = '{NAME}'"))
@@ -220,7 +223,7 @@ def test_an_interrupt_while_registering_leaves_no_version(store, breast_cancer_c
 
     def interrupted(*args, **kwargs):
         real(*args, **kwargs)
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(mlflow, "register_model", interrupted)
     code = main(["train", "--data", str(breast_cancer_csv), "--kind", "ae", "--name", name,

@@ -220,8 +220,8 @@ class BaseDetector(CalibratedScores):
         if reference is not None and self._reference_rows is not None:
             own = np.full(len(X_train), -1)  # each training row's place among the references
             own[self._reference_rows] = np.arange(len(self._reference_rows))
-            order = [np.flatnonzero(folds == m) for m in range(self.params.n_models)]
-            rows = np.concatenate(order)
+            rows = np.concatenate([np.flatnonzero(folds == m)
+                                   for m in range(self.params.n_models)])  # the parts' order
             scores["knn"] = np.concatenate([
                 self._neighbour_distances(X_val),
                 self._neighbour_distances(X_train[rows], exclude=own[rows])])
@@ -535,8 +535,7 @@ class BaseDetector(CalibratedScores):
         reference rows (float64 for the expanded squared distances), in chunks (a model saved
         before this took the distance to the ``neighbours``-th alone: ``knn_mean_``). ``exclude``:
         per row, the place of a reference row not to count (the row itself), or -1."""
-        ref = self.reference_.double()
-        ref_sq = ref.pow(2).sum(1)
+        ref, ref_sq = self._reference64()
         k = min(self.params.neighbours, ref.shape[0] - (exclude is not None))
         x = torch.as_tensor(x)
         out = []
@@ -554,6 +553,16 @@ class BaseDetector(CalibratedScores):
             nearest = d2.clamp_(min=0).sqrt()
             out.append((nearest.mean(1) if self.knn_mean_ else nearest[:, -1]).numpy())
         return np.concatenate(out) if out else np.zeros(0)
+
+    def _reference64(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``reference_`` in float64 and its rows' squared lengths, made once per reference
+        (scoring calls the search chunk by chunk, a service record by record)."""
+        cached = self.__dict__.get("_reference_cache")
+        if cached is None or cached[0] is not self.reference_:
+            ref = self.reference_.double()
+            cached = (self.reference_, ref, ref.pow(2).sum(1))
+            self.__dict__["_reference_cache"] = cached
+        return cached[1], cached[2]
 
     def _score_chunk(self, n_features: int) -> int:
         """Records per scoring pass: up to ``_SCORE_CHUNK``, fewer when one record's
