@@ -145,6 +145,13 @@ def load_mnist_table(data_dir: Path, names: Iterable[str] | None = None) -> list
     return out
 
 
+def load_mnist_binary(data_dir: Path, names: Iterable[str] | None = None) -> list[Dataset]:
+    """One-class MNIST as tables of 784 binary columns (each pixel 1 above half intensity, 0
+    otherwise): a wide, sparse table of 0/1 values; group ``mnist (binary)``."""
+    return [Dataset(ds.name, (ds.X > 0.5).astype(np.float64), ds.y, group="mnist (binary)")
+            for ds in load_mnist_table(data_dir, names)]
+
+
 # Share of the other classes kept as anomalies where one class of a labelled set is normal
 # (ADBench's rule for its class-derived sets); a set too small for it keeps them all.
 OTHER_CLASS_SHARE = 0.05
@@ -190,13 +197,39 @@ def load_sklearn_tables(data_dir: Path, names: Iterable[str] | None = None) -> l
     return out
 
 
+def load_skab_table(data_dir: Path, names: Iterable[str] | None = None) -> list[Dataset]:
+    """SKAB's experiments (``<data_dir>/skab``, ``benchmarks.sequences``) as tables of sensor
+    readings, one per folder (``skab_valve1``, ``skab_valve2``, ``skab_other``): each 1 Hz row
+    of the 8 sensors is a record, labelled by its ``anomaly`` column; group ``SKAB rows``.
+    Few columns and thousands of rows, with no time order used: data that no table default was
+    chosen on."""
+    from benchmarks.sequences import GROUPS, LABEL, TIME, load_skab
+
+    wanted = _wanted(names)
+    out = []
+    for group, files in load_skab(data_dir / "skab").items():
+        name = f"skab_{group}"
+        if wanted is not None and name not in wanted:
+            continue
+        frame = pd.concat([f for _, f in files], ignore_index=True)
+        X = frame.drop(columns=[TIME, LABEL]).to_numpy(dtype=np.float64)
+        out.append(Dataset(name, X, frame[LABEL].to_numpy().astype(int), group="SKAB rows"))
+    if wanted is not None:
+        missing = sorted(wanted - {f"skab_{g}" for g in GROUPS})
+        if missing:
+            raise FileNotFoundError(f"dataset(s) not among the SKAB tables: {missing}")
+    return out
+
+
 # modality -> loader(data_dir, names); image loaders register here.
 LOADERS: dict[str, Callable[[Path, Iterable[str] | None], list[Dataset]]] = {
     "tabular": load_adbench,
     "embeddings": load_embeddings,
     "all": load_all,
     "mnist_table": load_mnist_table,
+    "mnist_binary": load_mnist_binary,
     "sklearn": load_sklearn_tables,
+    "skab_table": load_skab_table,
 }
 
 

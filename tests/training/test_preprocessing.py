@@ -320,6 +320,29 @@ def test_geometry_auto_keeps_columns_for_narrow_or_mixed_tables_and_old_models()
         TabularPreprocessor(geometry="cosine")
 
 
+def test_geometry_auto_keeps_columns_when_a_few_columns_hold_the_rows_length():
+    from training.preprocessing.tabular import DIRECTION_MAX_SHARE, _largest_share
+
+    rng = np.random.default_rng(0)
+    flags = pd.DataFrame((rng.random((200, 400)) < 0.2).astype(float),
+                         columns=[f"f{i}" for i in range(400)])
+    assert TabularPreprocessor().fit(flags).geometry_ == "direction"
+    # an image's height and width in pixels beside 400 0/1 flags: the 1% largest columns (4)
+    # hold nearly all of each row's mean square, so a row's direction would be its size's
+    sized = flags.assign(height=rng.integers(20, 600, 200), width=rng.integers(20, 600, 200))
+    pre = TabularPreprocessor().fit(sized)
+    assert _largest_share(pre.columns_) > DIRECTION_MAX_SHARE
+    assert pre.geometry_ == "columns"
+    # asked for, direction is still given
+    assert TabularPreprocessor(geometry="direction").fit(sized).geometry_ == "direction"
+    # the share from the columns' statistics (as fitted before the geometry is chosen) equals
+    # the data's own
+    squares = np.sort((flags.to_numpy() ** 2).mean(axis=0))[::-1]
+    share = squares[:4].sum() / squares.sum()
+    columns = TabularPreprocessor(geometry="columns").fit(flags).columns_
+    assert _largest_share(columns) == pytest.approx(share)
+
+
 def test_direction_row_lengths_of_records_as_of_a_frame():
     wide = _vectors(40, 300)
     pre = TabularPreprocessor().fit(wide)

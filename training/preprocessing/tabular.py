@@ -50,12 +50,20 @@ different units. ``direction``: each row divided by its length (Euclidean norm o
 columns), then centred per column and divided by one scale shared by all columns, so distances
 are those between the rows' directions (cosine geometry) and a column's spread keeps its weight;
 for rows that are one vector: learned embeddings, pixels, spectra. ``auto``: ``direction`` for a
-table of at least :data:`DIRECTION_MIN_COLUMNS` numeric columns and no categorical one,
-``columns`` otherwise."""
+table of at least :data:`DIRECTION_MIN_COLUMNS` numeric columns, no categorical one, and no
+few columns holding most of the rows' length (:data:`DIRECTION_MAX_SHARE`); ``columns``
+otherwise."""
 
 DIRECTION_MIN_COLUMNS = 256
 """Numeric columns from which ``auto`` reads a row as one vector. Tables of measured quantities
 have tens of columns, vectors hundreds: embeddings (384-1,024), images (784 for 28x28)."""
+
+DIRECTION_MAX_SHARE = 0.5
+"""``auto`` reads a row as one vector only when its length is spread over many columns: the
+largest 1% of the numeric columns (at least one) by mean square hold at most this share of
+the total mean square. A vector's columns share a unit (embeddings: at most 0.21, pixels:
+0.07); a few columns in a larger unit beside hundreds of small ones (sizes or counts beside
+0/1 flags) would make every row's direction theirs alone."""
 
 ONCE_SHARE = 0.5
 """A column with more than :data:`MAX_CATEGORIES` values is an identifier (or free text) when
@@ -308,7 +316,9 @@ class TabularPreprocessor:
                                   "'columns'")
         if self.geometry != "auto":
             return self.geometry
-        return DIRECTION if numeric >= DIRECTION_MIN_COLUMNS and not categorical else COLUMNS
+        if numeric < DIRECTION_MIN_COLUMNS or categorical:
+            return COLUMNS
+        return DIRECTION if _largest_share(specs) <= DIRECTION_MAX_SHARE else COLUMNS
 
     def _fit_direction(self, df: pd.DataFrame) -> None:
         """Means and the one shared scale of the rows divided by their lengths."""
@@ -526,6 +536,16 @@ def _listed(names: list[str], most: int = 5) -> str:
     """Up to ``most`` names quoted, then how many more."""
     shown_names = ", ".join(repr(n) for n in names[:most])
     return shown_names + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _largest_share(specs: list[ColumnSpec]) -> float:
+    """Share of the numeric columns' total mean square (mean² + variance, from the fitted
+    statistics) held by the largest 1% of them, at least one."""
+    squares = np.sort([s.mean * s.mean + s.std * s.std
+                       for s in specs if s.kind == NUMERIC and not s.dropped])[::-1]
+    top = squares[:max(1, len(squares) // 100)].sum()
+    total = squares.sum()
+    return float(top / total) if np.isfinite(total) and total > 0 else 1.0
 
 
 def _to_unit_rows(M: np.ndarray) -> np.ndarray:
