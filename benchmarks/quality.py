@@ -10,6 +10,8 @@ normals under 500, 500-3,000, over 3,000), and per dataset.
     --modality all          the 12 ADBench tables and the 8 ADBench embedding sets
     --modality mnist_table  one-class MNIST as 784-column tables (needs DATA/mnist)
     --modality mnist_binary the same with each pixel 0 or 1: a wide, sparse binary table
+    --modality mnist_sized  the binary table with the digit's height, width and ink count
+                            in pixels beside: a few columns hold most of each row's length
     --modality sklearn      small tables that ship with scikit-learn (breast cancer, wine,
                             8x8 digits) as one-class tasks; needs no DATA
     --modality skab_table   SKAB's sensor rows as three 8-column tables (needs DATA/skab)

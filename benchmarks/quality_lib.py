@@ -152,6 +152,25 @@ def load_mnist_binary(data_dir: Path, names: Iterable[str] | None = None) -> lis
             for ds in load_mnist_table(data_dir, names)]
 
 
+def load_mnist_sized(data_dir: Path, names: Iterable[str] | None = None) -> list[Dataset]:
+    """The binary MNIST tables with three columns in pixels beside the 784 flags: the digit's
+    height and width (its bounding box) and its count of set pixels. The layout of a table of
+    0/1 flags with a few sizes (an ad's width and height beside its keyword flags), where the
+    few columns hold most of each row's length; group ``mnist (binary, sized)``."""
+    out = []
+    for ds in load_mnist_binary(data_dir, names):
+        images = ds.X.reshape(len(ds.X), 28, 28) > 0
+        extents = []
+        for axis in (2, 1):  # rows holding ink (height), then columns (width)
+            inked = images.any(axis=axis)
+            first = np.argmax(inked, axis=1)
+            last = 27 - np.argmax(inked[:, ::-1], axis=1)
+            extents.append(np.where(inked.any(axis=1), last - first + 1, 0))
+        X = np.column_stack([ds.X, *extents, images.sum(axis=(1, 2))]).astype(np.float64)
+        out.append(Dataset(ds.name, X, ds.y, group="mnist (binary, sized)"))
+    return out
+
+
 # Share of the other classes kept as anomalies where one class of a labelled set is normal
 # (ADBench's rule for its class-derived sets); a set too small for it keeps them all.
 OTHER_CLASS_SHARE = 0.05
@@ -228,6 +247,7 @@ LOADERS: dict[str, Callable[[Path, Iterable[str] | None], list[Dataset]]] = {
     "all": load_all,
     "mnist_table": load_mnist_table,
     "mnist_binary": load_mnist_binary,
+    "mnist_sized": load_mnist_sized,
     "sklearn": load_sklearn_tables,
     "skab_table": load_skab_table,
 }

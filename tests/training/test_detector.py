@@ -173,6 +173,18 @@ def test_numpy_input_is_accepted():
     assert len(det.score(X[:5])) == 5
 
 
+def test_a_frame_with_columns_named_by_numbers_is_read_by_their_text():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(200, 3)))  # columns 0, 1, 2
+    det = Detector(kind="ae", max_epochs=3).fit(frame)
+    assert det.preprocessor_.input_columns_ == ["0", "1", "2"]
+    np.testing.assert_array_equal(det.raw_scores(frame.head(5))["recon"],
+                                  det.raw_scores(frame.head(5).rename(columns=str))["recon"])
+    assert list(det.reconstruct(frame.head(2)).columns) == ["0", "1", "2"]
+    with pytest.raises(DataError, match="column '1': appears more than once"):
+        det.raw_scores(frame.assign(**{"1": 0.0}))
+
+
 def test_default_ensemble_size_by_kind():
     from training.detector.image_params import ImageDetectorParams
     from training.params import DetectorParams

@@ -136,9 +136,7 @@ class SklearnDetector(OutlierMixin, BaseEstimator):
             if len(X) < least:
                 raise ValueError(f"Found array with {len(X)} sample(s) while a minimum of "
                                  f"{least} is required by {type(self).__name__}.")
-            if not all(isinstance(c, str) for c in X.columns):  # the Detector's names are text
-                X = X.set_axis([str(c) for c in X.columns], axis=1)
-            return X
+            return X  # the Detector reads its column names as text
         X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=least,
                           ensure_all_finite="allow-nan")
         return pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])

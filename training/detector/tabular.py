@@ -23,8 +23,14 @@ from training.preprocessing.tabular import Records, TabularPreprocessor
 
 
 def _as_frame(data: Any) -> pd.DataFrame | Records:
-    """A DataFrame or :class:`Records` as given; a 2-D array as a frame with columns x0, x1..."""
-    if isinstance(data, (pd.DataFrame, Records)):
+    """:class:`Records` as given; a DataFrame with its column names as text (a model's schema
+    names columns by text, so a frame with columns 0, 1... is read by '0', '1'...); a 2-D
+    array as a frame with columns x0, x1..."""
+    if isinstance(data, Records):
+        return data
+    if isinstance(data, pd.DataFrame):
+        if not all(isinstance(c, str) for c in data.columns):
+            data = data.set_axis([str(c) for c in data.columns], axis=1)
         return data
     arr = np.asarray(data)
     if arr.ndim != 2:
