@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 _CSV_BLOCK_BYTES = 4 << 20
 _PARTIAL = ".partial-"
+# pandas' default na_values: what training reads as missing, read as missing here too
+# (pyarrow's own list lacks 'None' and '<NA>').
+NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+             "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
 @dataclass
@@ -100,10 +104,18 @@ def _conform(arr: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray |
     """
     if arr.type == target:
         return arr, None
+    # integers past 2**53 lose digits as float64, as training's pandas reads them
+    safe = not (pa.types.is_integer(arr.type) and pa.types.is_floating(target))
     try:
-        return pc.cast(arr, target), None
+        return pc.cast(arr, target, safe=safe), None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         pass
+    if _is_text(arr.type) and _is_number(target):  # ' 3.363' is a number, as pandas reads it
+        arr = pc.utf8_trim_whitespace(arr)
+        try:
+            return pc.cast(arr, target), None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass
     # Slow path, only for chunks that hold a bad value: convert one value at a time.
     values, bad = [], np.zeros(len(arr), dtype=bool)
     for i, v in enumerate(arr):
@@ -163,16 +175,22 @@ class TableReader:
         check_columns(names, str(path))
         if self.format == "csv" and any(pa.types.is_binary(f.type) for f in source):
             self._raise_if_not_utf8()  # pyarrow reads text that is not UTF-8 as binary
+        # An unnamed CSV header field (a frame's index written by to_csv) is named as pandas
+        # names it; the file's own names are kept for reading it.
+        read_as = [(name or f"Unnamed: {i}") if self.format == "csv" else name
+                   for i, name in enumerate(names)]
+        check_columns(read_as, str(path))
+        self._file_names = dict(zip(read_as, names, strict=True))
         fields = []
-        for f in source:
+        for f, name in zip(source, read_as, strict=True):
             t = f.type
             if pa.types.is_null(t) or pa.types.is_dictionary(t):
                 t = pa.string()
-            if f.name in numeric_columns and (_is_number(t) or _is_text(t)):
+            if name in numeric_columns and (_is_number(t) or _is_text(t)):
                 t = pa.float64()  # features are read as numbers whatever the file stored
-            elif self.format == "csv" and f.name in text_columns:
+            elif self.format == "csv" and name in text_columns:
                 t = pa.string()
-            fields.append(pa.field(str(f.name), t))
+            fields.append(pa.field(str(name), t))
         self.schema = pa.schema(fields)
         self.numeric_columns = [c for c in numeric_columns if c in self.schema.names]
 
@@ -192,7 +210,8 @@ class TableReader:
         reader = pacsv.open_csv(
             self.path,
             read_options=pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK_BYTES),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"))
+            parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
+            convert_options=pacsv.ConvertOptions(null_values=NA_VALUES))
         try:
             return reader.schema
         finally:
@@ -225,19 +244,21 @@ class TableReader:
                                   f"{row.actual_columns}", row.text))
             return "skip"
 
+        in_file = [self._file_names[n] for n in target.names]
         reader = pacsv.open_csv(
             self.path,
             read_options=pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK_BYTES),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
-                include_columns=target.names,
-                column_types={n: pa.string() for n in target.names},
-                strings_can_be_null=True),
+                include_columns=in_file,
+                column_types={n: pa.string() for n in in_file},
+                null_values=NA_VALUES, strings_can_be_null=True),
         )
         known_invalid: list[int] = []  # sorted record numbers of malformed lines seen so far
         good = 0  # well-formed lines read so far
         try:
             for batch in self._rebatched(reader):
+                batch = pa.RecordBatch.from_arrays(batch.columns, names=target.names)
                 new = list(invalid)
                 invalid.clear()
                 known_invalid.extend(r.record for r in new)

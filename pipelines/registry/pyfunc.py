@@ -32,7 +32,9 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.models import ModelSignature
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types import ColSpec, Schema
+from mlflow.types.schema import AnyType
 
 import training
 from training.detector import BaseDetector
@@ -64,6 +66,25 @@ def _copy_code(into: Path) -> list[str]:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"))
         paths.append(str(target))
     return paths
+
+
+# Column types MLflow cannot describe: inferring a signature from one gives an unnamed [Any],
+# whose model then receives no named column at all. No MLflow type takes them as input either
+# (long and double both refuse uint64), so such a column is named and typed Any.
+_UNTYPED = ("uint64", "UInt64")
+
+
+def table_signature(example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
+    """MLflow's signature of a table model, every input column named (a uint64 one typed Any:
+    the detector checks its values, as it checks every column's)."""
+    untyped = [c for c in example.columns if str(example[c].dtype) in _UNTYPED]
+    signature = infer_signature(example.astype(dict.fromkeys(untyped, "float64")), output)
+    if not untyped:
+        return signature
+    inputs = [ColSpec(AnyType(), s.name, required=s.required) if s.name in untyped else s
+              for s in signature.inputs.inputs]
+    return ModelSignature(inputs=Schema(inputs), outputs=signature.outputs,
+                          params=signature.params)
 
 
 def log_pyfunc(detector: BaseDetector, example: pd.DataFrame, signature: ModelSignature,

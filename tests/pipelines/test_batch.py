@@ -293,6 +293,61 @@ def test_a_csvs_category_columns_stay_text_in_every_chunk(tmp_path):
     assert [c.batch.column(1).to_pylist() for c in chunks] == [["007", "012"], ["100"]]
     assert chunks[0].batch.column(0).to_pylist() == [1.5, 2.5]
 
+
+def test_a_csvs_missing_values_are_the_ones_pandas_reads_as_missing(tmp_path):
+    """Training reads a CSV with pandas: its NA tokens ('None', '<NA>'...) are missing values
+    here too, in numbers (imputed, not rejects) and in categories (not unknown ones)."""
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    from pipelines.batch.io import NA_VALUES
+
+    assert sorted(NA_VALUES) == sorted(STR_NA_VALUES)
+    src = tmp_path / "na.csv"
+    src.write_text("x,code\n1.5,a\nNone,None\n<NA>,<NA>\nNA,b\n")
+    chunk, = TableReader(src, 100, numeric_columns=["x"], text_columns=["code"]).chunks(
+        ["x", "code"])
+    assert not chunk.rejects
+    assert chunk.batch.to_pydict() == {"x": [1.5, None, None, None],
+                                       "code": ["a", None, None, "b"]}
+
+
+def test_numbers_with_spaces_around_them_are_numbers(tmp_path):
+    """pandas reads ' 3.363' (a space after each comma) as 3.363; a field of spaces alone is
+    no number."""
+    src = tmp_path / "spaces.csv"
+    src.write_text("x,y,code\n0.126, 3.363, a\n\t2,4 ,b\n1,  ,c\n")
+    chunk, = TableReader(src, 100, numeric_columns=["x", "y"], text_columns=["code"]).chunks(
+        ["x", "y", "code"])
+    assert chunk.batch.to_pydict() == {"x": [0.126, 2.0], "y": [3.363, 4.0],
+                                       "code": [" a", "b"]}
+    assert [(r.record, r.message) for r in chunk.rejects] == [
+        (2, "column 'y': expected double, got '  '")]
+
+
+def test_an_unnamed_header_field_is_named_as_pandas_names_it(tmp_path):
+    """A frame written with its index (``to_csv()``): pandas reads the first column as
+    ``Unnamed: 0``, and so does a batch job."""
+    src = tmp_path / "indexed.csv"
+    pd.DataFrame({"a": [0.5, 1.5], "b": ["x", "y"]}).to_csv(src)
+    reader = TableReader(src, 100, numeric_columns=["Unnamed: 0", "a"], text_columns=["b"])
+    assert reader.columns == list(pd.read_csv(src).columns) == ["Unnamed: 0", "a", "b"]
+    chunk, = reader.chunks(["b", "Unnamed: 0"])
+    assert chunk.batch.to_pydict() == {"b": ["x", "y"], "Unnamed: 0": [0.0, 1.0]}
+
+
+def test_parquet_integers_past_2_to_the_53_read_as_the_float64_training_reads(tmp_path):
+    """int64 nanosecond times and uint64 counts past 2**63 lose digits as float64, as they do
+    in training (pandas), and are no reject."""
+    big, huge = [1696606208078407019, 2**60 + 1], [2**64 - 1, 2**63 + 12345]
+    src = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"big": pa.array(big, pa.int64()),
+                             "huge": pa.array(huge, pa.uint64())}), src)
+    chunk, = TableReader(src, 100, numeric_columns=["big", "huge"]).chunks(["big", "huge"])
+    assert not chunk.rejects
+    assert chunk.batch.to_pydict() == {"big": [float(v) for v in big],
+                                       "huge": [float(v) for v in huge]}
+    assert chunk.batch.to_pydict() == pd.read_parquet(src).astype("float64").to_dict("list")
+
 def test_output_templates():
     when = datetime(2024, 5, 6, 7, 8, 9)
     src = Path("in/a.csv")
@@ -402,3 +457,102 @@ def test_runtime_choice_weighs_the_graphs_start_up_against_torchs_rows(store, tm
     assert not torch_pays("vae", TORCH_FROM_ROWS["vae"]) and torch_pays("vae", 10**7)
     assert not torch_pays("ae", 10**8)
     assert not torch_pays("conv_ae", 10**8)  # images cost the same either way
+
+
+def _in_own_store(store, *args: str) -> int:
+    """``main(args)`` against another store, then the module's store MLflow's default again."""
+    try:
+        return main(list(args))
+    finally:
+        mlflow.set_tracking_uri(store.uri)
+        mlflow.set_registry_uri(store.uri)
+
+
+def _trained_on(store, data: Path, name: str) -> tuple[str, str]:
+    """A two-epoch AE trained on ``data`` in a store of its own: (store URI, model URI)."""
+    uri = f"sqlite:///{data.parent / 'mlflow.db'}"
+    assert _in_own_store(store, "train", "--data", str(data), "--kind", "ae", "--name", name,
+                         "--epochs", "2", "--alias", "champion", "--experiment", "batch-tests",
+                         "--tracking-uri", uri) == 0
+    return uri, f"models:/{name}@champion"
+
+
+def _scored_as_trained(store, uri: str, model_uri: str, src: Path, out: Path) -> pd.DataFrame:
+    """Score ``src`` in a batch job; check its scores are the detector's on the frame training
+    reads from the same file (``read_table``)."""
+    from pipelines.batch.model import load_batch_model
+    from training.data.tables import read_table
+
+    assert _in_own_store(store, "score", "--model", model_uri, "--tracking-uri", uri,
+                         "--input", str(src), "--output", str(out)) == 0
+    got = pd.read_csv(out)
+    detector = load_batch_model(model_uri, out.parent, tracking_uri=uri).detector
+    want = detector.score(read_table(src), source=str(src))
+    assert len(got) == len(want) and not out.with_name(f"{out.stem}.rejects.csv").exists()
+    np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), rtol=1e-6)
+    return got
+
+
+@pytest.fixture(scope="module")
+def pandas_written(store, tmp_path_factory) -> tuple[str, str, Path]:
+    """A model trained on a CSV as pandas writes and reads it: the frame's index as an unnamed
+    first column, lowercase true/false (pandas: booleans), 'None' and '<NA>' for missing."""
+    rng = np.random.default_rng(3)
+    n = 200
+    a = rng.normal(size=n)
+    frame = pd.DataFrame({"a": a, "b": 3 * a + rng.normal(scale=0.2, size=n),
+                          "c": rng.normal(10, 2, size=n).round(3).astype(object),
+                          "color": rng.choice(["red", "green", "blue"], size=n).astype(object),
+                          "flag": rng.choice(["true", "false"], size=n)})
+    frame.loc[::10, "c"] = "None"
+    frame.loc[5::10, "c"] = "<NA>"
+    frame.loc[3::17, "color"] = "None"
+    data = tmp_path_factory.mktemp("pandas-written") / "written.csv"
+    frame.to_csv(data)
+    return *_trained_on(store, data, "pandas-written"), data
+
+
+def test_the_csv_a_model_trained_on_scores_with_no_unknown_category(store, pandas_written,
+                                                                     tmp_path):
+    """A batch job reads a CSV as training's pandas does: the unnamed index column, boolean
+    categories (trained as 'True'/'False', read here as 'true'/'false') and missing values."""
+    uri, model_uri, data = pandas_written
+    got = _scored_as_trained(store, uri, model_uri, data, tmp_path / "o.csv")
+    assert got.columns[0] == "Unnamed: 0"
+    assert (got["unknown_categories"] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def big_integers(store, tmp_path_factory) -> tuple[str, str, Path]:
+    """A model trained on a Parquet file of int64 nanosecond times (past 2**53) and uint64
+    counts (past 2**63)."""
+    rng = np.random.default_rng(4)
+    n = 200
+    a = rng.normal(size=n)
+    counts = np.uint64(2**63) + rng.integers(0, 10**12, size=n, dtype=np.uint64)
+    frame = pd.DataFrame({"a": a, "b": 3 * a + rng.normal(scale=0.2, size=n),
+                          "t": 1696606208078407019 + np.arange(n, dtype=np.int64) * 10**9,
+                          "cnt": counts})
+    data = tmp_path_factory.mktemp("big-integers") / "big.parquet"
+    frame.to_parquet(data)
+    return *_trained_on(store, data, "big-integers"), data
+
+
+def test_integers_past_2_to_the_53_score_as_they_trained(store, big_integers, tmp_path):
+    uri, model_uri, data = big_integers
+    _scored_as_trained(store, uri, model_uri, data, tmp_path / "o.csv")
+
+
+def test_a_uint64_columns_model_predicts_on_its_training_frame(store, big_integers, tmp_path):
+    """MLflow infers no type for uint64 (the whole signature fell back to one unnamed Any, and
+    the model then received no named column): the column is named, typed Any."""
+    from pipelines.batch.model import load_batch_model
+
+    uri, model_uri, data = big_integers
+    path = load_batch_model(model_uri, tmp_path, tracking_uri=uri).path
+    pyfunc = mlflow.pyfunc.load_model(str(path))
+    assert pyfunc.metadata.get_input_schema().input_names() == ["a", "b", "t", "cnt"]
+    frame = pd.read_parquet(data)
+    assert frame["cnt"].dtype == np.uint64
+    got = pyfunc.predict(frame)
+    assert len(got) == len(frame) and np.isfinite(got["score"]).all()

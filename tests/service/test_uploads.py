@@ -419,3 +419,23 @@ def test_a_long_text_repeated_in_a_small_parquet_file_is_read_in_bounded_chunks(
                    files={"file": ("n.parquet", buf.getvalue())})
     assert r.status_code == 200 and r.json()["n_records"] == n, r.text
     assert _peak_rss_kb(proc) - before < 400_000
+
+
+def test_true_and_false_as_text_are_the_booleans_the_model_trained_on(server, table):
+    """pandas reads a CSV's true/false as booleans, so the model's categories are 'True' and
+    'False'; an upload reads categories as text ('true', 'FALSE'): the same categories, none
+    unknown, the same scores, in a scored file as in an /invocations body."""
+    url, _ = server
+    df = table.head(20)
+    body = df.assign(flag=df["flag"].map({True: "true", False: "FALSE"})).to_csv(index=False)
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/models/t/score-file", files={"file": ("f.csv", body, "text/csv")})
+        want = c.post("/v1/models/t/score-file",
+                      files={"file": ("f.csv", df.to_csv(index=False), "text/csv")})
+        assert r.status_code == want.status_code == 200, r.text
+        got = pd.read_csv(io.BytesIO(r.content))
+        assert (got["unknown_categories"] == 0).all()
+        assert got["score"].tolist() == pd.read_csv(io.BytesIO(want.content))["score"].tolist()
+        r = c.post("/v1/models/t/invocations", content=body, headers={"content-type": "text/csv"})
+        assert r.status_code == 200, r.text
+        assert [p["unknown_categories"] for p in r.json()["predictions"]] == [0] * len(df)

@@ -112,6 +112,16 @@ def _is_categorical(series: pd.Series) -> bool:
     return not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
 
 
+# pandas reads a CSV's true/false as booleans, so such a column trains as 'True'/'False'; a
+# reader that keeps the text (batch jobs, uploads, JSON strings) gives 'true', 'FALSE'...
+_BOOLEAN_LEVELS = {"true": "True", "false": "False"}
+
+
+def _as_trained_booleans(values: list[str | None]) -> list[str | None]:
+    """Case-insensitive true/false text as the 'True'/'False' a boolean column trained with."""
+    return [v if v is None else _BOOLEAN_LEVELS.get(v.lower(), v) for v in values]
+
+
 def _as_category_strings(series: pd.Series) -> pd.Series:
     """Categories compared as strings so 'True', True and 1.0 in CSV/JSON agree."""
     out = series.astype("object").where(series.notna(), None)
@@ -443,6 +453,8 @@ class TabularPreprocessor:
             del M
         for name, start, categories, dropped, other in plan.categorical:
             values = records.categories(name)
+            if categories and set(categories) <= {"True", "False"}:
+                values = _as_trained_booleans(values)
             codes = pd.Categorical(values, categories=categories).codes
             present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
             outside = (codes < 0) & present

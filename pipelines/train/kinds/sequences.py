@@ -20,9 +20,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
 
-from pipelines.registry.pyfunc import log_pyfunc
+from pipelines.registry.pyfunc import log_pyfunc, table_signature
 from pipelines.train.config import TrainConfig
 from pipelines.train.kinds import DataKind, Prepared
 from pipelines.train.plots import close, plt
@@ -128,7 +127,7 @@ class Sequences(DataKind):
         """The pyfunc, whose example is one window and a row of the training series."""
         columns = detector.preprocessor_.input_columns_
         example = splits.fit[columns].head(detector.window_ + 1).reset_index(drop=True)
-        signature = infer_signature(example, detector.score_series(example))
+        signature = table_signature(example, detector.score_series(example))
         return log_pyfunc(detector, example, signature)
 
 

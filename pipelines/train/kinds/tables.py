@@ -10,9 +10,8 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.models import infer_signature
 
-from pipelines.registry.pyfunc import log_pyfunc
+from pipelines.registry.pyfunc import log_pyfunc, table_signature
 from pipelines.train.config import TrainConfig
 from pipelines.train.kinds import DataKind, Prepared
 from pipelines.train.splits import Splits, cut, fingerprint
@@ -61,7 +60,7 @@ class Tables(DataKind):
         """The pyfunc with a signature and an input example of five training records."""
         columns = detector.preprocessor_.input_columns_
         example: pd.DataFrame = splits.fit[columns].head(5).reset_index(drop=True)
-        signature = infer_signature(example, detector.score(example))
+        signature = table_signature(example, detector.score(example))
         return log_pyfunc(detector, example, signature)
 
 
