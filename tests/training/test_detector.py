@@ -268,3 +268,26 @@ def test_neighbour_scores_by_hand_and_through_save_and_load(splits, tmp_path):
         Detector.load(tmp_path / "m")
     with pytest.raises(ConfigError, match="neighbours"):
         Detector(neighbours=-1)
+
+
+def test_numbers_held_as_objects_are_numbers_and_a_refused_target_changes_nothing(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(120, 3)), columns=["a", "b", "c"])
+    det = Detector(kind="ae", max_epochs=2, n_models=2).fit(frame.astype(object))
+    assert [s.kind for s in det.preprocessor_.columns_] == ["numeric"] * 3
+    np.testing.assert_allclose(det.raw_scores(frame)["recon"],
+                               det.raw_scores(frame.astype(object))["recon"])
+    # id and label columns named by numbers, like the frame's own columns
+    numbered = pd.DataFrame({0: frame.a, 1: frame.b, 2: np.arange(120), 3: 0})
+    fitted = Detector(kind="ae", max_epochs=2, n_models=2, id_column=2, label_column=3)
+    assert fitted.fit(numbered).preprocessor_.input_columns_ == ["0", "1"]
+    # a target the params refuse leaves the model as it was, and loadable
+    with pytest.raises(ConfigError, match="target_fpr"):
+        det.calibrate(frame, target_fpr=1.5)
+    assert det.params.target_fpr == 0.01
+    det.save(tmp_path / "m")
+    assert Detector.load(tmp_path / "m").params.target_fpr == 0.01
+    det.calibrate(frame, target_fpr=np.float32(0.05))
+    assert det.params.target_fpr == pytest.approx(0.05)
+    with pytest.raises(DataError, match=r"the data has 'x0', 'x1', 'x2'"):
+        det.raw_scores(frame.to_numpy())

@@ -42,8 +42,10 @@ on the benchmark tables), so the thresholds err, if anything, towards fewer fals
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
+import numbers
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -592,13 +594,16 @@ class BaseDetector(CalibratedScores):
         The records must not have been used by :meth:`fit`. Their scores are kept, so any
         later score maps to a conformal p-value.
         """
-        if target_fpr is not None:
-            self.params.target_fpr = float(target_fpr)
-            self.params.__post_init__()
+        params = self.params
+        if target_fpr is not None:  # checked first: a refused target leaves the model as it was
+            if isinstance(target_fpr, numbers.Real) and not isinstance(target_fpr, bool):
+                target_fpr = float(target_fpr)
+            params = dataclasses.replace(params, target_fpr=target_fpr)
         scores = self.raw_scores(data, source)
         self.calibrations_ = {
-            k: ScoreCalibration.fit(v, self.params.target_fpr) for k, v in scores.items()
+            k: ScoreCalibration.fit(v, params.target_fpr) for k, v in scores.items()
         }
+        self.params = params
         return self
 
     # -- scoring (score_columns, score, predict: CalibratedScores) ------------------------

@@ -108,8 +108,18 @@ class ColumnSpec:
         return [*self.categories, OTHER] if self.other else list(self.categories)
 
 
+_NUMBER_KINDS = ("integer", "floating", "mixed-integer-float", "decimal")
+
+
 def _is_categorical(series: pd.Series) -> bool:
-    return not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+    """Text and booleans are categories; numbers are numbers, also when held as Python objects
+    (a frame's ``astype(object)``, the ``values`` of a mixed table)."""
+    if pd.api.types.is_bool_dtype(series):
+        return True
+    if pd.api.types.is_numeric_dtype(series):
+        return False
+    return not (series.dtype == object
+                and pd.api.types.infer_dtype(series, skipna=True) in _NUMBER_KINDS)
 
 
 # pandas reads a CSV's true/false as booleans, so such a column trains as 'True'/'False'; a
@@ -250,8 +260,9 @@ class TabularPreprocessor:
 
     def __init__(self, id_column: str | None = None, label_column: str | None = None,
                  geometry: str = "auto"):
-        self.id_column = id_column
-        self.label_column = label_column
+        # names as text, as a frame's column names are read (training.detector.tabular)
+        self.id_column = None if id_column is None else str(id_column)
+        self.label_column = None if label_column is None else str(label_column)
         if geometry not in GEOMETRIES:
             raise ConfigError(f"geometry: expected one of {list(GEOMETRIES)}, got "
                               f"{shown(geometry)}")
@@ -380,7 +391,9 @@ class TabularPreprocessor:
         missing = [c for c in self.input_columns_ if c not in df.columns]
         if missing:
             raise DataError(
-                f"{source}: missing column(s) {missing}; the model expects {self.input_columns_}"
+                f"{source}: missing column(s) {missing}; the model expects "
+                f"{_listed(self.input_columns_)}; the data has "
+                f"{_listed([str(c) for c in df.columns])}"
             )
         for s in self.columns_:
             col = df[s.name]
