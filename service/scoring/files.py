@@ -127,6 +127,9 @@ def _parquet_schema(f: BinaryIO, name: str, max_footer_bytes: int) -> pa.Schema:
     if size < 12 or tail[4:] != b"PAR1":
         raise DataError(f"{name}: cannot read as Parquet: not a Parquet file (no footer)")
     footer = int.from_bytes(tail[:4], "little")
+    if footer > size - 12:  # a real footer lies between the leading and trailing "PAR1"
+        raise DataError(f"{name}: cannot read as Parquet: not a Parquet file (its footer "
+                        f"length, {footer} bytes, is past the file's {size} bytes)")
     if footer > max_footer_bytes:
         raise TooLargeError(f"{name}: a Parquet schema of {footer} bytes; at most "
                             f"{max_footer_bytes} (ANOMALY_MAX_HEADER_BYTES): send fewer columns")

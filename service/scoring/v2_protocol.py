@@ -228,6 +228,9 @@ def _tensor_values(t: _Tensor, blob: memoryview, offset: int) -> tuple[Any, int]
     return values, offset
 
 
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
+
+
 def _typed(t: _Tensor, values: list[Any]) -> Any:
     """JSON data read as its tensor's datatype, as binary data is by its bytes: integers its
     type can hold, numbers as that float type rounds them (the same scores as the same values
@@ -254,8 +257,9 @@ def _typed(t: _Tensor, values: list[Any]) -> Any:
                 raise refuse(i, v)
         return values
     for i, v in enumerate(values):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-            raise refuse(i, v)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
+                              or (isinstance(v, int) and not -_FLOAT64_MAX <= v <= _FLOAT64_MAX)):
+            raise refuse(i, v)  # an integer past float64 has no float value either
     wide = np.array([math.nan if v is None else v for v in values], dtype=np.float64)
     with np.errstate(over="ignore"):
         typed = wide.astype(dtype)

@@ -96,6 +96,18 @@ def test_a_field_past_the_header_is_named_not_read_as_a_row_index(tmp_path, caps
                                    "names; remove the extra field or name its column")
     assert not (tmp_path / "mlflow.db").exists()
 
+def test_old_mac_line_ends_read_as_pandas_reads_them(tmp_path):
+    from training.data.tables import read_table
+
+    cr = tmp_path / "cr.csv"
+    cr.write_bytes(b'a,"b\rc",d\r1,5,-3\r0,4,-2\r')
+    want = pd.read_csv(cr)
+    got = read_table(cr)
+    assert list(got.columns) == ["a", "b\rc", "d"] == list(want.columns)
+    np.testing.assert_array_equal(got.to_numpy(), want.to_numpy())
+    np.testing.assert_array_equal(got.to_numpy(), [[1, 5, -3], [0, 4, -2]])
+
+
 def test_a_list_column_is_refused_naming_it(tmp_path, capsys):
     rng = np.random.default_rng(2)
     path = tmp_path / "l.parquet"

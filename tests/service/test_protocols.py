@@ -269,7 +269,7 @@ def test_v2_json_data_is_read_as_its_datatype(api, served, records):
                                                    if parameters else {})})
 
     for data, datatype in (([70000.0], "FP16"), (["red"], "FP64"), ([True], "FP32"),
-                           ([1], "BOOL")):
+                           ([1], "BOOL"), ([10**309], "FP64")):  # past float64: no value
         column = "flag" if datatype == "BOOL" else "a"
         r = post(column, datatype, data)
         assert r.status_code == 422, r.text

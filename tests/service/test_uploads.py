@@ -161,6 +161,11 @@ def test_too_many_columns_in_a_short_header_or_a_parquet_schema(server, table):
                          files={"file": ("w.parquet", buf.getvalue(), "application/x-parquet")})
         assert parquet.status_code == 413, parquet.text
         assert "a Parquet schema of" in parquet.json()["error"]["message"]
+        # not Parquet, though it ends like it: its footer length is garbage, not a large schema
+        junk = c.post("/v1/models/t/score-file",
+                      files={"file": ("j.parquet", b"PAR1junkPAR1", "application/x-parquet")})
+        assert junk.status_code == 422, junk.text
+        assert "not a Parquet file" in junk.json()["error"]["message"]
 
 
 def test_duplicate_and_nested_columns_are_named(server, table):

@@ -123,6 +123,10 @@ def csv_header(f: BinaryIO, source: str, max_bytes: int | None = None) -> list[s
         raw = f.readline(limit + 1 if limit >= 0 else -1)
         if not raw:
             raise DataError(f"{source}: file is empty")
+    cut = _past_bare_cr(raw)
+    if cut is not None:  # old Mac line ends (CR alone): the header is the first line only
+        f.seek(f.tell() - len(raw) + cut)
+        raw = raw[:cut]
     while raw.count(b'"') % 2 and (limit < 0 or len(raw) <= limit):  # a quoted line break
         more = f.readline(limit + 1 - len(raw) if limit >= 0 else -1)
         if not more:
@@ -141,6 +145,19 @@ def csv_header(f: BinaryIO, source: str, max_bytes: int | None = None) -> list[s
     except csv.Error as e:  # a column name longer than the csv module's field limit
         raise DataError(f"{source}: the header does not read as CSV ({e}); use shorter "
                         "column names") from None
+
+
+def _past_bare_cr(raw: bytes) -> int | None:
+    """Where the first line of ``raw`` ends when its lines end in a carriage return alone (a
+    line read up to a newline then holds the whole file): just past that CR, outside quotes,
+    leading line breaks skipped; None when the line ends otherwise."""
+    quoted, start = False, len(raw) - len(raw.lstrip(b"\r\n"))
+    for i in range(start, len(raw)):
+        if raw[i] == 0x22:  # '"'
+            quoted = not quoted
+        elif raw[i] == 0x0D and not quoted and raw[i + 1:i + 2] != b"\n":
+            return i + 1
+    return None
 
 
 # Where a record's field past the header's last lands (pandas would otherwise read the first
