@@ -172,8 +172,12 @@ class AnomalyClient:
         return out
 
     def score_file(self, path: str | Path, model: str | None = None, *,
-                   summary: bool = False) -> pd.DataFrame | dict[str, Any]:
+                   summary: bool = False, keep: list[str] | None = None
+                   ) -> pd.DataFrame | dict[str, Any]:
         """Score a CSV or Parquet file on the service, which reads it a chunk at a time.
+
+        Args:
+            keep: the file's columns to carry into the answer (default: every column).
 
         Returns:
             the file's rows with the score columns appended; with ``summary``, the counts and
@@ -186,8 +190,11 @@ class AnomalyClient:
         def upload() -> dict[str, Any]:
             return {"files": {"file": (path.name, path.open("rb"), ctype)}}
 
-        r = self._request("POST", f"/v1/models/{name}/score-file",
-                          params={"summary": "true"} if summary else None, build=upload)
+        params = {"summary": "true"} if summary else {}
+        if keep is not None:
+            params["keep"] = ",".join(keep)
+        r = self._request("POST", f"/v1/models/{name}/score-file", params=params or None,
+                          build=upload)
         if summary:
             return r.json()
         if r.headers.get("content-type", "").startswith("text/csv"):

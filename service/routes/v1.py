@@ -165,7 +165,10 @@ async def _answer(fn, name: str, request: Request, store: ModelStore, settings: 
 async def score_upload(name: str, store: StoreDep, settings: SettingsDep, metrics: MetricsDep,
                        file: Annotated[UploadFile, File(description=".csv or .parquet")],
                        summary: Annotated[bool, Query(description="answer with counts and "
-                                                      "score quantiles only")] = False
+                                                      "score quantiles only")] = False,
+                       keep: Annotated[str | None, Query(
+                           description="comma-separated columns of the upload to carry into "
+                           "the scored file, in this order (default: every column)")] = None
                        ) -> Response:
     model = store.get(name)
     images.require_records(model)
@@ -175,7 +178,8 @@ async def score_upload(name: str, store: StoreDep, settings: SettingsDep, metric
     filename = file.filename or f"upload.{fmt}"
     result = await run_in_threadpool(
         score_file, model, file.file, filename, fmt, settings.file_chunk_rows, summary,
-        None, lambda s, k: metrics.observe_scores(model, s, k), UploadLimits.of(settings))
+        None, lambda s, k: metrics.observe_scores(model, s, k), UploadLimits.of(settings),
+        None if keep is None else list(dict.fromkeys(c for c in keep.split(",") if c)))
     if summary:
         return JSONBytes(result.summary(model, filename))
     return FileResponse(result.path, media_type=MEDIA_TYPES[fmt],

@@ -76,11 +76,12 @@ class UploadLimits:
 
 
 def check_upload(model: ServedModel, f: BinaryIO, name: str, fmt: str,
-                 limits: UploadLimits, output: bool = False) -> None:
+                 limits: UploadLimits, output: bool = False,
+                 keep: list[str] | None = None) -> None:
     """Refuse an upload from its header alone: too long a header or footer, too many columns
     (413), a column named twice or a model column of a nested type (422); with ``output`` (the
-    upload is written back with its scores) also a column of a type the output cannot hold.
-    ``f`` is left at 0."""
+    upload is written back with its scores) also a ``keep`` column (default: every column)
+    that is not in the file or of a type the output cannot hold. ``f`` is left at 0."""
     columns = model.inputs.columns
     most = len(columns) + limits.max_file_columns
     f.seek(0)
@@ -95,11 +96,16 @@ def check_upload(model: ServedModel, f: BinaryIO, name: str, fmt: str,
                             f"{len(columns)} and {limits.max_file_columns} more, "
                             "ANOMALY_MAX_FILE_COLUMNS)")
     check_columns(names, name)
+    if output and keep is not None:
+        unknown = [c for c in keep if c not in names]
+        if unknown:
+            raise DataError(f"{name}: keep column(s) {unknown} not in the file; it has "
+                            f"{names[:20]}")
     if fmt == "parquet":
         check_types(schema, name, columns)
         if output:  # the other columns are written back as they came
             for f_ in schema:
-                if _holds_map(f_.type):
+                if (keep is None or f_.name in keep) and _holds_map(f_.type):
                     raise DataError(f"has type {f_.type}, which the scored file cannot hold: "
                                     "drop the column, or ask for a summary (?summary=true)",
                                     source=name, column=f_.name)
@@ -240,7 +246,8 @@ class _Writer:
 
 def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_rows: int,
                summary: bool = False, out_dir: str | None = None,
-               on_chunk: Any = None, limits: UploadLimits | None = None) -> FileResult:
+               on_chunk: Any = None, limits: UploadLimits | None = None,
+               keep: list[str] | None = None) -> FileResult:
     """Score an uploaded table chunk by chunk.
 
     Args:
@@ -254,12 +261,15 @@ def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_r
         on_chunk: called with (scores (n,), n_flagged) after each chunk (metrics).
         limits: what the header may hold, checked before parsing (default: the defaults of
             :class:`UploadLimits`).
+        keep: the upload's columns written back beside the scores, in this order (default:
+            every column).
 
     Returns:
         the output file (input columns, then the score columns) and counts. The caller
         deletes the file once sent.
     """
-    check_upload(model, f, filename, fmt, limits or UploadLimits(), output=not summary)
+    check_upload(model, f, filename, fmt, limits or UploadLimits(), output=not summary,
+                 keep=keep)
     if fmt == "csv":
         chunks = _csv_chunks(f, chunk_rows, filename, model.inputs.text_columns)
     else:
@@ -278,10 +288,12 @@ def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_r
                     stream.push(chunk, filename).reset_index(drop=True)
             except DataError as e:  # records counted over the whole file, not the chunk
                 raise e.located(offset=result.n_records) from None
-            clash = sorted(set(chunk.columns) & set(scores.columns))
+            carried = chunk if keep is None else chunk[keep]
+            clash = sorted(set(carried.columns) & set(scores.columns))
             if clash and writer:
-                raise DataError("has the name of an output column; rename it",
-                                source=filename, column=clash[0])
+                raise DataError("has the name of an output column; rename it, or leave it out "
+                                "of the columns carried back (keep=)", source=filename,
+                                column=clash[0])
             flags = scores["is_anomaly"].to_numpy()
             result.primary.append(scored_primary(scores))
             result.n_records += len(chunk)
@@ -290,7 +302,8 @@ def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_r
             if on_chunk:
                 on_chunk(result.primary[-1], int(flags.sum()))
             if writer:
-                writer.write(pd.concat([chunk.reset_index(drop=True), scores], axis=1), filename)
+                writer.write(pd.concat([carried.reset_index(drop=True), scores], axis=1),
+                             filename)
         if result.n_records == 0:
             raise DataError(f"{filename}: no rows (only a header?)")
     except BaseException:

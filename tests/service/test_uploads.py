@@ -168,6 +168,32 @@ def test_too_many_columns_in_a_short_header_or_a_parquet_schema(server, table):
         assert "not a Parquet file" in junk.json()["error"]["message"]
 
 
+def test_a_column_named_like_an_output_is_left_out_with_keep(server, table, tmp_path):
+    from service.client import AnomalyClient
+
+    url, _ = server
+    body = table.head(30).assign(score=1.0).to_csv(index=False)  # a column called 'score'
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/models/t/score-file", files={"file": ("s.csv", body, "text/csv")})
+        assert r.status_code == 422 and r.json()["error"]["column"] == "score", r.text
+        assert "keep=" in r.json()["error"]["message"]
+        r = c.post("/v1/models/t/score-file", params={"keep": "b,a,b"},
+                   files={"file": ("s.csv", body, "text/csv")})
+        assert r.status_code == 200, r.text
+        scored = pd.read_csv(io.BytesIO(r.content))
+        assert list(scored.columns[:3]) == ["b", "a", "score"] and len(scored) == 30
+        pd.testing.assert_series_equal(scored["a"], table.head(30)["a"].reset_index(drop=True),
+                                       check_exact=False)
+        r = c.post("/v1/models/t/score-file", params={"keep": "a,nope"},
+                   files={"file": ("s.csv", body, "text/csv")})
+        assert r.status_code == 422 and "keep column(s) ['nope'] not in the file" in r.text
+    src = tmp_path / "s.csv"
+    src.write_text(body)
+    with AnomalyClient(url) as client:  # the Python client passes keep the same way
+        scored = client.score_file(src, "t", keep=["c"])
+        assert list(scored.columns[:2]) == ["c", "score"]
+
+
 def test_duplicate_and_nested_columns_are_named(server, table):
     url, _ = server
     df = table.head(20)
