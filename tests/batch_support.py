@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipelines.cli.main import main
@@ -50,3 +51,19 @@ def anomaly(*args: str, cwd: Path | None = None, timeout: float = 120,
     full_env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **(env or {})}
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def pandas_written_frame(n: int) -> pd.DataFrame:
+    """A frame whose CSV (``to_csv``, index included) holds what pandas writes and reads back
+    its own way: an unnamed first column, lowercase true/false (pandas: booleans), 'None' and
+    '<NA>' for missing numbers and categories."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=n)
+    frame = pd.DataFrame({"a": a, "b": 3 * a + rng.normal(scale=0.2, size=n),
+                          "c": rng.normal(10, 2, size=n).round(3).astype(object),
+                          "color": rng.choice(["red", "green", "blue"], size=n).astype(object),
+                          "flag": rng.choice(["true", "false"], size=n)})
+    frame.loc[::10, "c"] = "None"
+    frame.loc[5::10, "c"] = "<NA>"
+    frame.loc[3::17, "color"] = "None"
+    return frame

@@ -17,7 +17,7 @@ from pipelines.batch.io import TableReader, _record_numbers
 from pipelines.batch.plan import output_for
 from pipelines.batch.results import EXPERIMENT, ScoreSample
 from pipelines.cli.main import main
-from tests.batch_support import NAME, trained_store
+from tests.batch_support import NAME, pandas_written_frame, trained_store
 from training.errors import ConfigError, DataError
 
 SCORE_COLUMNS = ["score", "p_value", "is_anomaly", "score_recon", "p_value_recon",
@@ -497,16 +497,7 @@ def _scored_as_trained(store, uri: str, model_uri: str, src: Path, out: Path) ->
 def pandas_written(store, tmp_path_factory) -> tuple[str, str, Path]:
     """A model trained on a CSV as pandas writes and reads it: the frame's index as an unnamed
     first column, lowercase true/false (pandas: booleans), 'None' and '<NA>' for missing."""
-    rng = np.random.default_rng(3)
-    n = 200
-    a = rng.normal(size=n)
-    frame = pd.DataFrame({"a": a, "b": 3 * a + rng.normal(scale=0.2, size=n),
-                          "c": rng.normal(10, 2, size=n).round(3).astype(object),
-                          "color": rng.choice(["red", "green", "blue"], size=n).astype(object),
-                          "flag": rng.choice(["true", "false"], size=n)})
-    frame.loc[::10, "c"] = "None"
-    frame.loc[5::10, "c"] = "<NA>"
-    frame.loc[3::17, "color"] = "None"
+    frame = pandas_written_frame(200)
     data = tmp_path_factory.mktemp("pandas-written") / "written.csv"
     frame.to_csv(data)
     return *_trained_on(store, data, "pandas-written"), data

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 
+from pipelines.batch.io import NA_VALUES
 from pipelines.batch.model import (
     MODEL_NAME_COLUMN,
     MODEL_VERSION_COLUMN,
@@ -91,10 +92,42 @@ def _read(spark, opts: ScoreOptions):
         if fmt == "parquet":
             return spark.read.parquet(path)
         mode = "FAILFAST" if opts.on_error == "fail" else "DROPMALFORMED"
-        return (spark.read.option("header", True).option("inferSchema", True)
-                .option("mode", mode).csv(path))
+        df = (spark.read.option("header", True).option("inferSchema", True)
+              .option("mode", mode).csv(path))
+        return _as_pandas_reads(spark, df, path)
     except AnalysisException as e:
         raise DataError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+
+
+def _quoted(name: str):
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def _as_pandas_reads(spark, df, path: str):
+    """A CSV's columns as training's pandas (and the local engine) read them.
+
+    An unnamed header field (the index ``df.to_csv()`` writes), which Spark names ``_c<i>``, is
+    ``Unnamed: <i>``; pandas' missing-value tokens (``NA_VALUES``: 'None', '<NA>', 'NULL'...),
+    which Spark reads as text, are nulls. A number column holding such a token was inferred
+    as text: :func:`_conform_numbers` makes a model feature a number again (Spark's cast, as
+    its inference, reads ' 3.363' as 3.363).
+    """
+    from pyspark.sql import functions as F
+
+    generated = [i for i, c in enumerate(df.columns) if c == f"_c{i}"]
+    if generated:  # or a field really named '_c<i>': the header line tells
+        header = spark.read.option("header", False).option("inferSchema", False).csv(path)
+        first = header.first()
+        unnamed = {f"_c{i}": f"Unnamed: {i}" for i in generated
+                   if first is not None and i < len(first) and first[i] in (None, "")}
+        if unnamed:
+            df = df.withColumnsRenamed(unnamed)
+    text = [c for c, t in df.dtypes if t == "string"]
+    if not text:
+        return df
+    return df.withColumns({c: F.when(~_quoted(c).isin(NA_VALUES), _quoted(c)) for c in text})
 
 
 def _hadoop_path(spark, path: str):
@@ -127,17 +160,37 @@ def score_dataframe(spark, df, model: BatchModel, keep: list[str] | None,
                          F.lit(model.version).alias(MODEL_VERSION_COLUMN))
 
 
+def _boolean_columns(model: BatchModel) -> list[str]:
+    """Input columns the model's signature types boolean (a CSV's true/false in training)."""
+    from mlflow.models import Model
+    from mlflow.types import DataType
+
+    signature = Model.load(str(model.path)).signature
+    if signature is None or signature.inputs is None:
+        return []
+    return [s.name for s in signature.inputs.inputs
+            if getattr(s, "type", None) == DataType.boolean and s.name is not None]
+
+
 def _conform_numbers(df, model: BatchModel, opts: ScoreOptions):
-    """The model's numeric columns as doubles. A column Spark read as text holds a value that
-    is no number: the job fails naming it, or with ``--on-error skip`` its rows are dropped
-    (and counted as rejected)."""
+    """The model's numeric columns as doubles, and its boolean ones as booleans. A column Spark
+    read as text holds a value that is no number (or no true/false; one holding a missing
+    value, 'None', is text too): the job fails naming it, or with ``--on-error skip`` its rows
+    are dropped (and counted as rejected)."""
     from pyspark.sql import functions as F
 
     types = dict(df.dtypes)
     text = [c for c in model.numeric_columns if types.get(c) == "string"]
+    casts = {c: F.col(c).try_cast("double") for c in text}
+    expected = dict.fromkeys(text, "a number")
+    for c in _boolean_columns(model):
+        if types.get(c) == "string":  # true/false in any case, as the local engine reads it
+            lower = F.lower(F.col(c))
+            casts[c] = F.when(lower == "true", True).when(lower == "false", False)
+            expected[c] = "true or false"
+    text = list(casts)
     if not text:
         return df
-    casts = {c: F.col(c).try_cast("double") for c in text}
     bad = None
     for c in text:
         cond = F.col(c).isNotNull() & casts[c].isNull()
@@ -146,7 +199,7 @@ def _conform_numbers(df, model: BatchModel, opts: ScoreOptions):
         row = df.filter(bad).select(*text, *[casts[c].alias(f"__{c}") for c in text]).first()
         if row is not None:
             c = next(c for c in text if row[c] is not None and row[f"__{c}"] is None)
-            raise DataError(f"{opts.input}: column '{c}': expected a number, got "
+            raise DataError(f"{opts.input}: column '{c}': expected {expected[c]}, got "
                             f"{shown(row[c])}; fix the row or rerun with --on-error skip")
     else:
         df = df.filter(~bad)
