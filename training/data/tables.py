@@ -151,6 +151,9 @@ def _past_bare_cr(raw: bytes) -> int | None:
     """Where the first line of ``raw`` ends when its lines end in a carriage return alone (a
     line read up to a newline then holds the whole file): just past that CR, outside quotes,
     leading line breaks skipped; None when the line ends otherwise."""
+    body = raw.strip(b"\r\n")
+    if b"\r" not in body:  # the usual case, without a byte-by-byte look
+        return None
     quoted, start = False, len(raw) - len(raw.lstrip(b"\r\n"))
     for i in range(start, len(raw)):
         if raw[i] == 0x22:  # '"'
