@@ -24,6 +24,8 @@ class RequestGuard:
 
     - **Body limit:** answer 413 once a request body passes its limit, whether announced
       (``Content-Length``) or streamed.
+    - **Encoded bodies:** answer 415 to a ``Content-Encoding`` other than ``identity`` (a
+      gzip body would otherwise be parsed as the bytes it is).
     - **Timeout:** answer 504 when a request has not started its answer within ``seconds``.
       Work already running in a worker thread cannot be interrupted, so it finishes in the
       background and its answer is dropped (a scored file's temporary output is still
@@ -72,7 +74,9 @@ class RequestGuard:
                 if value.isdigit() and int(value) > limit:
                     state["status"] = 413
                     return await _too_large(send, limit, scope["path"])
-                break
+            elif header == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+                state["status"] = 415  # its bytes would otherwise be read as they came
+                return await _encoded(send, value, scope["path"])
         seen = 0
         answers: list[asyncio.Task] = []
 
@@ -126,6 +130,16 @@ async def _too_large(send: Send, limit: int, path: str) -> None:
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _encoded(send: Send, encoding: bytes, path: str) -> None:
+    body = json.dumps(shaped(path, 415, error_body(
+        "unsupported_media_type", f"Content-Encoding {encoding.decode('latin-1').strip()}: "
+        "bodies are read as sent; send them without a Content-Encoding"))).encode()
+    await send({"type": "http.response.start", "status": 415,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -314,6 +314,24 @@ def test_v2_bytes_elements_cut_short_are_refused(api, served, records):
                  headers={"Inference-Header-Content-Length": str(len(head))})
     assert r.status_code == 422 and "whole number of bytes" in r.json()["error"], r.text
 
+def test_an_encoded_body_is_a_415_in_each_protocols_shape(api, served, records):
+    import gzip
+
+    name = served.name
+    body = gzip.compress(json.dumps({"records": records[:2]}).encode())
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    for path, key in ((f"/v1/models/{name}/score", "error"),
+                      (f"/v1/models/{name}/invocations", "message"),
+                      (f"/v2/models/{name}/infer", "error")):
+        r = api.post(path, content=body, headers=headers)
+        assert r.status_code == 415, (path, r.text)
+        text = r.json()[key] if key == "message" else str(r.json()[key])
+        assert "Content-Encoding gzip" in text, (path, r.text)
+    plain = api.post(f"/v1/models/{name}/score", json={"records": records[:2]},
+                     headers={"Content-Encoding": "identity"})
+    assert plain.status_code == 200, plain.text
+
+
 def test_v2_health_and_server_metadata(api, served):
     assert api.get("/v2").json()["extensions"] == ["binary_tensor_data"]
     assert api.get("/v2/health/live").json() == {"live": True}
