@@ -104,6 +104,8 @@ def _conform(arr: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray |
     """
     if arr.type == target:
         return arr, None
+    if pa.types.is_boolean(arr.type) and _is_number(target):  # no number: as the detector
+        return pa.nulls(len(arr), target), arr.is_valid().to_numpy(zero_copy_only=False)
     # integers past 2**53 lose digits as float64, as training's pandas reads them
     safe = not (pa.types.is_integer(arr.type) and pa.types.is_floating(target))
     try:
@@ -186,7 +188,8 @@ class TableReader:
             t = f.type
             if pa.types.is_null(t) or pa.types.is_dictionary(t):
                 t = pa.string()
-            if name in numeric_columns and (_is_number(t) or _is_text(t)):
+            if name in numeric_columns and (_is_number(t) or _is_text(t)
+                                            or pa.types.is_boolean(t)):
                 t = pa.float64()  # features are read as numbers whatever the file stored
             elif self.format == "csv" and name in text_columns:
                 t = pa.string()

@@ -324,6 +324,23 @@ def test_numbers_with_spaces_around_them_are_numbers(tmp_path):
         (2, "column 'y': expected double, got '  '")]
 
 
+def test_booleans_in_a_number_column_are_rejects_in_parquet_as_in_csv(tmp_path):
+    """A boolean is no number, whichever way the file stores it (JSON requests and the
+    detector refuse it too): each such record is a reject naming the column."""
+    src = tmp_path / "flags.parquet"
+    pq.write_table(pa.table({"a": pa.array([True, None, False]), "b": [1.0, 2.0, 3.0]}), src)
+    chunk, = TableReader(src, 100, numeric_columns=["a", "b"]).chunks(["a", "b"])
+    assert chunk.batch.to_pydict() == {"a": [None], "b": [2.0]}
+    assert [(r.record, r.message) for r in chunk.rejects] == [
+        (0, "column 'a': expected double, got True"),
+        (2, "column 'a': expected double, got False")]
+    csv = tmp_path / "flags.csv"
+    csv.write_text("a,b\nTRUE,1\n,2\n")
+    chunk, = TableReader(csv, 100, numeric_columns=["a", "b"]).chunks(["a", "b"])
+    assert [(r.record, r.message) for r in chunk.rejects] == [
+        (0, "column 'a': expected double, got 'TRUE'")]
+
+
 def test_an_unnamed_header_field_is_named_as_pandas_names_it(tmp_path):
     """A frame written with its index (``to_csv()``): pandas reads the first column as
     ``Unnamed: 0``, and so does a batch job."""

@@ -343,6 +343,15 @@ def test_geometry_auto_keeps_columns_when_a_few_columns_hold_the_rows_length():
     assert _largest_share(columns) == pytest.approx(share)
 
 
+def test_a_boolean_column_where_the_model_reads_numbers_is_refused_as_text_is():
+    pre = TabularPreprocessor().fit(pd.DataFrame({"a": [0.0, 1.0, 0.5, 2.0], "b": 1.0}))
+    for column in ([None, True], pd.array([None, False], dtype="boolean"),
+                   np.array([True, False])):
+        frame = pd.DataFrame({"a": column, "b": [1.0, 2.0]})
+        with pytest.raises(DataError, match=r"record (0|1), column 'a': expected a number, got"):
+            pre.transform(frame, "frame")
+
+
 def test_direction_row_lengths_of_records_as_of_a_frame():
     wide = _vectors(40, 300)
     pre = TabularPreprocessor().fit(wide)

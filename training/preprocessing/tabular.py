@@ -403,7 +403,12 @@ class TabularPreprocessor:
                 continue
             if pd.api.types.is_object_dtype(col.dtype):
                 _reject_nested(col, s.name, source)
-            if pd.api.types.is_bool_dtype(col):
+            if pd.api.types.is_bool_dtype(col):  # refused as in an object column or JSON
+                present = np.flatnonzero(col.notna().to_numpy())
+                if present.size:
+                    i = int(present[0])
+                    raise DataError(f"expected a number, got {shown(col.iloc[i])}",
+                                    source=source, record=i, column=s.name)
                 continue
             if (pd.api.types.is_datetime64_any_dtype(col.dtype)
                     or pd.api.types.is_timedelta64_dtype(col.dtype)
