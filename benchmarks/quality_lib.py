@@ -207,13 +207,19 @@ def load_sklearn_tables(data_dir: Path, names: Iterable[str] | None = None) -> l
     out += [_one_class(f"wine_{c}", wine.data, wine.target, c, group) for c in range(2)]
     digits = datasets.load_digits()
     out += [_one_class(f"digits_{d}", digits.data, digits.target, d, group) for d in range(10)]
+    return _picked(out, names, "the scikit-learn tables")
+
+
+def _picked(datasets: list[Dataset], names: Iterable[str] | None, where: str) -> list[Dataset]:
+    """The ``datasets`` that ``names`` picks (all without names); a name none has is an
+    error naming ``where``."""
     wanted = _wanted(names)
-    if wanted is not None:
-        missing = sorted(wanted - {d.name.lower() for d in out})
-        if missing:
-            raise FileNotFoundError(f"dataset(s) not among the scikit-learn tables: {missing}")
-        out = [d for d in out if d.name.lower() in wanted]
-    return out
+    if wanted is None:
+        return datasets
+    missing = sorted(wanted - {d.name.lower() for d in datasets})
+    if missing:
+        raise FileNotFoundError(f"dataset(s) not among {where}: {missing}")
+    return [d for d in datasets if d.name.lower() in wanted]
 
 
 def load_skab_table(data_dir: Path, names: Iterable[str] | None = None) -> list[Dataset]:
@@ -222,22 +228,15 @@ def load_skab_table(data_dir: Path, names: Iterable[str] | None = None) -> list[
     of the 8 sensors is a record, labelled by its ``anomaly`` column; group ``SKAB rows``.
     Few columns and thousands of rows, with no time order used: data that no table default was
     chosen on."""
-    from benchmarks.sequences import GROUPS, LABEL, TIME, load_skab
+    from benchmarks.sequences import LABEL, TIME, load_skab
 
-    wanted = _wanted(names)
     out = []
     for group, files in load_skab(data_dir / "skab").items():
-        name = f"skab_{group}"
-        if wanted is not None and name not in wanted:
-            continue
         frame = pd.concat([f for _, f in files], ignore_index=True)
         X = frame.drop(columns=[TIME, LABEL]).to_numpy(dtype=np.float64)
-        out.append(Dataset(name, X, frame[LABEL].to_numpy().astype(int), group="SKAB rows"))
-    if wanted is not None:
-        missing = sorted(wanted - {f"skab_{g}" for g in GROUPS})
-        if missing:
-            raise FileNotFoundError(f"dataset(s) not among the SKAB tables: {missing}")
-    return out
+        out.append(Dataset(f"skab_{group}", X, frame[LABEL].to_numpy().astype(int),
+                           group="SKAB rows"))
+    return _picked(out, names, "the SKAB tables")
 
 
 # modality -> loader(data_dir, names); image loaders register here.

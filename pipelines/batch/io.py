@@ -108,28 +108,27 @@ def _conform(arr: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray |
         return pa.nulls(len(arr), target), arr.is_valid().to_numpy(zero_copy_only=False)
     # integers past 2**53 lose digits as float64, as training's pandas reads them
     safe = not (pa.types.is_integer(arr.type) and pa.types.is_floating(target))
-    try:
-        return pc.cast(arr, target, safe=safe), None
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        pass
-    if _is_text(arr.type) and _is_number(target):  # ' 3.363' is a number, as pandas reads it
-        arr = pc.utf8_trim_whitespace(arr)
-        try:
-            return pc.cast(arr, target), None
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            pass
+    cast = _cast(arr, target, safe)
+    if cast is None and _is_text(arr.type) and _is_number(target):
+        arr = pc.utf8_trim_whitespace(arr)  # ' 3.363' is a number, as pandas reads it
+        cast = _cast(arr, target)
+    if cast is not None:
+        return cast, None
     # Slow path, only for chunks that hold a bad value: convert one value at a time.
     values, bad = [], np.zeros(len(arr), dtype=bool)
     for i, v in enumerate(arr):
-        if not v.is_valid:
-            values.append(None)
-            continue
-        try:
-            values.append(pc.cast(pa.array([v.as_py()], type=arr.type), target)[0].as_py())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            values.append(None)
-            bad[i] = True
+        one = _cast(pa.array([v.as_py()], type=arr.type), target) if v.is_valid else None
+        values.append(None if one is None else one[0].as_py())
+        bad[i] = v.is_valid and one is None
     return pa.array(values, type=target), bad
+
+
+def _cast(arr: pa.Array, target: pa.DataType, safe: bool = True) -> pa.Array | None:
+    """``arr`` cast to ``target``, or None when a value does not convert."""
+    try:
+        return pc.cast(arr, target, safe=safe)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
 
 
 class TableReader:

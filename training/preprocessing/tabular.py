@@ -471,7 +471,7 @@ class TabularPreprocessor:
             del M
         for name, start, categories, dropped, other in plan.categorical:
             values = records.categories(name)
-            if categories and set(categories) <= {"True", "False"}:
+            if name in plan.boolean:
                 values = _as_trained_booleans(values)
             codes = pd.Categorical(values, categories=categories).codes
             present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
@@ -601,6 +601,7 @@ class _EncodingPlan:
     stds: np.ndarray
     # name, first position, categories, dropped, pooled (OTHER after the categories)
     categorical: list[tuple[str, int, list[str], bool, bool]]
+    boolean: set[str]  # categorical columns that trained as booleans ('True'/'False' only)
     width: int  # the matrix's columns
 
     @property
@@ -627,8 +628,11 @@ class _EncodingPlan:
                 categorical.append((s.name, j, list(s.categories), s.dropped, s.other))
             j += s.width
         f64 = np.float64
+        boolean = {name for name, _, levels, _, _ in categorical
+                   if levels and set(levels) <= set(_BOOLEAN_LEVELS.values())}
         return cls(numeric, np.asarray(positions, dtype=np.intp), np.asarray(medians, dtype=f64),
-                   np.asarray(means, dtype=f64), np.asarray(stds, dtype=f64), categorical, j)
+                   np.asarray(means, dtype=f64), np.asarray(stds, dtype=f64), categorical,
+                   boolean, j)
 
 
 @dataclass
