@@ -56,6 +56,12 @@ def shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def listed(names: list[str], most: int = 5) -> str:
+    """Up to ``most`` names quoted, then how many more."""
+    shown_names = ", ".join(repr(n) for n in names[:most])
+    return shown_names + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 class DataError(AnomalyError, ValueError, status=422, type="invalid_input"):
     """The data does not match what is expected (missing column, wrong type, too few rows...).
 

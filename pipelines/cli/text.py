@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from training.errors import listed
+
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """Plain-text table with a header line, one line per row, columns padded to fit."""
@@ -28,6 +30,9 @@ def format_training(result: Any) -> str:
     if result.geometry == "direction":
         lines.append("  rows compared by their direction (geometry direction: each row divided "
                      "by its length; --geometry columns standardises each column instead)")
+        if result.set_apart:
+            lines.append(f"  set apart, in a larger unit than the rest (standardised on their "
+                         f"own): {listed(result.set_apart)}")
     for kind, t in result.thresholds.items():
         line = f"  {kind:6s} threshold {t:.6g}"
         if f"eval/auroc_{kind}" in m:

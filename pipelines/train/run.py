@@ -61,6 +61,7 @@ class TrainResult:
     thresholds: dict[str, float] = field(default_factory=dict)
     primary_score: str = ""
     geometry: str | None = None  # tables: how rows were compared (``geometry``)
+    set_apart: list[str] = field(default_factory=list)  # direction: columns standardised alone
 
 
 def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResult:
@@ -120,7 +121,8 @@ def run_training(cfg: TrainConfig, tracking_uri: str | None = None) -> TrainResu
     return TrainResult(name=cfg.name, kind=cfg.kind, run_id=run.info.run_id, version=version,
                        alias=cfg.alias if version else None, metrics=metrics,
                        thresholds=detector.thresholds_, primary_score=detector.primary_score,
-                       geometry=detector.resolved_.get("geometry"))
+                       geometry=detector.resolved_.get("geometry"),
+                       set_apart=getattr(detector.preprocessor_, "set_apart_", []))
 
 
 # The longest dataset schema MLflow's tracking store takes (a wider table's is refused there).

@@ -279,3 +279,27 @@ def test_the_training_summary_names_the_primary_score_and_a_direction_geometry()
     assert "direction" not in format_training(
         TrainResult(name="t", kind="vae", run_id="r2", version=None, alias=None,
                     metrics={"fit/epochs": 1, "fit/seconds": 1.0}, geometry="columns"))
+
+
+def test_training_names_the_columns_set_apart_from_the_rows_vector(tmp_path, capsys):
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    flags = (rng.random((160, DIRECTION_MIN_COLUMNS)) < 0.2).astype(int)
+    table = pd.DataFrame(flags, columns=[f"f{i}" for i in range(DIRECTION_MIN_COLUMNS)])
+    table["height"] = rng.integers(20, 600, 160)
+    table["width"] = rng.integers(20, 600, 160)
+    data = tmp_path / "flags.csv"
+    table.to_csv(data, index=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["train", "--data", str(data), "--name", "flags", "--epochs", "2",
+                 "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "rows compared by their direction" in out
+    assert ("set apart, in a larger unit than the rest (standardised on their own): "
+            "'height', 'width'") in out
+    run_id = out.split()[1].rstrip(":")
+    run = mlflow.MlflowClient(uri).get_run(run_id)
+    assert run.data.params["geometry"] == "direction" and run.data.params["set_apart"] == "2"

@@ -320,27 +320,42 @@ def test_geometry_auto_keeps_columns_for_narrow_or_mixed_tables_and_old_models()
         TabularPreprocessor(geometry="cosine")
 
 
-def test_geometry_auto_keeps_columns_when_a_few_columns_hold_the_rows_length():
-    from training.preprocessing.tabular import DIRECTION_MAX_SHARE, _largest_share
-
+def test_direction_sets_apart_the_few_columns_in_a_larger_unit_than_the_vector():
     rng = np.random.default_rng(0)
     flags = pd.DataFrame((rng.random((200, 400)) < 0.2).astype(float),
                          columns=[f"f{i}" for i in range(400)])
-    assert TabularPreprocessor().fit(flags).geometry_ == "direction"
+    plain = TabularPreprocessor().fit(flags)
+    assert plain.geometry_ == "direction" and not any(s.apart for s in plain.columns_)
     # an image's height and width in pixels beside 400 0/1 flags: the 1% largest columns (4)
-    # hold nearly all of each row's mean square, so a row's direction would be its size's
+    # hold nearly all of each row's mean square, so a row's direction would be its size's.
+    # They are set apart: standardised on their own, out of the row's length
     sized = flags.assign(height=rng.integers(20, 600, 200), width=rng.integers(20, 600, 200))
     pre = TabularPreprocessor().fit(sized)
-    assert _largest_share(pre.columns_) > DIRECTION_MAX_SHARE
-    assert pre.geometry_ == "columns"
-    # asked for, direction is still given
-    assert TabularPreprocessor(geometry="direction").fit(sized).geometry_ == "direction"
-    # the share from the columns' statistics (as fitted before the geometry is chosen) equals
-    # the data's own
-    squares = np.sort((flags.to_numpy() ** 2).mean(axis=0))[::-1]
-    share = squares[:4].sum() / squares.sum()
-    columns = TabularPreprocessor(geometry="columns").fit(flags).columns_
-    assert _largest_share(columns) == pytest.approx(share)
+    assert pre.geometry_ == "direction"
+    assert [s.name for s in pre.columns_ if s.apart] == ["height", "width"]
+    X, _ = pre.transform(sized)
+    np.testing.assert_allclose(X[:, :400], plain.transform(flags)[0], rtol=1e-5, atol=1e-5)
+    size = sized[["height", "width"]].to_numpy(dtype=float)
+    np.testing.assert_allclose(X[:, 400:], (size - size.mean(0)) / size.std(0), rtol=1e-5)
+    np.testing.assert_allclose(pre.row_lengths(sized), np.linalg.norm(flags.to_numpy(), axis=1))
+    back = pre.inverse_transform(X[:5], pre.row_lengths(sized.head(5)))
+    np.testing.assert_allclose(back.to_numpy(), sized.head(5).to_numpy(dtype=float),
+                               rtol=1e-4, atol=1e-5)
+    again = TabularPreprocessor.from_dict(pre.to_dict())
+    np.testing.assert_array_equal(again.transform(sized)[0], X)
+    # a model saved before columns could be set apart reads as none set apart
+    saved = plain.to_dict()
+    for c in saved["columns"]:
+        del c["apart"]
+    np.testing.assert_array_equal(TabularPreprocessor.from_dict(saved).transform(flags)[0],
+                                  plain.transform(flags)[0])
+    # more than 5% of the columns (21 of 430) in units each larger than the rest: not one
+    # vector. auto compares columns; direction, asked for, divides rows by their whole length
+    many = flags.assign(**{f"size{i}": rng.uniform(1, 2, 200) * 2.0 ** i for i in range(30)})
+    assert TabularPreprocessor().fit(many).geometry_ == "columns"
+    asked = TabularPreprocessor(geometry="direction").fit(many)
+    assert asked.geometry_ == "direction" and not any(s.apart for s in asked.columns_)
+    assert TabularPreprocessor(geometry="columns").fit(sized).geometry_ == "columns"
 
 
 def test_a_boolean_column_where_the_model_reads_numbers_is_refused_as_text_is():

@@ -60,9 +60,11 @@ class Detector(BaseDetector):
         return TabularPreprocessor(self.id_column, self.label_column, self.params.geometry)
 
     def _resolve(self, n_train: int, n_features: int) -> dict[str, Any]:
-        # the geometry ``auto`` chose is logged with the sizes chosen from the data's shape
+        # the geometry ``auto`` chose (and how many columns it set apart) is logged with the
+        # sizes chosen from the data's shape
         return {**resolve(self.params, n_train, n_features),
-                "geometry": self.preprocessor_.geometry_}
+                "geometry": self.preprocessor_.geometry_,
+                "set_apart": len(self.preprocessor_.set_apart_)}
 
     def _build(self, n_features: int) -> torch.nn.Module:
         cls = EnsembleVAE if self._variational else EnsembleAE

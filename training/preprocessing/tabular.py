@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.errors import ConfigError, DataError, shown
+from training.errors import ConfigError, DataError, listed, shown
 from training.params import GEOMETRIES
 
 log = logging.getLogger(__name__)
@@ -49,21 +49,29 @@ own (mean 0, standard deviation 1), for tables whose columns are different quant
 different units. ``direction``: each row divided by its length (Euclidean norm over the numeric
 columns), then centred per column and divided by one scale shared by all columns, so distances
 are those between the rows' directions (cosine geometry) and a column's spread keeps its weight;
-for rows that are one vector: learned embeddings, pixels, spectra. ``auto``: ``direction`` for a
-table of at least :data:`DIRECTION_MIN_COLUMNS` numeric columns, no categorical one, and no
-few columns holding most of the rows' length (:data:`DIRECTION_MAX_SHARE`); ``columns``
-otherwise."""
+for rows that are one vector: learned embeddings, pixels, spectra, 0/1 flags. A few columns in a
+much larger unit beside the vector (sizes or counts beside flags: see
+:data:`DIRECTION_MAX_SHARE`) are left out of the row's length and standardised on their own, as
+in ``columns``. ``auto``: ``direction`` for a table of at least :data:`DIRECTION_MIN_COLUMNS`
+numeric columns, no categorical one, and at most :data:`DIRECTION_MAX_APART` of them in such a
+larger unit; ``columns`` otherwise."""
 
 DIRECTION_MIN_COLUMNS = 256
 """Numeric columns from which ``auto`` reads a row as one vector. Tables of measured quantities
 have tens of columns, vectors hundreds: embeddings (384-1,024), images (784 for 28x28)."""
 
 DIRECTION_MAX_SHARE = 0.5
-"""``auto`` reads a row as one vector only when its length is spread over many columns: the
-largest 1% of the numeric columns (at least one) by mean square hold at most this share of
-the total mean square. A vector's columns share a unit (embeddings: at most 0.21, pixels:
-0.07); a few columns in a larger unit beside hundreds of small ones (sizes or counts beside
-0/1 flags) would make every row's direction theirs alone."""
+"""A row's length is spread over the vector's columns: the largest 1% of them (at least one) by
+mean square hold at most this share of their total mean square. A vector's columns share a unit
+(embeddings: at most 0.21, pixels: 0.07). Where the largest hold more, they are in a larger
+unit than the rest (an image's height and width in pixels beside hundreds of 0/1 flags) and
+would make every row's direction theirs alone: the largest column is set apart (standardised
+on its own) and the rule applied to the rest, until it holds."""
+
+DIRECTION_MAX_APART = 0.05
+"""Share of the numeric columns that may be set apart from the vector (at least one). A table
+with more columns in larger units than this is not one vector: ``auto`` gives it ``columns``,
+and ``direction`` asked for sets none apart."""
 
 ONCE_SHARE = 0.5
 """A column with more than :data:`MAX_CATEGORIES` values is an identifier (or free text) when
@@ -94,6 +102,7 @@ class ColumnSpec:
     categories: list[str] = field(default_factory=list)
     dropped: bool = False  # constant in training: accepted as input, not a feature
     other: bool = False  # rarer categories (and unseen values) pooled in one more column
+    apart: bool = False  # direction geometry: not in the row's length, standardised on its own
 
     @property
     def width(self) -> int:
@@ -330,31 +339,45 @@ class TabularPreprocessor:
         if self.geometry == DIRECTION:
             if categorical:
                 raise ConfigError("geometry 'direction' compares rows as vectors of numbers; "
-                                  f"categorical column(s) {_listed(categorical)}: use 'columns'")
+                                  f"categorical column(s) {listed(categorical)}: use 'columns'")
             if numeric < 2:
                 raise ConfigError("geometry 'direction' compares rows by their direction, which "
                                   f"{numeric} non-constant numeric column cannot have: use "
                                   "'columns'")
-        if self.geometry != "auto":
-            return self.geometry
-        if numeric < DIRECTION_MIN_COLUMNS or categorical:
+        if self.geometry == COLUMNS or (self.geometry == "auto" and (
+                numeric < DIRECTION_MIN_COLUMNS or categorical)):
             return COLUMNS
-        return DIRECTION if _largest_share(specs) <= DIRECTION_MAX_SHARE else COLUMNS
+        apart = _set_apart(specs)
+        if apart is None and self.geometry == "auto":
+            return COLUMNS
+        for s in specs:
+            s.apart = s.name in (apart or ())
+        return DIRECTION
 
     def _fit_direction(self, df: pd.DataFrame) -> None:
-        """Means and the one shared scale of the rows divided by their lengths."""
-        numeric = [s for s in self.columns_ if s.kind == NUMERIC and not s.dropped]
-        for s in numeric:
+        """Means and the one shared scale of the rows divided by their lengths (the columns set
+        apart keep their own mean and standard deviation)."""
+        vector = [s for s in self.columns_ if s.kind == NUMERIC and not s.dropped and not s.apart]
+        for s in vector:
             s.mean, s.std = 0.0, 1.0
         self.__dict__.pop("_plan_cache", None)
         X, _ = self._encode(_FrameRecords(df))
+        plan = self._plan()
+        if plan.vector is not None:
+            X = X[:, plan.positions[plan.vector]]
         means = X.mean(axis=0, dtype=np.float64)
         scale = float(np.sqrt(np.mean(X.var(axis=0, dtype=np.float64))))
-        for s, mean in zip(numeric, means, strict=True):
+        for s, mean in zip(vector, means, strict=True):
             s.mean, s.std = float(mean), max(scale, _STD_FLOOR)
         self.__dict__.pop("_plan_cache", None)
 
     # -- properties --------------------------------------------------------------------------
+    @property
+    def set_apart_(self) -> list[str]:
+        """The numeric columns the ``direction`` geometry set apart from the row's vector
+        (:data:`DIRECTION_MAX_SHARE`): standardised on their own, not in its length."""
+        return [s.name for s in self.columns_ if s.apart]
+
     @property
     def n_features_(self) -> int:
         """Width of the matrix :meth:`transform` returns."""
@@ -392,8 +415,8 @@ class TabularPreprocessor:
         if missing:
             raise DataError(
                 f"{source}: missing column(s) {missing}; the model expects "
-                f"{_listed(self.input_columns_)}; the data has "
-                f"{_listed([str(c) for c in df.columns])}"
+                f"{listed(self.input_columns_)}; the data has "
+                f"{listed([str(c) for c in df.columns])}"
             )
         for s in self.columns_:
             col = df[s.name]
@@ -463,7 +486,7 @@ class TabularPreprocessor:
             if missing.any():
                 np.copyto(M, np.broadcast_to(plan.medians, M.shape), where=missing)
             if self.geometry_ == DIRECTION:
-                _to_unit_rows(M)
+                _to_unit_rows(M, plan.vector)
             M -= plan.means
             M /= plan.stds
             with np.errstate(over="ignore"):  # overflow: caught as a non-finite score
@@ -495,9 +518,9 @@ class TabularPreprocessor:
 
     def row_lengths(self, data: pd.DataFrame | Records, source: str = "data"
                     ) -> np.ndarray | None:
-        """(n,) each record's length (Euclidean norm of its numeric columns, missing values
-        imputed) in the ``direction`` geometry, what :meth:`inverse_transform` multiplies a
-        reconstructed direction by; None in the ``columns`` geometry."""
+        """(n,) each record's length (Euclidean norm of its numeric columns not set apart,
+        missing values imputed) in the ``direction`` geometry, what :meth:`inverse_transform`
+        multiplies a reconstructed direction by; None in the ``columns`` geometry."""
         if self.geometry_ != DIRECTION:
             return None
         if not isinstance(data, Records):
@@ -506,7 +529,7 @@ class TabularPreprocessor:
         plan = self._plan()
         M = data.numeric(plan.numeric)
         np.copyto(M, np.broadcast_to(plan.medians, M.shape), where=np.isnan(M))
-        return _to_unit_rows(M)
+        return _to_unit_rows(M, plan.vector)
 
     def inverse_transform(self, X: np.ndarray, lengths: np.ndarray | None = None
                           ) -> pd.DataFrame:
@@ -526,7 +549,8 @@ class TabularPreprocessor:
                 )
                 continue
             if s.kind == NUMERIC:
-                out[s.name] = (X[:, j].astype(np.float64) * s.std + s.mean) * length
+                out[s.name] = (X[:, j].astype(np.float64) * s.std + s.mean) * \
+                    (1.0 if s.apart else length)
                 j += 1
             else:
                 k = s.width
@@ -562,26 +586,40 @@ class TabularPreprocessor:
         return obj
 
 
-def _listed(names: list[str], most: int = 5) -> str:
-    """Up to ``most`` names quoted, then how many more."""
-    shown_names = ", ".join(repr(n) for n in names[:most])
-    return shown_names + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
-def _largest_share(specs: list[ColumnSpec]) -> float:
-    """Share of the numeric columns' total mean square (mean² + variance, from the fitted
-    statistics) held by the largest 1% of them, at least one."""
-    squares = np.sort([s.mean * s.mean + s.std * s.std
-                       for s in specs if s.kind == NUMERIC and not s.dropped])[::-1]
+def _largest_share(squares: np.ndarray) -> float:
+    """Share of the total of ``squares`` (columns' mean squares, largest first) held by the
+    largest 1% of them, at least one."""
     top = squares[:max(1, len(squares) // 100)].sum()
     total = squares.sum()
     return float(top / total) if np.isfinite(total) and total > 0 else 1.0
 
 
-def _to_unit_rows(M: np.ndarray) -> np.ndarray:
-    """Divide each row of M (n, k) float64 in place by its Euclidean length, a row of zeros
-    left as it is; returns the (n,) lengths. Each row is first divided by its largest
-    magnitude, so values near float64's limit do not overflow the sum of squares."""
+def _set_apart(specs: list[ColumnSpec]) -> set[str] | None:
+    """Names of the numeric columns in a larger unit than the vector the others make
+    (:data:`DIRECTION_MAX_SHARE`), from the fitted statistics (mean square = mean² +
+    variance); None when more than :data:`DIRECTION_MAX_APART` of them would be."""
+    numeric = [s for s in specs if s.kind == NUMERIC and not s.dropped]
+    order = sorted(numeric, key=lambda s: -(s.mean * s.mean + s.std * s.std))
+    squares = np.array([s.mean * s.mean + s.std * s.std for s in order], dtype=np.float64)
+    most = max(1, int(DIRECTION_MAX_APART * len(numeric)))
+    k = 0
+    while k < len(squares) - 2 and _largest_share(squares[k:]) > DIRECTION_MAX_SHARE:
+        k += 1
+        if k > most:
+            return None
+    return {s.name for s in order[:k]}
+
+
+def _to_unit_rows(M: np.ndarray, vector: np.ndarray | None = None) -> np.ndarray:
+    """Divide each row of M (n, k) float64 in place by its Euclidean length over the columns
+    ``vector`` (all when None), a row of zeros left as it is; returns the (n,) lengths. Each
+    row is first divided by its largest magnitude, so values near float64's limit do not
+    overflow the sum of squares."""
+    if vector is not None:
+        V = M[:, vector]
+        lengths = _to_unit_rows(V)
+        M[:, vector] = V
+        return lengths
     peak = np.abs(M).max(axis=1, initial=0.0)[:, None]
     np.divide(M, peak, out=M, where=peak > 0)
     length = np.sqrt(np.einsum("ij,ij->i", M, M))[:, None]
@@ -603,6 +641,8 @@ class _EncodingPlan:
     categorical: list[tuple[str, int, list[str], bool, bool]]
     boolean: set[str]  # categorical columns that trained as booleans ('True'/'False' only)
     width: int  # the matrix's columns
+    # indices into ``numeric`` of the direction geometry's vector; None: all of them
+    vector: np.ndarray | None = None
 
     @property
     def numeric_block(self) -> slice | np.ndarray:
@@ -616,9 +656,11 @@ class _EncodingPlan:
     @classmethod
     def of(cls, specs: list[ColumnSpec]) -> _EncodingPlan:
         numeric, positions, medians, means, stds, categorical = [], [], [], [], [], []
+        apart = []
         j = 0
         for s in specs:
             if s.kind == NUMERIC and not s.dropped:
+                apart.append(s.apart)
                 numeric.append(s.name)
                 positions.append(j)
                 medians.append(s.median)
@@ -630,9 +672,10 @@ class _EncodingPlan:
         f64 = np.float64
         boolean = {name for name, _, levels, _, _ in categorical
                    if levels and set(levels) <= set(_BOOLEAN_LEVELS.values())}
+        vector = np.flatnonzero(~np.asarray(apart, dtype=bool)) if any(apart) else None
         return cls(numeric, np.asarray(positions, dtype=np.intp), np.asarray(medians, dtype=f64),
                    np.asarray(means, dtype=f64), np.asarray(stds, dtype=f64), categorical,
-                   boolean, j)
+                   boolean, j, vector)
 
 
 @dataclass
