@@ -284,8 +284,8 @@ def score_file(model: ServedModel, f: BinaryIO, filename: str, fmt: str, chunk_r
             chunk.columns = [str(c) for c in chunk.columns]
             ignored = sorted(set(chunk.columns) - set(columns))
             try:
-                scores = model.scorer.score(chunk, source=filename) if stream is None else \
-                    stream.push(chunk, filename).reset_index(drop=True)
+                scores = (model.scorer.score(chunk, source=filename) if stream is None else
+                          stream.push(chunk, filename)).reset_index(drop=True)
             except DataError as e:  # records counted over the whole file, not the chunk
                 raise e.located(offset=result.n_records) from None
             carried = chunk if keep is None else chunk[keep]

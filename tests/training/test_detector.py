@@ -39,6 +39,10 @@ def test_score_columns_and_flags(fitted, splits):
     np.testing.assert_array_equal(out["score"], out[f"score_{primary}"])
     np.testing.assert_array_equal(out["is_anomaly"], out["score"] > fitted.thresholds_[primary])
     assert out["p_value"].between(0, 1).all()
+    # on the records' own index (the test split's is shuffled), so the scores join back
+    pd.testing.assert_index_equal(out.index, splits["test"].index)
+    joined = splits["test"].join(out[["score"]])
+    np.testing.assert_array_equal(joined["score"], out["score"])
 
 
 def test_scores_are_deterministic_and_batch_independent(fitted, splits):

@@ -113,8 +113,12 @@ class CalibratedScores:
                          record=int(extras["row"][i]) if window else i, column=column)
 
     def score(self, data: Any, source: str = "data") -> pd.DataFrame:
-        """:meth:`score_columns` as a DataFrame, one row per record."""
-        return pd.DataFrame(self.score_columns(data, source))
+        """:meth:`score_columns` as a DataFrame, one row per record, on ``data``'s index when
+        it is a DataFrame (so the scores join back to the records)."""
+        frame = pd.DataFrame(self.score_columns(data, source))
+        if isinstance(data, pd.DataFrame):
+            frame.index = data.index
+        return frame
 
     def predict(self, data: Any, source: str = "data") -> np.ndarray:
         """(n_records,) booleans: is each record an anomaly by the primary score."""

@@ -165,8 +165,8 @@ def _scored_batch(model: BatchModel, batch: pa.RecordBatch, job: _Prepared, n_ke
     the rows' record numbers in the file (errors name those)."""
     frame = batch.select(model.input_columns).to_pandas()
     try:
-        scores = model.detector.score(frame, source=str(job.src)) if stream is None else \
-            stream.push(frame, str(job.src)).reset_index(drop=True)
+        scores = (model.detector.score(frame, source=str(job.src)) if stream is None else
+                  stream.push(frame, str(job.src))).reset_index(drop=True)
     except DataError as e:  # its record counted in the chunk: count it in the file
         if e.record is None or records is None or not 0 <= e.record < len(records):
             raise
