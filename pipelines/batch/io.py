@@ -34,6 +34,7 @@ from training.data.tables import (
     table_format,
 )
 from training.errors import DataError, OutputError, first_line, shown
+from training.preprocessing.tabular import EMPTY_RECORD
 
 _CHUNK_BYTES = CHUNK_BYTES  # a chunk's bytes at most (a module name: tests shrink it)
 
@@ -140,13 +141,15 @@ class TableReader:
         numeric_columns: model features that must be finite numbers (integers widen to float64).
         text_columns: model columns a CSV holds as text whatever they look like (categories:
             ``007`` stays ``007``, in every chunk).
+        feature_columns: the columns a table model learns from: a row missing every one of
+            them is malformed (nothing to score). Empty: no such check (series).
 
     The schema is known after construction (``schema``, ``columns``), before any row is read
     beyond the first CSV block, so a mismatch with the model fails early.
     """
 
     def __init__(self, path: Path, chunk_rows: int, numeric_columns: list[str],
-                 text_columns: list[str] = ()):
+                 text_columns: list[str] = (), feature_columns: list[str] = ()):
         self.path = path
         self.format = table_format(path)
         self.chunk_rows = chunk_rows
@@ -195,6 +198,7 @@ class TableReader:
             fields.append(pa.field(str(name), t))
         self.schema = pa.schema(fields)
         self.numeric_columns = [c for c in numeric_columns if c in self.schema.names]
+        self.feature_columns = set(feature_columns)
 
     @property
     def columns(self) -> list[str]:
@@ -304,7 +308,8 @@ class TableReader:
     def _checked(self, batch: pa.RecordBatch, target: pa.Schema, records: np.ndarray) -> Chunk:
         """Convert to ``target``, drop and report rows with a bad value."""
         arrays, bad_any = [], np.zeros(batch.num_rows, dtype=bool)
-        reasons: dict[int, tuple[str, str]] = {}
+        reasons: dict[int, tuple[str | None, str]] = {}
+        empty = np.full(batch.num_rows, bool(self.feature_columns))  # no feature value yet
         for f in target:
             raw = batch.column(batch.schema.get_field_index(f.name))
             arr, bad = _conform(raw, f.type)
@@ -319,7 +324,12 @@ class TableReader:
                 for i in np.flatnonzero(inf & ~bad_any):
                     reasons[int(i)] = (f.name, f"non-finite number {shown(values[int(i)])}")
                 bad_any |= inf
+            if f.name in self.feature_columns:
+                empty &= pc.is_null(arr, nan_is_null=True).to_numpy(zero_copy_only=False)
             arrays.append(arr)
+        for i in np.flatnonzero(empty & ~bad_any):
+            reasons[int(i)] = (None, EMPTY_RECORD)
+        bad_any |= empty
         converted = pa.RecordBatch.from_arrays(arrays, schema=target)
         if not bad_any.any():
             return Chunk(converted, records)

@@ -68,6 +68,14 @@ class BatchModel:
         return [s.name for s in self.detector.preprocessor_.columns_ if s.kind == NUMERIC]
 
     @property
+    def feature_columns(self) -> list[str]:
+        """Input columns a table model learns from (constant ones left out): a record missing
+        every one of them is refused. Empty for series, whose missing rows are their gaps."""
+        if self.is_sequence:
+            return []
+        return [s.name for s in self.detector.preprocessor_.columns_ if not s.dropped]
+
+    @property
     def text_columns(self) -> list[str]:
         """Input columns the model reads as categories (or as text keys and times)."""
         return [s.name for s in self.detector.preprocessor_.columns_ if s.kind != NUMERIC]

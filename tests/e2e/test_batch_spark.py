@@ -5,6 +5,7 @@ One Spark session serves the module (starting the JVM is the slow part).
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -67,20 +68,26 @@ def test_spark_schema_mismatch_fails_before_scoring(spark, store, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def _refused_then_skipped(store, src: Path, out: Path, match: str, keep=None):
+    """``src`` fails the job with an error matching ``match`` and leaves no output; with
+    ``--on-error skip`` it is scored: that job's result."""
+    with pytest.raises(DataError, match=match):
+        run_batch(ScoreOptions(model=store.model_uri, input=str(src), output=str(out),
+                               engine="spark", tracking_uri=store.uri))
+    assert not out.exists()
+    return run_batch(ScoreOptions(model=store.model_uri, input=str(src), output=str(out),
+                                  engine="spark", on_error="skip", keep=keep,
+                                  tracking_uri=store.uri))
+
+
 def test_spark_text_in_a_number_column_fails_naming_it_or_is_skipped(spark, store, tmp_path):
     src = tmp_path / "in.csv"
     frame = store.frame.astype({"mean_radius": object})
     frame.loc[[3, 8], "mean_radius"] = "abc"
     frame.to_csv(src, index=False)
-    with pytest.raises(DataError, match=f"^{src}: column 'mean_radius': expected a number, "
-                                        "got 'abc'; fix the row or rerun with --on-error skip$"):
-        run_batch(ScoreOptions(model=store.model_uri, input=str(src),
-                               output=str(tmp_path / "o"), engine="spark",
-                               tracking_uri=store.uri))
-    assert not (tmp_path / "o").exists()
-    result = run_batch(ScoreOptions(model=store.model_uri, input=str(src),
-                                    output=str(tmp_path / "o"), engine="spark",
-                                    on_error="skip", tracking_uri=store.uri))
+    result = _refused_then_skipped(store, src, tmp_path / "o", f"^{src}: column 'mean_radius': "
+                                   "expected a number, got 'abc'; fix the row or rerun with "
+                                   "--on-error skip$")
     assert result.rows == len(frame) - 2 and result.inputs[0].rejected == 2
     empty = tmp_path / "empty.csv"
     empty.write_text("")
@@ -88,6 +95,24 @@ def test_spark_text_in_a_number_column_fails_naming_it_or_is_skipped(spark, stor
         run_batch(ScoreOptions(model=store.model_uri, input=str(empty),
                                output=str(tmp_path / "e"), engine="spark",
                                tracking_uri=store.uri))
+
+
+def test_spark_refuses_or_skips_a_record_missing_every_feature_value(spark, store, tmp_path):
+    """As the local engine does: imputed, such a record would be the typical normal one. The
+    id and label columns are no features: a row with only those is still empty."""
+    from training.preprocessing.tabular import EMPTY_RECORD
+
+    frame = store.frame.copy()
+    features = [c for c in frame.columns if c not in ("id", "malignant")]
+    frame.loc[[4, 9], features] = np.nan
+    for src in (tmp_path / "holes.csv", tmp_path / "holes.parquet"):
+        frame.to_csv(src, index=False) if src.suffix == ".csv" else frame.to_parquet(src)
+        result = _refused_then_skipped(store, src, tmp_path / "o", re.escape(
+            f"{src}: {EMPTY_RECORD}; fix the row or rerun with --on-error skip"), keep=["id"])
+        assert result.rows == len(frame) - 2 and result.inputs[0].rejected == 2
+        ids = set(pd.read_parquet(tmp_path / "o")["id"])
+        assert not ids & set(frame.loc[[4, 9], "id"])
+        shutil.rmtree(tmp_path / "o")
 
 
 @pytest.fixture(scope="module")

@@ -149,6 +149,7 @@ BAD_INPUTS = [
     ("text in a number", "bc", "set:mean_texture@2=abc", {}, 422, 2, "mean_texture"),
     ("boolean in a number", "bc", "set:worst_area@0=True", {}, 422, 0, "worst_area"),
     ("null is a missing value", "bc", "set:worst_area@0=None", {}, 200, None, None),
+    ("every value null", "bc", "nulls:all@1", {}, 422, 1, None),
     ("non-finite number", "bc", b'{"records": [{"mean_radius": Infinity}]}', {}, 422, 0,
      "mean_radius"),
     ("unknown model", "nope", "ok", {}, 404, None, None),
@@ -176,7 +177,9 @@ def _body(spec, features: pd.DataFrame):
         return {"columns": cols}
     action, rest = spec.split(":")
     column, where = rest.split("@")
-    if action == "drop":
+    if action == "nulls":
+        recs[int(where)] = dict.fromkeys(recs[int(where)])
+    elif action == "drop":
         del recs[int(where)][column]
     else:
         index, value = where.split("=")
@@ -212,6 +215,11 @@ def test_bad_files(api, frame):
     r = _score_file(api, "bc", bad.to_csv(index=False).encode(), "bad.csv")
     assert r.status_code == 422 and r.json()["error"]["record"] == 250, r.text
     assert r.json()["error"]["column"] == "mean_area"
+    holes = frame.copy()
+    holes.loc[300, [c for c in frame.columns if c not in ("id", "malignant")]] = np.nan
+    r = _score_file(api, "bc", holes.to_parquet(index=False), "holes.parquet")
+    assert r.status_code == 422 and r.json()["error"]["record"] == 300, r.text
+    assert "every feature value is missing" in r.json()["error"]["message"]
     assert _score_file(api, "bc", b"a;b\x00\x01", "x.bin").status_code == 415
     assert _score_file(api, "bc", b"", "empty.csv").status_code == 422
     assert _score_file(api, "bc", b"not parquet", "x.parquet").status_code == 422

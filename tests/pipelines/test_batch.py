@@ -341,6 +341,30 @@ def test_booleans_in_a_number_column_are_rejects_in_parquet_as_in_csv(tmp_path):
         (0, "column 'a': expected double, got 'TRUE'")]
 
 
+def test_a_record_missing_every_feature_value_is_a_reject(tmp_path):
+    """Imputed, a record without a single feature value would score as the typical normal
+    record: it is a reject, in CSV (empty fields, NA tokens) as in Parquet (nulls, NaN). A
+    column that is no feature (an id) does not make it one."""
+    from training.preprocessing.tabular import EMPTY_RECORD
+
+    src = tmp_path / "holes.csv"
+    src.write_text("id,x,code\n1,1.5,a\n2,,\n3,NaN,None\n4,,b\n")
+    chunk, = TableReader(src, 100, numeric_columns=["id", "x"], text_columns=["code"],
+                         feature_columns=["x", "code"]).chunks(["id", "x", "code"])
+    assert chunk.batch.to_pydict() == {"id": [1.0, 4.0], "x": [1.5, None], "code": ["a", "b"]}
+    assert [(r.record, r.message) for r in chunk.rejects] == [(1, EMPTY_RECORD),
+                                                              (2, EMPTY_RECORD)]
+    parquet = tmp_path / "holes.parquet"
+    pq.write_table(pa.table({"x": [1.0, float("nan"), None], "y": [None, None, None]}), parquet)
+    chunk, = TableReader(parquet, 100, numeric_columns=["x", "y"],
+                         feature_columns=["x", "y"]).chunks(["x", "y"])
+    assert chunk.records.tolist() == [0]
+    assert [r.record for r in chunk.rejects] == [1, 2]
+    # without feature columns (series: a row of gaps is part of the series) nothing is rejected
+    chunk, = TableReader(parquet, 100, numeric_columns=["x", "y"]).chunks(["x", "y"])
+    assert not chunk.rejects
+
+
 def test_an_unnamed_header_field_is_named_as_pandas_names_it(tmp_path):
     """A frame written with its index (``to_csv()``): pandas reads the first column as
     ``Unnamed: 0``, and so does a batch job."""

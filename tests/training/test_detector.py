@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -295,3 +296,23 @@ def test_numbers_held_as_objects_are_numbers_and_a_refused_target_changes_nothin
     assert det.params.target_fpr == pytest.approx(0.05)
     with pytest.raises(DataError, match=r"the data has 'x0', 'x1', 'x2'"):
         det.raw_scores(frame.to_numpy())
+
+
+def test_a_record_missing_every_feature_value_is_refused_naming_it(splits):
+    """Imputed, it would be the typical normal record (p-value 1): it is refused, in scoring
+    and in training, naming the record; one value is enough to be scored."""
+    from training.preprocessing.tabular import EMPTY_RECORD
+
+    det = Detector(kind="ae", id_column="id", label_column="malignant", max_epochs=2,
+                   n_models=1).fit(splits["fit"]).calibrate(splits["cal"])
+    rows = splits["test"].head(4).copy()
+    features = [c for c in rows.columns if c not in ("id", "malignant")]
+    rows.iloc[2, [rows.columns.get_loc(c) for c in features]] = np.nan
+    with pytest.raises(DataError, match=re.escape(f"new.csv: record 2: {EMPTY_RECORD}")):
+        det.score(rows, "new.csv")
+    rows.iloc[2, rows.columns.get_loc(features[0])] = 1.0
+    assert len(det.score(rows)) == 4
+    train = splits["fit"].copy()
+    train.iloc[7, [train.columns.get_loc(c) for c in features]] = np.nan
+    with pytest.raises(DataError, match=r"train.csv: record 7: every feature value is missing"):
+        Detector(kind="ae", id_column="id", label_column="malignant").fit(train, "train.csv")

@@ -73,6 +73,10 @@ DIRECTION_MAX_APART = 0.05
 with more columns in larger units than this is not one vector: ``auto`` gives it ``columns``,
 and ``direction`` asked for sets none apart."""
 
+EMPTY_RECORD = ("every feature value is missing: nothing to score or learn from (imputed, it "
+                "would be the typical normal record); drop the record or fill it in")
+"""Why a record without a single feature value is refused, wherever it arrives."""
+
 ONCE_SHARE = 0.5
 """A column with more than :data:`MAX_CATEGORIES` values is an identifier (or free text) when
 more than this share of its rows hold a value seen only once in training."""
@@ -467,24 +471,38 @@ class TabularPreprocessor:
             ``(X, extras)``: ``X`` of shape (n_records, n_features) float32, and
             ``extras["unknown_categories"]`` of shape (n_records,) counting categorical values
             never seen in training.
+
+        Raises:
+            DataError: a bad value (naming its record and column), or a record whose every
+                feature value is missing (imputing them all would score it as the typical
+                normal record).
         """
         if not isinstance(data, Records):
             self.validate(data, source)
             data = _FrameRecords(data)
-        return self._encode(data)
+        X, extras = self._encode(data)
+        empty = extras.pop("empty")
+        if empty.any():
+            raise DataError(EMPTY_RECORD, source=source, record=int(np.flatnonzero(empty)[0]))
+        return X, extras
 
     def _encode(self, records: Records | _FrameRecords) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Numeric columns as one (n, k) block standardised in float64, one-hot blocks column
-        by column, written straight into the float32 matrix (no float64 copy of it)."""
+        by column, written straight into the float32 matrix (no float64 copy of it).
+        ``extras["empty"]`` marks the records without a single feature value."""
         plan = self._plan()
         n = records.n
         X = np.zeros((n, plan.width), dtype=np.float32)
         unknown = np.zeros(n, dtype=np.int64)
+        empty = np.ones(n, dtype=bool)
         if plan.numeric:
             M = records.numeric(plan.numeric)  # (n, k) float64
             missing = np.isnan(M)
             if missing.any():
+                empty &= missing.all(axis=1)
                 np.copyto(M, np.broadcast_to(plan.medians, M.shape), where=missing)
+            else:
+                empty[:] = False
             if self.geometry_ == DIRECTION:
                 _to_unit_rows(M, plan.vector)
             M -= plan.means
@@ -498,6 +516,8 @@ class TabularPreprocessor:
                 values = _as_trained_booleans(values)
             codes = pd.Categorical(values, categories=categories).codes
             present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
+            if not dropped:
+                empty &= ~present
             outside = (codes < 0) & present
             if not other:
                 unknown += outside.astype(np.int64)
@@ -506,7 +526,7 @@ class TabularPreprocessor:
                 X[rows, start + codes[rows]] = 1.0
                 if other:
                     X[np.flatnonzero(outside), start + len(categories)] = 1.0
-        return X, {"unknown_categories": unknown}
+        return X, {"unknown_categories": unknown, "empty": empty}
 
     def _plan(self) -> _EncodingPlan:
         """Positions and statistics of every feature, computed once per fitted schema."""

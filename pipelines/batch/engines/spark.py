@@ -29,6 +29,7 @@ from pipelines.batch.results import EXPERIMENT, QUANTILES, BatchResult, InputRes
 from pipelines.registry.tracking import ensure_experiment, use_tracking_uri
 from training.data.tables import table_format
 from training.errors import ConfigError, DataError, first_line, shown
+from training.preprocessing.tabular import EMPTY_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +207,26 @@ def _conform_numbers(df, model: BatchModel, opts: ScoreOptions):
     return df.select(*[casts[c].alias(c) if c in casts else F.col(c) for c in df.columns])
 
 
-def _drop_non_finite(df, model: BatchModel):
-    """Rows with an infinite feature are malformed; the detector would refuse the batch."""
+def _malformed_rows(df, model: BatchModel, opts: ScoreOptions):
+    """Rows with an infinite feature, or without a single feature value (imputed, such a
+    record would be the typical normal one), are malformed: with ``--on-error skip`` they are
+    dropped (counted as rejected). Otherwise a row without a value fails the job as it is
+    scored (no pass over the data of its own); an infinite value fails it in the detector."""
     from pyspark.sql import functions as F
 
-    cond = None
+    types = dict(df.dtypes)
+    empty = None
+    for c in model.feature_columns:
+        gone = F.col(c).isNull()
+        if types.get(c) in ("double", "float"):
+            gone = gone | F.isnan(F.col(c))
+        empty = gone if empty is None else empty & gone
+    if opts.on_error != "skip":
+        if empty is None:
+            return df
+        return df.filter(F.when(empty, F.raise_error(F.lit(
+            f"DataError: {opts.input}: {EMPTY_RECORD}"))).otherwise(F.lit(True)))
+    cond = None if empty is None else ~empty
     for c in model.numeric_columns:
         ok = F.col(c).isNull() | ~F.abs(F.col(c).cast("double")).eqNullSafe(float("inf"))
         cond = ok if cond is None else cond & ok
@@ -240,8 +256,7 @@ def run_spark(opts: ScoreOptions) -> BatchResult:
             total = df.count()
         if df.columns and all(c in df.columns for c in model.input_columns):
             df = _conform_numbers(df, model, opts)  # else score_dataframe names what is missing
-            if opts.on_error == "skip":
-                df = _drop_non_finite(df, model)
+            df = _malformed_rows(df, model, opts)
         scored = score_dataframe(spark, df, model, opts.keep, opts.input)
         ensure_experiment(EXPERIMENT)
         with mlflow.start_run(run_name=f"score-spark-{model.name.rsplit('/', 1)[-1]}") as run:
@@ -301,6 +316,7 @@ def _as_data_error(e: BaseException) -> BaseException:
                    "[CAST_INVALID_INPUT]"):
         if marker in text:
             line = next(x for x in text.splitlines() if marker in x)
+            line = line.split(" SQLSTATE:", 1)[0]  # raised by the job's own check
             return DataError(f"{line.split(marker, 1)[-1].strip() or line.strip()}; fix the "
                              "row or rerun with --on-error skip")
     return e

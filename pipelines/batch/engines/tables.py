@@ -44,7 +44,8 @@ class _Prepared:
 
 def _prepare(model: BatchModel, src: Path, out: Path, opts: ScoreOptions) -> _Prepared:
     """Open ``src``, check its columns against the model and ``--keep``, check ``out``."""
-    reader = TableReader(src, opts.chunk_rows, model.numeric_columns, model.text_columns)
+    reader = TableReader(src, opts.chunk_rows, model.numeric_columns, model.text_columns,
+                         model.feature_columns)
     missing = [c for c in model.input_columns if c not in reader.columns]
     if missing:
         raise DataError(f"{src}: missing column(s) {missing}; the model expects "
