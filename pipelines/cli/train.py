@@ -125,9 +125,9 @@ def _default(name: str) -> Any:
               "level in units of its normal spread (std), or the mean of the errors (mean).")
 @click.option("--geometry", type=click.Choice(GEOMETRIES), show_default="auto",
               help="Tables: compare rows column by column, each standardised (columns), or as "
-              "vectors by their direction (direction: embeddings, pixels; a few columns in a "
-              "much larger unit are set apart, standardised on their own); auto: direction "
-              "for 256 or more numeric columns and no categorical one.")
+              "vectors by their direction (direction: embeddings, pixels; a few columns, at most "
+              "5%, in a much larger unit are set apart, standardised on their own); auto: "
+              "direction for 256 or more numeric columns and no categorical one.")
 @click.pass_context
 def train(ctx: click.Context, config: str | None, no_register: bool, channels: str | None,
           **flags: Any) -> int:

@@ -20,6 +20,7 @@ import pytest
 from pipelines.batch.job import run_batch
 from pipelines.batch.options import ScoreOptions
 from tests.portable_support import TABLE, model_env, portable_store
+from tests.scores_support import assert_scores_close
 from tests.servers import SparkCluster
 
 pytestmark = [pytest.mark.slow,
@@ -73,8 +74,14 @@ def test_cluster_scores_equal_the_local_engine(store, python, cluster, tmp_path)
     assert list(got.columns) == list(want.columns) and len(got) == len(store.frame)
     assert set(got["model_name"]) == {TABLE} and set(got["model_version"]) == {"1"}
     for c in want.columns:
-        if c.startswith(("score", "p_value")):
-            np.testing.assert_allclose(got[c], want[c], rtol=1e-6, err_msg=c)
+        if c.startswith("score"):
+            assert_scores_close(got[c], want[c], 1e-6, c)
+        elif c.startswith("p_value"):
+            # float32 sums differ with the batch sizes: a score within ~1e-7 of a calibration
+            # score may land on the other side of it, one p-value step away
+            step = want[c][want[c] > 0].min()
+            moved = np.abs(got[c] - want[c])
+            assert (moved <= step + 1e-12).all() and (moved > 1e-12).mean() < 0.01, c
         elif c not in ("model_name", "model_version"):
             assert (got[c] == want[c]).all(), c
     # The job ran on the cluster, its executors on the worker, not in this process.

@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.cli.main import main
 from pipelines.registry.download import load_model
+from tests.scores_support import assert_scores_close
 from tests.training.image_data import normal_images, paint_defect
 from training.calibration import conformal_p_values
 from training.detector.image import ImageDetector
@@ -46,13 +47,6 @@ def _away_from(scores: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return gap > 10 * RTOL * np.maximum(np.abs(scores), 1e-12)
 
 
-def _close(got: np.ndarray, want: np.ndarray, what: str) -> None:
-    """Within RTOL of the detector's value; a score that crosses zero (``combined``) relative to
-    its largest magnitude."""
-    atol = RTOL * float(np.max(np.abs(want))) if np.any(want <= 0) else 0.0
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=atol, err_msg=what)
-
-
 @pytest.mark.parametrize("alias, kinds", [("champion", ["agg_elbo", "elbo", "recon", "knn",
                                                        "combined"]),
                                           ("knn", ["recon", "knn", "combined"])])
@@ -79,7 +73,7 @@ def test_table_model_roundtrips_through_onnxruntime(store, breast_cancer, tmp_pa
     want = load_model(uri, tracking_uri=store).detector.score(breast_cancer)
     for kind in kinds:
         scores = want[f"score_{kind}"].to_numpy()
-        _close(got[kind], scores, kind)
+        assert_scores_close(got[kind], scores, RTOL, kind)
         # p-values and flags step at the calibration scores (the table holds those very
         # records): equal wherever the score is not within the tolerance of a step.
         cal = np.asarray(sidecar["scores"][kind]["calibration_scores"])
@@ -94,7 +88,7 @@ def test_table_model_roundtrips_through_onnxruntime(store, breast_cancer, tmp_pa
                                   want["is_anomaly"].to_numpy()[clear])
     # One record at a time, as an edge box would call it.
     one = session.run(None, {"x": X[:1]})
-    _close(one[0], want[f"score_{kinds[0]}"].to_numpy()[:1], "one record")
+    assert_scores_close(one[0], want[f"score_{kinds[0]}"].to_numpy()[:1], RTOL, "one record")
 
 
 def test_image_model_exports_the_graph_scores_and_names_what_it_cannot(tmp_path, capsys):
@@ -118,7 +112,7 @@ def test_image_model_exports_the_graph_scores_and_names_what_it_cannot(tmp_path,
     got = dict(zip(names, session.run(None, {"x": X}), strict=True))
     want = det.raw_scores(batch)
     for kind in names:
-        _close(got[kind], want[kind], kind)
+        assert_scores_close(got[kind], want[kind], RTOL, kind)
 
 
 def test_unknown_model_is_the_callers_mistake(store, tmp_path, capsys):

@@ -96,6 +96,26 @@ def test_a_field_past_the_header_is_named_not_read_as_a_row_index(tmp_path, caps
                                    "names; remove the extra field or name its column")
     assert not (tmp_path / "mlflow.db").exists()
 
+def test_a_record_without_any_value_is_named_in_file_order_before_a_run(tmp_path, capsys):
+    """A line of commas (as a spreadsheet's export leaves): refused naming its place in the
+    file, before any split or run, and in the evaluation data too."""
+    from training.preprocessing.tabular import EMPTY_RECORD
+
+    rng = np.random.default_rng(4)
+    rows = [f"{i},{a:.4f},{b:.4f},0" for i, (a, b) in enumerate(rng.normal(size=(200, 2)))]
+    holes = tmp_path / "h.csv"
+    holes.write_text("id,a,b,y\n" + "\n".join(rows[:150] + ["150,,,1"] + rows[151:]) + "\n")
+    assert _train(holes, tmp_path, "--id-column", "id", "--label-column", "y") == 2
+    assert _last_error(capsys) == f"error: {holes}: record 150: {EMPTY_RECORD}"
+    assert not (tmp_path / "mlflow.db").exists()
+    good = tmp_path / "g.csv"
+    good.write_text("id,a,b,y\n" + "\n".join(rows) + "\n")
+    assert _train(good, tmp_path, "--id-column", "id", "--label-column", "y", "--eval-data",
+                  str(holes)) == 2
+    assert _last_error(capsys) == f"error: {holes}: record 150: {EMPTY_RECORD}"
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_old_mac_line_ends_read_as_pandas_reads_them(tmp_path):
     from training.data.tables import read_table
 

@@ -7,6 +7,7 @@ import pytest
 
 from training import ConfigError, DataError, Detector, ModelFormatError, NotFittedError
 from training.detector.base import MIN_FIT_ROWS
+from training.preprocessing.tabular import TabularPreprocessor
 
 FAST = {"max_epochs": 15}
 
@@ -316,3 +317,6 @@ def test_a_record_missing_every_feature_value_is_refused_naming_it(splits):
     train.iloc[7, [train.columns.get_loc(c) for c in features]] = np.nan
     with pytest.raises(DataError, match=r"train.csv: record 7: every feature value is missing"):
         Detector(kind="ae", id_column="id", label_column="malignant").fit(train, "train.csv")
+    # the schema's check of a whole file names its record in file order, before any training
+    with pytest.raises(DataError, match=r"train.csv: record 7: every feature value is missing"):
+        TabularPreprocessor("id", "malignant").fit(train, "train.csv")

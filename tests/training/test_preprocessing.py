@@ -341,14 +341,16 @@ def test_direction_sets_apart_the_few_columns_in_a_larger_unit_than_the_vector()
     back = pre.inverse_transform(X[:5], pre.row_lengths(sized.head(5)))
     np.testing.assert_allclose(back.to_numpy(), sized.head(5).to_numpy(dtype=float),
                                rtol=1e-4, atol=1e-5)
-    again = TabularPreprocessor.from_dict(pre.to_dict())
-    np.testing.assert_array_equal(again.transform(sized)[0], X)
-    # a model saved before columns could be set apart reads as none set apart
-    saved = plain.to_dict()
-    for c in saved["columns"]:
-        del c["apart"]
-    np.testing.assert_array_equal(TabularPreprocessor.from_dict(saved).transform(flags)[0],
-                                  plain.transform(flags)[0])
+    saved = pre.to_dict()
+    np.testing.assert_array_equal(TabularPreprocessor.from_dict(saved).transform(sized)[0], X)
+    # only a column set apart says so: a model without any is written (and read) as before
+    assert [c["name"] for c in saved["columns"] if "apart" in c] == ["height", "width"]
+    assert not any("apart" in c for c in plain.to_dict()["columns"])
+    # a group of equal large columns (12 sizes beside 300 flags) is set apart whole: the
+    # largest 2% of the columns are counted among all of them, not among those left
+    group = flags.iloc[:, :300].assign(**{f"size{i}": rng.normal(300, 80, 200)
+                                          for i in range(12)})
+    assert TabularPreprocessor().fit(group).set_apart_ == [f"size{i}" for i in range(12)]
     # more than 5% of the columns (21 of 430) in units each larger than the rest: not one
     # vector. auto compares columns; direction, asked for, divides rows by their whole length
     many = flags.assign(**{f"size{i}": rng.uniform(1, 2, 200) * 2.0 ** i for i in range(30)})

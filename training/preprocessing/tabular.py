@@ -61,12 +61,18 @@ DIRECTION_MIN_COLUMNS = 256
 have tens of columns, vectors hundreds: embeddings (384-1,024), images (784 for 28x28)."""
 
 DIRECTION_MAX_SHARE = 0.5
-"""A row's length is spread over the vector's columns: the largest 1% of them (at least one) by
-mean square hold at most this share of their total mean square. A vector's columns share a unit
-(embeddings: at most 0.21, pixels: 0.07). Where the largest hold more, they are in a larger
-unit than the rest (an image's height and width in pixels beside hundreds of 0/1 flags) and
-would make every row's direction theirs alone: the largest column is set apart (standardised
-on its own) and the rule applied to the rest, until it holds."""
+"""A row's length is spread over the vector's columns: the largest :data:`DIRECTION_TOP` of
+them by mean square hold at most this share of their total mean square. A vector's columns
+share a unit (the largest 2% of an embedding's hold at most 0.30 of it, of MNIST's pixels
+0.13). Where the largest hold more, they are in a larger unit than the rest (an image's height
+and width in pixels beside hundreds of 0/1 flags) and would make every row's direction theirs
+alone: the largest column is set apart (standardised on its own) and the rule applied to the
+rest, until it holds."""
+
+DIRECTION_TOP = 0.02
+"""Share of the numeric columns (at least one) whose part of the rows' length
+:data:`DIRECTION_MAX_SHARE` bounds; the count is of all the numeric columns, so a group of
+equal large columns is set apart whole."""
 
 DIRECTION_MAX_APART = 0.05
 """Share of the numeric columns that may be set apart from the vector (at least one). A table
@@ -328,6 +334,8 @@ class TabularPreprocessor:
             specs.append(ColumnSpec(name=str(name), dtype=str(col.dtype), **learned))
         if all(s.dropped for s in specs):
             raise DataError(f"{source}: every feature column is constant; nothing to learn from")
+        _reject_empty(df, [c for c, s in zip(feature_cols, specs, strict=True) if not s.dropped],
+                      source)
         self.columns_ = specs
         self.__dict__.pop("_plan_cache", None)
         self.geometry_ = self._geometry(specs)
@@ -367,8 +375,8 @@ class TabularPreprocessor:
         self.__dict__.pop("_plan_cache", None)
         X, _ = self._encode(_FrameRecords(df))
         plan = self._plan()
-        if plan.vector is not None:
-            X = X[:, plan.positions[plan.vector]]
+        if plan.apart is not None:
+            X = np.delete(X[:, plan.numeric_block], plan.apart, axis=1)
         means = X.mean(axis=0, dtype=np.float64)
         scale = float(np.sqrt(np.mean(X.var(axis=0, dtype=np.float64))))
         for s, mean in zip(vector, means, strict=True):
@@ -456,6 +464,7 @@ class TabularPreprocessor:
             if inf.size:
                 raise DataError("non-finite number", source=source, record=int(inf[0]),
                                 column=s.name)
+        _reject_empty(df, [s.name for s in self.columns_ if not s.dropped], source)
 
     def transform(self, data: pd.DataFrame | Records, source: str = "data"
                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -481,7 +490,7 @@ class TabularPreprocessor:
             self.validate(data, source)
             data = _FrameRecords(data)
         X, extras = self._encode(data)
-        empty = extras.pop("empty")
+        empty = extras.pop("empty")  # a frame's were refused by validate, in the same words
         if empty.any():
             raise DataError(EMPTY_RECORD, source=source, record=int(np.flatnonzero(empty)[0]))
         return X, extras
@@ -504,7 +513,7 @@ class TabularPreprocessor:
             else:
                 empty[:] = False
             if self.geometry_ == DIRECTION:
-                _to_unit_rows(M, plan.vector)
+                _to_unit_rows(M, plan.apart)
             M -= plan.means
             M /= plan.stds
             with np.errstate(over="ignore"):  # overflow: caught as a non-finite score
@@ -549,7 +558,7 @@ class TabularPreprocessor:
         plan = self._plan()
         M = data.numeric(plan.numeric)
         np.copyto(M, np.broadcast_to(plan.medians, M.shape), where=np.isnan(M))
-        return _to_unit_rows(M, plan.vector)
+        return _to_unit_rows(M, plan.apart)
 
     def inverse_transform(self, X: np.ndarray, lengths: np.ndarray | None = None
                           ) -> pd.DataFrame:
@@ -586,7 +595,9 @@ class TabularPreprocessor:
             "id_column": self.id_column,
             "label_column": self.label_column,
             "geometry": self.geometry_,
-            "columns": [asdict(s) for s in self.columns_],
+            # ``apart`` only where set: a model without it reads as before, by older code too
+            "columns": [{k: v for k, v in asdict(s).items() if k != "apart" or v}
+                        for s in self.columns_],
         }
 
     @classmethod
@@ -606,12 +617,14 @@ class TabularPreprocessor:
         return obj
 
 
-def _largest_share(squares: np.ndarray) -> float:
-    """Share of the total of ``squares`` (columns' mean squares, largest first) held by the
-    largest 1% of them, at least one."""
-    top = squares[:max(1, len(squares) // 100)].sum()
-    total = squares.sum()
-    return float(top / total) if np.isfinite(total) and total > 0 else 1.0
+def _reject_empty(df: pd.DataFrame, names: list, source: str) -> None:
+    """Raise :data:`EMPTY_RECORD` naming the first record of ``df`` without a value in any of
+    the columns ``names``."""
+    empty = np.ones(len(df), dtype=bool)
+    for name in names:
+        empty &= df[name].isna().to_numpy()
+    if empty.any():
+        raise DataError(EMPTY_RECORD, source=source, record=int(np.flatnonzero(empty)[0]))
 
 
 def _set_apart(specs: list[ColumnSpec]) -> set[str] | None:
@@ -621,24 +634,30 @@ def _set_apart(specs: list[ColumnSpec]) -> set[str] | None:
     numeric = [s for s in specs if s.kind == NUMERIC and not s.dropped]
     order = sorted(numeric, key=lambda s: -(s.mean * s.mean + s.std * s.std))
     squares = np.array([s.mean * s.mean + s.std * s.std for s in order], dtype=np.float64)
+    top = max(1, int(DIRECTION_TOP * len(numeric)))  # the count stays as columns are set apart
     most = max(1, int(DIRECTION_MAX_APART * len(numeric)))
     k = 0
-    while k < len(squares) - 2 and _largest_share(squares[k:]) > DIRECTION_MAX_SHARE:
+    while k < len(squares) - 2:
+        total = squares[k:].sum()
+        if np.isfinite(total) and total > 0 and \
+                squares[k:k + top].sum() <= DIRECTION_MAX_SHARE * total:
+            break
         k += 1
         if k > most:
             return None
     return {s.name for s in order[:k]}
 
 
-def _to_unit_rows(M: np.ndarray, vector: np.ndarray | None = None) -> np.ndarray:
-    """Divide each row of M (n, k) float64 in place by its Euclidean length over the columns
-    ``vector`` (all when None), a row of zeros left as it is; returns the (n,) lengths. Each
-    row is first divided by its largest magnitude, so values near float64's limit do not
-    overflow the sum of squares."""
-    if vector is not None:
-        V = M[:, vector]
-        lengths = _to_unit_rows(V)
-        M[:, vector] = V
+def _to_unit_rows(M: np.ndarray, apart: np.ndarray | None = None) -> np.ndarray:
+    """Divide each row of M (n, k) float64 in place by its Euclidean length over its columns
+    but those ``apart`` (left as they are), a row of zeros left as it is; returns the (n,)
+    lengths. Each row is first divided by its largest magnitude, so values near float64's
+    limit do not overflow the sum of squares."""
+    if apart is not None:
+        kept = M[:, apart]  # a few columns: put aside, out of the length, then back
+        M[:, apart] = 0.0
+        lengths = _to_unit_rows(M)
+        M[:, apart] = kept
         return lengths
     peak = np.abs(M).max(axis=1, initial=0.0)[:, None]
     np.divide(M, peak, out=M, where=peak > 0)
@@ -661,8 +680,8 @@ class _EncodingPlan:
     categorical: list[tuple[str, int, list[str], bool, bool]]
     boolean: set[str]  # categorical columns that trained as booleans ('True'/'False' only)
     width: int  # the matrix's columns
-    # indices into ``numeric`` of the direction geometry's vector; None: all of them
-    vector: np.ndarray | None = None
+    # indices into ``numeric`` of the columns the direction geometry set apart; None: none
+    apart: np.ndarray | None = None
 
     @property
     def numeric_block(self) -> slice | np.ndarray:
@@ -692,10 +711,9 @@ class _EncodingPlan:
         f64 = np.float64
         boolean = {name for name, _, levels, _, _ in categorical
                    if levels and set(levels) <= set(_BOOLEAN_LEVELS.values())}
-        vector = np.flatnonzero(~np.asarray(apart, dtype=bool)) if any(apart) else None
         return cls(numeric, np.asarray(positions, dtype=np.intp), np.asarray(medians, dtype=f64),
                    np.asarray(means, dtype=f64), np.asarray(stds, dtype=f64), categorical,
-                   boolean, j, vector)
+                   boolean, j, np.flatnonzero(apart) if any(apart) else None)
 
 
 @dataclass
