@@ -334,8 +334,8 @@ class TabularPreprocessor:
             specs.append(ColumnSpec(name=str(name), dtype=str(col.dtype), **learned))
         if all(s.dropped for s in specs):
             raise DataError(f"{source}: every feature column is constant; nothing to learn from")
-        _reject_empty(df, [c for c, s in zip(feature_cols, specs, strict=True) if not s.dropped],
-                      source)
+        _reject_empty(_without_values(df, [c for c, s in zip(feature_cols, specs, strict=True)
+                                           if not s.dropped]), source)
         self.columns_ = specs
         self.__dict__.pop("_plan_cache", None)
         self.geometry_ = self._geometry(specs)
@@ -421,7 +421,15 @@ class TabularPreprocessor:
 
     # -- transforming ------------------------------------------------------------------------
     def validate(self, df: pd.DataFrame, source: str = "data") -> None:
-        """Raise :class:`DataError` naming the record and column of the first bad value."""
+        """Raise :class:`DataError` naming the record and column of the first bad value, or
+        the first record without a single feature value."""
+        self._check_values(df, source)
+        _reject_empty(_without_values(df, [s.name for s in self.columns_ if not s.dropped]),
+                      source)
+
+    def _check_values(self, df: pd.DataFrame, source: str) -> None:
+        """:meth:`validate` but for empty records, which :meth:`_encode` marks from the
+        values it reads anyway."""
         _reject_duplicates(df, source)
         missing = [c for c in self.input_columns_ if c not in df.columns]
         if missing:
@@ -438,33 +446,27 @@ class TabularPreprocessor:
                 continue
             if pd.api.types.is_object_dtype(col.dtype):
                 _reject_nested(col, s.name, source)
-            if pd.api.types.is_bool_dtype(col):  # refused as in an object column or JSON
-                present = np.flatnonzero(col.notna().to_numpy())
-                if present.size:
-                    i = int(present[0])
-                    raise DataError(f"expected a number, got {shown(col.iloc[i])}",
-                                    source=source, record=i, column=s.name)
-                continue
             if (pd.api.types.is_datetime64_any_dtype(col.dtype)
                     or pd.api.types.is_timedelta64_dtype(col.dtype)
                     or isinstance(col.dtype, pd.PeriodDtype)):  # to_numeric would count ns
                 raise DataError(f"holds dates/times ({col.dtype}) where the model reads "
                                 "numbers", source=source, column=s.name)
-            if pd.api.types.is_numeric_dtype(col):
-                values = col.to_numpy(dtype="float64", na_value=np.nan)
+            if pd.api.types.is_bool_dtype(col):  # refused as in an object column or JSON
+                values, bad = None, col.notna().to_numpy()
+            elif pd.api.types.is_numeric_dtype(col):
+                values, bad = col.to_numpy(dtype="float64", na_value=np.nan), None
             else:
                 values = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64")
-                bad = np.flatnonzero(np.isnan(values) & col.notna().to_numpy()
-                                     | col.map(_is_boolean).to_numpy(dtype=bool))
-                if bad.size:
-                    i = int(bad[0])
-                    raise DataError(f"expected a number, got {shown(col.iloc[i])}",
-                                    source=source, record=i, column=s.name)
-            inf = np.flatnonzero(np.isinf(values))
-            if inf.size:
+                bad = (np.isnan(values) & col.notna().to_numpy()
+                       | col.map(_is_boolean).to_numpy(dtype=bool))
+            if bad is not None and bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise DataError(f"expected a number, got {shown(col.iloc[i])}",
+                                source=source, record=i, column=s.name)
+            inf = np.flatnonzero(np.isinf(values)) if values is not None else ()
+            if len(inf):
                 raise DataError("non-finite number", source=source, record=int(inf[0]),
                                 column=s.name)
-        _reject_empty(df, [s.name for s in self.columns_ if not s.dropped], source)
 
     def transform(self, data: pd.DataFrame | Records, source: str = "data"
                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -487,12 +489,10 @@ class TabularPreprocessor:
                 normal record).
         """
         if not isinstance(data, Records):
-            self.validate(data, source)
+            self._check_values(data, source)
             data = _FrameRecords(data)
         X, extras = self._encode(data)
-        empty = extras.pop("empty")  # a frame's were refused by validate, in the same words
-        if empty.any():
-            raise DataError(EMPTY_RECORD, source=source, record=int(np.flatnonzero(empty)[0]))
+        _reject_empty(extras.pop("empty"), source)
         return X, extras
 
     def _encode(self, records: Records | _FrameRecords) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -553,7 +553,7 @@ class TabularPreprocessor:
         if self.geometry_ != DIRECTION:
             return None
         if not isinstance(data, Records):
-            self.validate(data, source)
+            self._check_values(data, source)
             data = _FrameRecords(data)
         plan = self._plan()
         M = data.numeric(plan.numeric)
@@ -617,12 +617,16 @@ class TabularPreprocessor:
         return obj
 
 
-def _reject_empty(df: pd.DataFrame, names: list, source: str) -> None:
-    """Raise :data:`EMPTY_RECORD` naming the first record of ``df`` without a value in any of
-    the columns ``names``."""
+def _without_values(df: pd.DataFrame, names: list) -> np.ndarray:
+    """(len(df),) the records of ``df`` without a value in any of the columns ``names``."""
     empty = np.ones(len(df), dtype=bool)
     for name in names:
         empty &= df[name].isna().to_numpy()
+    return empty
+
+
+def _reject_empty(empty: np.ndarray, source: str) -> None:
+    """Raise :data:`EMPTY_RECORD` naming the first record marked in ``empty``."""
     if empty.any():
         raise DataError(EMPTY_RECORD, source=source, record=int(np.flatnonzero(empty)[0]))
 
@@ -632,8 +636,9 @@ def _set_apart(specs: list[ColumnSpec]) -> set[str] | None:
     (:data:`DIRECTION_MAX_SHARE`), from the fitted statistics (mean square = mean² +
     variance); None when more than :data:`DIRECTION_MAX_APART` of them would be."""
     numeric = [s for s in specs if s.kind == NUMERIC and not s.dropped]
-    order = sorted(numeric, key=lambda s: -(s.mean * s.mean + s.std * s.std))
-    squares = np.array([s.mean * s.mean + s.std * s.std for s in order], dtype=np.float64)
+    squares = np.array([s.mean * s.mean + s.std * s.std for s in numeric], dtype=np.float64)
+    order = np.argsort(-squares, kind="stable")
+    squares = squares[order]
     top = max(1, int(DIRECTION_TOP * len(numeric)))  # the count stays as columns are set apart
     most = max(1, int(DIRECTION_MAX_APART * len(numeric)))
     k = 0
@@ -645,7 +650,7 @@ def _set_apart(specs: list[ColumnSpec]) -> set[str] | None:
         k += 1
         if k > most:
             return None
-    return {s.name for s in order[:k]}
+    return {numeric[i].name for i in order[:k]}
 
 
 def _to_unit_rows(M: np.ndarray, apart: np.ndarray | None = None) -> np.ndarray:
